@@ -1,0 +1,312 @@
+"""Settings: ``BatchProcessingConfig`` read from ``BATCH_*`` environment variables (DESIGN §9).
+
+A field is its variable lower-cased without the prefix, except that a variable
+ending in ``_SEC`` is a field ending in ``_seconds`` (``BATCH_TIME_THRESHOLD_SEC``
+<-> ``time_threshold_seconds``). Build it at entry points with :func:`load_config`,
+whose error is one line naming the variable, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import AliasGenerator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from batcher.connection import redact
+from batcher.errors import ConfigError
+from batcher.keys import QueueKeys, validate_queue_name
+
+ENV_PREFIX = "BATCH_"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+HANDLER_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
+_MAX_SHOWN = 100  # a value longer than this is cut in error messages
+
+# Rules whose words cannot be derived from the field's type and bounds.
+_RULE_WORDS = {
+    "redis_url": "must be a redis://, rediss:// or unix:// URL",
+    "queue": "must match [A-Za-z0-9_-]{1,64}",
+    "handler": "must be a 'module:function' path, e.g. workers.handlers.echo:handle",
+    "job_timeout_seconds": "must be a whole number >= 1 (RQ truncates fractions)",
+    "overflow_policy": "must be 'reject' or 'block'",
+    "log_format": "must be 'json' or 'console'",
+}
+
+
+def env_name(field: str) -> str:
+    """The variable of ``field``: ``time_threshold_seconds`` -> ``BATCH_TIME_THRESHOLD_SEC``."""
+    if field.endswith("_seconds"):
+        field = field.removesuffix("_seconds") + "_sec"
+    return ENV_PREFIX + field.upper()
+
+
+def _default_log_format() -> Literal["json", "console"]:
+    # a person at a terminal reads console lines; anything else (systemd, docker) parses JSON
+    return "console" if sys.stderr is not None and sys.stderr.isatty() else "json"
+
+
+Pos = Annotated[float, Field(gt=0)]
+NonNeg = Annotated[float, Field(ge=0)]
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+BatchCount = Annotated[int, Field(ge=1), Field(le=1000)]
+Pressure = Annotated[float, Field(gt=0.5), Field(le=1)]
+
+
+class BatchProcessingConfig(BaseSettings):
+    """Every setting of redis-batcher, validated; frozen once built.
+
+    Construct by field name (``BatchProcessingConfig(queue="q", time_threshold_seconds=5)``);
+    what is not given comes from ``BATCH_*`` variables, then from the defaults. Raises
+    pydantic's ``ValidationError``; :func:`load_config` turns that into ``ConfigError``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        frozen=True,
+        extra="forbid",
+        # pydantic-settings reads a field with a validation alias from the variable the
+        # alias names (the _SEC spelling). Not validate_by_name: it would also read
+        # BATCH_<FIELD_NAME> (BATCH_TIME_THRESHOLD_SECONDS); __init__ maps names instead.
+        alias_generator=AliasGenerator(validation_alias=env_name),
+        allow_inf_nan=False,
+        validate_default=True,
+    )
+
+    redis_url: str = "redis://localhost:6379/0"
+    queue: str = "default"
+    handler: str = "workers.handlers.echo:handle"
+
+    max_buffer_size: PosInt = 1000
+    max_buffer_bytes: Annotated[int, Field(ge=1024)] = 67_108_864
+    size_threshold: BatchCount = 25
+    min_batch_size: BatchCount = 5
+    max_batch_size: BatchCount = 50
+    max_batch_bytes: PosInt = 1_048_576
+    max_entry_bytes: PosInt = 262_144
+
+    time_threshold_seconds: Pos = 300.0
+    high_time_threshold_seconds: Pos = 120.0
+    urgent_time_threshold_seconds: Pos = 60.0
+    early_flush_pressure: Pressure = 0.85
+    emergency_flush_pressure: Pressure = 0.95
+    max_buffer_age_seconds: Pos = 3600.0
+
+    max_inflight_batches: PosInt = 100
+    job_timeout_seconds: PosInt = 180
+    lease_grace_seconds: NonNeg = 5.0
+    dispatch_lease_seconds: Pos = 30.0
+    reap_interval_seconds: Pos = 1.0
+    max_attempts: PosInt = 5
+    retry_backoff_seconds: Pos = 2.0
+    result_ttl_seconds: NonNegInt = 86_400
+    dedupe_window_seconds: NonNeg = 86_400.0
+    dedupe_max_ids: NonNegInt = 1_000_000
+    overflow_policy: Literal["reject", "block"] = "reject"
+    block_timeout_seconds: Pos = 10.0
+
+    enable_adaptive_sizing: bool = True
+    enable_adaptive_timeout: bool = True
+    enable_priority_flushing: bool = True
+    enable_performance_monitoring: bool = True
+    performance_target_ms: Pos = 2000.0
+    throughput_target_eps: Pos = 10.0
+    report_interval_seconds: Pos = 300.0
+    log_format: Literal["json", "console"] = Field(default_factory=_default_log_format)
+
+    def __init__(self, **values: Any) -> None:
+        # keyword construction by field name: hand pydantic the alias it validates by
+        fields = type(self).model_fields
+        super().__init__(**{env_name(k) if k in fields else k: v for k, v in values.items()})
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.lower().startswith(REDIS_SCHEMES) or value.endswith("://"):
+            raise ValueError(_RULE_WORDS["redis_url"])
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _check_queue(cls, value: str) -> str:
+        return validate_queue_name(value)
+
+    @field_validator("handler")
+    @classmethod
+    def _check_handler(cls, value: str) -> str:
+        # only the shape: importing it here would load user code in every process
+        if not HANDLER_RE.match(value):
+            raise ValueError(_RULE_WORDS["handler"])
+        return value
+
+    @field_validator("overflow_policy", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_together(self) -> Self:
+        problems = _cross_field_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def thresholds_ms(self) -> tuple[int, int, int]:
+        """(normal, high, urgent) time thresholds in ms; all normal without priority flushing."""
+        normal = _ms(self.time_threshold_seconds)
+        if not self.enable_priority_flushing:
+            return normal, normal, normal
+        high = _ms(self.high_time_threshold_seconds)
+        return normal, high, _ms(self.urgent_time_threshold_seconds)
+
+    @property
+    def keys(self) -> QueueKeys:
+        """The Redis key names of this queue."""
+        return QueueKeys(self.queue)
+
+    @property
+    def job_lease_ms(self) -> int:
+        """How long a claimed batch is leased to its worker: job timeout plus grace."""
+        return _ms(self.job_timeout_seconds + self.lease_grace_seconds)
+
+    def limits(self) -> dict[str, object]:
+        """The flush-relevant limits, as ints and floats a Redis hash can hold.
+
+        The coordinator writes them to state so that a process whose settings differ
+        can warn. The current size threshold is not here: adaptive sizing owns it.
+        """
+        normal, high, urgent = self.thresholds_ms()
+        return {
+            "max_buffer_size": self.max_buffer_size,
+            "max_buffer_bytes": self.max_buffer_bytes,
+            "min_batch_size": self.min_batch_size,
+            "max_batch_size": self.max_batch_size,
+            "max_batch_bytes": self.max_batch_bytes,
+            "max_entry_bytes": self.max_entry_bytes,
+            "time_threshold_ms": normal,
+            "high_time_threshold_ms": high,
+            "urgent_time_threshold_ms": urgent,
+            "early_flush_pressure": self.early_flush_pressure,
+            "emergency_flush_pressure": self.emergency_flush_pressure,
+            "max_buffer_age_ms": _ms(self.max_buffer_age_seconds),
+            "max_inflight_batches": self.max_inflight_batches,
+            "dispatch_lease_ms": _ms(self.dispatch_lease_seconds),
+            "enable_adaptive_timeout": int(self.enable_adaptive_timeout),
+            "dedupe_window_ms": _ms(self.dedupe_window_seconds),
+            "dedupe_max_ids": self.dedupe_max_ids,
+        }
+
+    def with_overrides(self, **overrides: Any) -> BatchProcessingConfig:
+        """A validated copy with ``overrides`` (by field name); raises ``ConfigError``."""
+        values = self.model_dump()
+        values.update(overrides)
+        try:
+            return type(self)(**values)
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc)) from None
+
+
+def load_config(**overrides: Any) -> BatchProcessingConfig:
+    """Settings from the environment plus ``overrides`` (by field name).
+
+    An override whose value is None is ignored, so a command-line option that was not
+    given falls through to the environment. Raises ``ConfigError`` with one line:
+    ``BATCH_X='value': rule`` per bad value, joined by ``"; "``.
+    """
+    given = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return BatchProcessingConfig(**given)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line for a ``ValidationError`` of ``BatchProcessingConfig``."""
+    lines: list[str] = []
+    for error in exc.errors(include_url=False):
+        if not error["loc"]:
+            # a cross-field rule: its message already names the variables and values
+            lines.append(str(error.get("ctx", {}).get("error", error["msg"])))
+            continue
+        field = _field_of(str(error["loc"][0]))
+        if field is None:
+            lines.append(f"{error['loc'][0]}: unknown setting")
+            continue
+        lines.append(f"{env_name(field)}={_shown(field, error['input'])}: {rule_words(field)}")
+    return "; ".join(lines)
+
+
+def rule_words(field: str) -> str:
+    """The rule of ``field`` in words, e.g. ``must be an integer >= 1``."""
+    if field in _RULE_WORDS:
+        return _RULE_WORDS[field]
+    info = BatchProcessingConfig.model_fields[field]
+    if info.annotation is bool:
+        return "must be true or false"
+    kind = "an integer" if info.annotation is int else "a number"
+    bounds = []
+    for item in info.metadata:
+        for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            bound = getattr(item, attr, None)
+            if bound is not None:
+                bounds.append(f"{sign} {_number(bound)}")
+    return f"must be {kind} {' and '.join(bounds)}".rstrip()
+
+
+def _field_of(loc: str) -> str | None:
+    for name in BatchProcessingConfig.model_fields:
+        if loc in (name, env_name(name)):
+            return name
+    return None
+
+
+def _cross_field_problems(cfg: BatchProcessingConfig) -> list[str]:
+    problems: list[str] = []
+
+    def check(ok: bool, field: str, rule: str) -> None:
+        if not ok:
+            problems.append(f"{env_name(field)}={_shown(field, getattr(cfg, field))}: {rule}")
+
+    check(cfg.min_batch_size <= cfg.max_batch_size, "min_batch_size",
+          f"must be <= BATCH_MAX_BATCH_SIZE ({cfg.max_batch_size})")
+    check(cfg.min_batch_size <= cfg.size_threshold <= cfg.max_batch_size, "size_threshold",
+          f"must be between BATCH_MIN_BATCH_SIZE ({cfg.min_batch_size}) "
+          f"and BATCH_MAX_BATCH_SIZE ({cfg.max_batch_size})")
+    check(cfg.max_entry_bytes <= cfg.max_batch_bytes, "max_entry_bytes",
+          f"must be <= BATCH_MAX_BATCH_BYTES ({cfg.max_batch_bytes})")
+    check(cfg.high_time_threshold_seconds <= cfg.time_threshold_seconds,
+          "high_time_threshold_seconds",
+          f"must be <= BATCH_TIME_THRESHOLD_SEC ({_number(cfg.time_threshold_seconds)})")
+    check(cfg.urgent_time_threshold_seconds <= cfg.high_time_threshold_seconds,
+          "urgent_time_threshold_seconds",
+          f"must be <= BATCH_HIGH_TIME_THRESHOLD_SEC ({_number(cfg.high_time_threshold_seconds)})")
+    check(cfg.early_flush_pressure < cfg.emergency_flush_pressure, "early_flush_pressure",
+          f"must be < BATCH_EMERGENCY_FLUSH_PRESSURE ({_number(cfg.emergency_flush_pressure)})")
+    check(cfg.max_buffer_age_seconds >= cfg.time_threshold_seconds, "max_buffer_age_seconds",
+          f"must be >= BATCH_TIME_THRESHOLD_SEC ({_number(cfg.time_threshold_seconds)})")
+    return problems
+
+
+def _shown(field: str, value: object) -> str:
+    """A value as an error message quotes it: one line, cut short, never a password."""
+    text = _number(value) if isinstance(value, float) else str(value)
+    if field == "redis_url":
+        text = redact(text)
+    if len(text) > _MAX_SHOWN:
+        text = text[:_MAX_SHOWN] + "..."
+    return repr(text)
+
+
+def _number(value: object) -> str:
+    # 300.0 reads as 300 in a message about BATCH_TIME_THRESHOLD_SEC
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _ms(seconds: float) -> int:
+    return int(round(seconds * 1000))

@@ -1,0 +1,223 @@
+"""The coordinator: flush what is due, hand it to RQ, reap expired leases, wait for the next wake.
+
+Stateless: any number may run against one queue; ``flush.lua`` pops atomically, so two
+coordinators never share a batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import cast
+
+import orjson
+import redis
+import structlog
+
+from batcher import sizing
+from batcher.config import BatchProcessingConfig
+from batcher.dispatch import Dispatcher
+from batcher.scripts import EVENTS_MAXLEN, FlushedBatch, Scripts
+
+log = structlog.stdlib.get_logger(__name__)
+
+# Redis times BLPOP at its hz (10/s by default), so a blocking wait can overshoot by ~100 ms:
+# block until this long before the planned wake, then sleep locally to the exact ms.
+BLPOP_MARGIN_SECONDS = 0.1
+MIN_BLPOP_SECONDS = 0.01
+# a blocking call never outlasts this, so SIGTERM is seen within about a second
+MAX_BLOCK_SECONDS = 1.0
+SIZING_EVERY_SAMPLES = 10
+REAP_BATCH = 200
+
+
+def new_batch_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class CoordinatorStats:
+    flushed_batches: int = 0
+    flushed_entries: int = 0
+    redispatched: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Coordinator:
+    """The flush loop and the reaper of one queue (DESIGN §3)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: BatchProcessingConfig,
+        *,
+        blocking_client: redis.Redis | None = None,
+    ):
+        self.client = client
+        self.blocking = blocking_client or client
+        self.config = config
+        self.scripts = Scripts(client, config)
+        self.keys = self.scripts.keys
+        self.dispatcher = Dispatcher(client, config)
+        self.stats = CoordinatorStats()
+        self._next_reap = 0.0
+        self._last_sizing_sample = b""
+
+    def start(self) -> None:
+        """Preload the scripts and publish the limits this coordinator runs with."""
+        self.scripts.preload()
+        limits = {k: str(v) for k, v in self.config.limits().items()}
+        pipe = self.client.pipeline()
+        pipe.hset(self.keys.state, mapping=limits)  # type: ignore[arg-type]
+        pipe.hsetnx(self.keys.state, sizing.FIELD_THRESHOLD, self.config.size_threshold)
+        if not self.config.enable_adaptive_sizing:
+            pipe.hset(self.keys.state, sizing.FIELD_THRESHOLD, self.config.size_threshold)
+        pipe.execute()
+
+    # -- one pass ----------------------------------------------------------------------------
+
+    def drain(self, *, manual: bool = False) -> int:
+        """Flush and dispatch until nothing is due; return the wait in ms (-1: until woken)."""
+        while True:
+            decision = self.scripts.flush(new_batch_id(), manual=manual)
+            if decision.batch is None:
+                return decision.wait_ms
+            self._dispatch(decision.batch)
+
+    def _dispatch(self, batch: FlushedBatch) -> None:
+        s = self.stats
+        s.flushed_batches += 1
+        s.flushed_entries += batch.size
+        s.by_reason[batch.reason] = s.by_reason.get(batch.reason, 0) + 1
+        log.info("batch.flushed", queue=self.config.queue, batch_id=batch.id, size=batch.size,
+                 reason=str(batch.reason), priority=batch.priority)
+        try:
+            self.dispatcher.dispatch(batch.id, batch.attempt, batch.priority)
+        except redis.RedisError as exc:
+            # the batch is recorded with a lease: the reaper dispatches it again when it runs out
+            log.warning("batch.dispatch_failed", queue=self.config.queue, batch_id=batch.id,
+                        error=str(exc))
+
+    def reap(self) -> int:
+        """Re-dispatch expired leases, promote delayed entries, expire old ones, trim `seen`."""
+        sec, usec = self.client.time()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        expired = self.client.zrange(self.keys.inflight, "-inf", now_ms, byscore=True,
+                                     offset=0, num=REAP_BATCH)
+        handled = 0
+        for raw in cast(list[bytes], expired):
+            batch_id = raw.decode()
+            attempt_raw, status = self.client.hmget(self.keys.batch(batch_id), "attempt", "status")
+            if attempt_raw is None:
+                continue
+            attempt = int(attempt_raw)
+            alive = status == b"dispatched" and self.dispatcher.job_alive(batch_id, attempt)
+            step = self.scripts.redispatch(batch_id, attempt, job_alive=alive)
+            if step.outcome in ("lost", "redelivered", "retry"):
+                handled += 1
+                self.stats.redispatched += 1
+                log.info("batch.redelivered" if step.outcome == "redelivered"
+                         else "batch.redispatched", queue=self.config.queue, batch_id=batch_id,
+                         attempt=step.attempt, why=step.outcome)
+                try:
+                    self.dispatcher.dispatch(batch_id, step.attempt, step.priority)
+                except redis.RedisError as exc:
+                    log.warning("batch.dispatch_failed", queue=self.config.queue,
+                                batch_id=batch_id, error=str(exc))
+        self.scripts.promote()
+        expired_n = self.scripts.expire()
+        if expired_n:
+            log.warning("entries.expired", queue=self.config.queue, count=expired_n)
+        if self.config.dedupe_window_seconds > 0:
+            cutoff = now_ms - int(self.config.dedupe_window_seconds * 1000)
+            self.client.zremrangebyscore(self.keys.seen, "-inf", f"({cutoff}")
+        return handled
+
+    # -- sizing ------------------------------------------------------------------------------
+
+    def adjust_size(self) -> sizing.Decision | None:
+        """One controller step when enough new samples arrived (shared through Redis state)."""
+        if not self.config.enable_adaptive_sizing:
+            return None
+        raw = cast(list[bytes], self.client.lrange(self.keys.samples, 0, 99))
+        if not raw or raw[0] == self._last_sizing_sample:
+            return None
+        fresh = raw.index(self._last_sizing_sample) if self._last_sizing_sample in raw else len(raw)
+        if fresh < SIZING_EVERY_SAMPLES:
+            return None
+        self._last_sizing_sample = raw[0]
+        samples = []
+        for item in raw[:50]:
+            _ts, n, ms = item.decode().split(":")
+            samples.append((int(n), float(ms)))
+        events = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                      self.client.xrevrange(self.keys.events, count=200))
+        flushes = [e for _id, e in events if e.get(b"type") == b"flush"][:20]
+        grew = (b"size", b"pressure", b"emergency")
+        ratio = (sum(1 for e in flushes if e.get(b"reason") in grew) / len(flushes)
+                 if flushes else 0.0)
+        state = sizing.SizingState.from_fields(
+            cast(dict[bytes, bytes], self.client.hgetall(self.keys.state)),
+            default_threshold=self.config.size_threshold)
+        decision = sizing.next_threshold(state, sizing.SizingInput(
+            samples=samples, size_triggered_ratio=ratio,
+            target_ms=self.config.performance_target_ms,
+            min_size=self.config.min_batch_size, max_size=self.config.max_batch_size))
+        pipe = self.client.pipeline()
+        pipe.hset(self.keys.state, mapping=decision.state.to_fields())  # type: ignore[arg-type]
+        if decision.after != decision.before:
+            pipe.xadd(self.keys.events, {
+                "type": "sizing", "before": decision.before, "after": decision.after,
+                "mode": decision.mode, "evidence": orjson.dumps(decision.evidence),
+            }, maxlen=EVENTS_MAXLEN, approximate=True)
+            pipe.hincrby(self.keys.stats, "sizing_adjustments", 1)
+            log.info("sizing.adjusted", queue=self.config.queue, before=decision.before,
+                     after=decision.after, mode=decision.mode, **decision.evidence)
+        pipe.execute()
+        return decision
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set; a Redis outage is logged and waited out, never fatal."""
+        self.start()
+        log.info("coordinator.started", queue=self.config.queue)
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                wait_ms = self.step()
+                backoff = 0.5
+                self.wait(wait_ms, stop)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("coordinator.redis_unavailable", queue=self.config.queue,
+                            error=str(exc), retry_in_s=backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        log.info("coordinator.stopped", queue=self.config.queue,
+                 batches=self.stats.flushed_batches, entries=self.stats.flushed_entries)
+
+    def step(self) -> int:
+        now = time.monotonic()
+        if now >= self._next_reap:
+            self.reap()
+            self.adjust_size()
+            self._next_reap = now + self.config.reap_interval_seconds
+        return self.drain()
+
+    def wait(self, wait_ms: int, stop: threading.Event) -> None:
+        """Block on the wakeup list until ~100 ms before the planned wake, then sleep exactly."""
+        until_reap = max(0.0, self._next_reap - time.monotonic())
+        timeout = until_reap if wait_ms < 0 else min(wait_ms / 1000, until_reap)
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if left > BLPOP_MARGIN_SECONDS + MIN_BLPOP_SECONDS:
+                block = min(left - BLPOP_MARGIN_SECONDS, MAX_BLOCK_SECONDS)
+                if self.blocking.blpop([self.keys.wakeup], timeout=block) is not None:
+                    return
+            else:
+                stop.wait(left)

@@ -1,0 +1,70 @@
+"""The hand-off to RQ: one job per batch attempt, on the RQ queue of the batch's best priority.
+
+RQ is untyped at its edges; this module and ``workers/`` are the only places that touch it.
+"""
+
+from __future__ import annotations
+
+import redis
+import structlog
+from rq import Queue
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from batcher.config import BatchProcessingConfig
+from batcher.keys import QueueKeys
+
+log = structlog.stdlib.get_logger(__name__)
+
+TASK = "workers.tasks.process_batch"
+FAILURE_TTL_SECONDS = 3600
+_ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+def job_id(batch_id: str, attempt: int) -> str:
+    return f"{batch_id}-{attempt}"
+
+
+class Dispatcher:
+    """Enqueues ``workers.tasks.process_batch(queue, batch_id, attempt)``, JSON-serialised."""
+
+    def __init__(self, client: redis.Redis, config: BatchProcessingConfig):
+        self.client = client
+        self.config = config
+        self.keys = QueueKeys(config.queue)
+        self._queues = {
+            p: Queue(self.keys.rq_queue(p), connection=client, serializer=JSONSerializer)
+            for p in (0, 1, 2)
+        }
+
+    def dispatch(self, batch_id: str, attempt: int, priority: int) -> bool:
+        """Enqueue the attempt's job; False when that job already exists (a retried hand-off)."""
+        try:
+            self._queues[priority].enqueue(
+                TASK,
+                args=(self.config.queue, batch_id, attempt),
+                job_id=job_id(batch_id, attempt),
+                unique=True,
+                result_ttl=0,
+                failure_ttl=FAILURE_TTL_SECONDS,
+                job_timeout=self.config.job_timeout_seconds,
+                description=f"batch {batch_id} attempt {attempt}",
+            )
+        except DuplicateJobError:
+            log.info("batch.dispatch_duplicate", queue=self.config.queue, batch_id=batch_id,
+                     attempt=attempt)
+            return False
+        return True
+
+    def job_alive(self, batch_id: str, attempt: int) -> bool:
+        """True while the attempt's RQ job is queued, deferred, scheduled or running."""
+        try:
+            job = Job.fetch(job_id(batch_id, attempt), connection=self.client,
+                            serializer=JSONSerializer)
+            return job.get_status(refresh=False) in _ALIVE
+        except NoSuchJobError:
+            return False
+
+    def rq_queue_lengths(self) -> dict[str, int]:
+        return {q.name: q.count for q in self._queues.values()}

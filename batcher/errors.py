@@ -1,0 +1,57 @@
+"""Exceptions a producer, a handler or the CLI can catch (DESIGN §9)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batcher.models import EnqueueResult
+
+
+class BatcherError(Exception):
+    """Base class of every error redis-batcher raises on purpose."""
+
+
+class ConfigError(BatcherError):
+    """A setting is invalid; the message names the variable, the value and the rule."""
+
+
+class InvalidEntryError(BatcherError, ValueError):
+    """An entry was refused before anything was written; says which and why."""
+
+    def __init__(self, message: str, *, entry_id: str | None = None, index: int | None = None):
+        super().__init__(message)
+        self.entry_id = entry_id
+        self.index = index
+
+
+class BufferFullError(BatcherError):
+    """The buffer had no room for some or all entries; ``result`` says which."""
+
+    def __init__(self, message: str, result: EnqueueResult):
+        super().__init__(message)
+        self.result = result
+
+
+class BatcherUnavailableError(BatcherError):
+    """Redis could not be reached; ``unconfirmed_ids`` were not confirmed written."""
+
+    def __init__(self, message: str, unconfirmed_ids: list[str] | None = None):
+        super().__init__(message)
+        self.unconfirmed_ids = unconfirmed_ids or []
+
+
+class ScriptError(BatcherError):
+    """A Lua script returned an error code this version does not know."""
+
+
+class RateLimited(Exception):  # noqa: N818 - the public name is fixed by the design
+    """Raised by a handler: pause the whole queue for ``retry_after_seconds``.
+
+    The call does not count as an attempt; the batch is dispatched again after
+    the pause.
+    """
+
+    def __init__(self, retry_after_seconds: float = 1.0, message: str = ""):
+        super().__init__(message or f"rate limited, retry after {retry_after_seconds}s")
+        self.retry_after_seconds = float(retry_after_seconds)

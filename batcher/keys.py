@@ -1,0 +1,93 @@
+"""Every Redis key name redis-batcher uses, built in one place.
+
+All keys of queue ``Q`` carry the hash tag ``{Q}`` so that one queue lives in
+one Cluster slot and every Lua script touches a single slot.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+BATCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PREFIX = "batcher"
+RQ_PREFIX = "batcher."
+
+# priority -> suffix of the RQ queue that carries batches whose best entry has it
+_RQ_SUFFIX = {0: "", 1: ".high", 2: ".urgent"}
+
+HISTOGRAMS = ("processing_ms", "queue_wait_ms", "end_to_end_ms")
+
+
+def validate_queue_name(queue: str) -> str:
+    """Return ``queue`` unchanged, or raise ``ValueError`` naming the rule."""
+    if not QUEUE_NAME_RE.match(queue):
+        raise ValueError(f"queue name {queue!r} must match [A-Za-z0-9_-]{{1,64}}")
+    return queue
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The key names of one queue (DESIGN §2)."""
+
+    queue: str
+    base: str = field(init=False)
+    pending: str = field(init=False)
+    payloads: str = field(init=False)
+    attempts: str = field(init=False)
+    delayed: str = field(init=False)
+    delayed_score: str = field(init=False)
+    state: str = field(init=False)
+    wakeup: str = field(init=False)
+    room: str = field(init=False)
+    inflight: str = field(init=False)
+    seen: str = field(init=False)
+    dead: str = field(init=False)
+    dead_payloads: str = field(init=False)
+    stats: str = field(init=False)
+    samples: str = field(init=False)
+    events: str = field(init=False)
+    throughput: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        validate_queue_name(self.queue)
+        base = f"{PREFIX}:{{{self.queue}}}"
+        set_ = object.__setattr__
+        set_(self, "base", base)
+        for kind in (
+            "pending", "payloads", "attempts", "delayed", "state", "wakeup", "room",
+            "inflight", "seen", "dead", "stats", "samples", "events", "throughput",
+        ):
+            set_(self, kind, f"{base}:{kind}")
+        set_(self, "delayed_score", f"{base}:delayed:score")
+        set_(self, "dead_payloads", f"{base}:dead:payloads")
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.base}:batch:{batch_id}"
+
+    def result(self, entry_id: str) -> str:
+        return f"{self.base}:result:{entry_id}"
+
+    def hist(self, name: str) -> str:
+        return f"{self.base}:hist:{name}"
+
+    def fixed(self) -> list[str]:
+        """Every key of the queue that is not per batch, entry or histogram."""
+        return [
+            self.pending, self.payloads, self.attempts, self.delayed, self.delayed_score,
+            self.state, self.wakeup, self.room, self.inflight, self.seen, self.dead,
+            self.dead_payloads, self.stats, self.samples, self.events, self.throughput,
+        ]
+
+    def scan_pattern(self) -> str:
+        # '{' and '}' are not glob specials, but '[' would be; queue names exclude it
+        return f"{self.base}:*"
+
+    def rq_queue(self, priority: int) -> str:
+        """The RQ queue name for a batch whose best priority is ``priority``."""
+        return f"{RQ_PREFIX}{self.queue}{_RQ_SUFFIX[priority]}"
+
+    def rq_queues_by_urgency(self) -> list[str]:
+        """RQ queue names in the order workers listen: urgent, high, normal."""
+        return [self.rq_queue(2), self.rq_queue(1), self.rq_queue(0)]

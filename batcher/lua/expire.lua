@@ -1,0 +1,46 @@
+--[[ expire.lua: pending entries older than max_buffer_age go to the dead set as 'expired'.
+
+KEYS[1] pending ZSET   KEYS[2] payloads HASH   KEYS[3] state HASH   KEYS[4] dead ZSET
+KEYS[5] dead:payloads HASH   KEYS[6] stats HASH   KEYS[7] attempts HASH   KEYS[8] events STREAM
+ARGV[1] now_ms ('' = Redis TIME)   ARGV[2] max age ms   ARGV[3] at most this many per priority
+ARGV[4] events MAXLEN
+Returns the number of entries expired.
+]]
+local pending, payloads, state, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local dead_payloads, stats, attempts, events = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local now
+if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
+  local t = redis.call('TIME'); now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local max_age, limit, maxlen = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local function fmt(x) return string.format('%.0f', x) end
+if now - max_age < 0 then return 0 end
+local total, bytes = 0, 0
+for p = 0, 2 do
+  local lo = (3 - p) * 1e13
+  local r = redis.call('ZRANGE', pending, fmt(lo), fmt(lo + now - max_age), 'BYSCORE', 'LIMIT', 0, limit, 'WITHSCORES')
+  if #r > 0 then
+    local ids = {}
+    for i = 1, #r, 2 do ids[#ids + 1] = r[i] end
+    local envs = redis.call('HMGET', payloads, unpack(ids))
+    local prior = redis.call('HMGET', attempts, unpack(ids))
+    for i = 1, #ids do
+      bytes = bytes + #envs[i]
+      redis.call('ZADD', dead, fmt(now), ids[i])
+      redis.call('HSET', dead_payloads, ids[i], '{"score":' .. r[2 * i] .. ',"attempts":' ..
+        (prior[i] or '0') .. ',"reason":"expired","error":"older than max_buffer_age","envelope":' ..
+        envs[i] .. '}')
+    end
+    redis.call('ZREM', pending, unpack(ids))
+    redis.call('HDEL', payloads, unpack(ids))
+    redis.call('HDEL', attempts, unpack(ids))
+    total = total + #ids
+  end
+end
+if total > 0 then
+  redis.call('HINCRBY', state, 'bytes', -bytes)
+  redis.call('HINCRBY', stats, 'expired', total)
+  redis.call('HINCRBY', stats, 'dead', total)
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'expired', 'n', total)
+end
+return total

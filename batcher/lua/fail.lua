@@ -1,0 +1,90 @@
+--[[ fail.lua: a handler raised; schedule the batch's retry or dead-letter what is out of attempts.
+
+KEYS[1] batch  HASH   KEYS[2] inflight ZSET   KEYS[3] stats HASH   KEYS[4] events STREAM
+KEYS[5] dead   ZSET   KEYS[6] dead:payloads HASH   KEYS[7] state HASH   KEYS[8] wakeup LIST
+
+ARGV[1] now_ms ('' = Redis TIME)   ARGV[2] batch id   ARGV[3] attempt   ARGV[4] error text
+ARGV[5] back-off ms (with jitter, made by the caller)  ARGV[6] max attempts
+ARGV[7] rate-limited until ms (0 = an ordinary failure)  ARGV[8] events MAXLEN  ARGV[9] max in-flight
+
+An ordinary failure counts one handler call for every entry: entries that reach max attempts go to
+the dead set with reason 'failed' and the error; the rest stay in the batch, whose status becomes
+'retrying' and whose lease becomes now + back-off, so the reaper dispatches the next attempt.
+A rate-limited call counts no attempt and pauses the whole queue until the given time.
+Returns {1, 'retrying'|'dead'|'rate_limited', dead_count}, or {0, 'stale'} (a superseded attempt:
+no-op, also after an ack).
+]]
+local batch, inflight, stats, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local dead, dead_payloads, state, wakeup = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local now
+if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
+  local t = redis.call('TIME'); now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local batch_id, attempt, err = ARGV[2], ARGV[3], ARGV[4]
+local backoff, max_attempts, limited_until = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local maxlen, max_inflight = ARGV[8], tonumber(ARGV[9])
+local function fmt(x) return string.format('%.0f', x) end
+
+local meta = redis.call('HMGET', batch, 'attempt', 'status', 'free')
+if meta[1] ~= attempt or meta[2] ~= 'claimed' then
+  redis.call('HINCRBY', stats, 'stale_fails', 1)
+  return {0, 'stale'}
+end
+
+if limited_until > 0 then
+  local paused = tonumber(redis.call('HGET', state, 'paused_until_ms') or '0')
+  if limited_until > paused then redis.call('HSET', state, 'paused_until_ms', fmt(limited_until)) end
+  redis.call('HINCRBY', batch, 'free', 1)
+  redis.call('HSET', batch, 'status', 'retrying', 'last_error', err)
+  redis.call('ZADD', inflight, fmt(limited_until), batch_id)
+  redis.call('HINCRBY', stats, 'rate_limited', 1)
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'rate_limited', 'batch', batch_id,
+    'until_ms', fmt(limited_until), 'error', err)
+  return {1, 'rate_limited', 0}
+end
+
+local calls = tonumber(attempt) - tonumber(meta[3] or '0')
+local flat = redis.call('HGETALL', batch)
+local n_dead, gone = 0, {}
+for i = 1, #flat, 2 do
+  local f = flat[i]
+  if string.sub(f, 1, 2) == 'e:' then
+    local v = flat[i + 1]
+    local s1 = string.find(v, ' ', 1, true)
+    local s2 = string.find(v, ' ', s1 + 1, true)
+    local total = tonumber(string.sub(v, s1 + 1, s2 - 1)) + calls
+    if total >= max_attempts then
+      local id = string.sub(f, 3)
+      redis.call('ZADD', dead, fmt(now), id)
+      redis.call('HSET', dead_payloads, id, '{"score":' .. string.sub(v, 1, s1 - 1) .. ',"attempts":' ..
+        total .. ',"reason":"failed","error":' .. cjson.encode(err) .. ',"envelope":' ..
+        string.sub(v, s2 + 1) .. '}')
+      gone[#gone + 1] = f
+      n_dead = n_dead + 1
+    end
+  end
+end
+
+redis.call('HINCRBY', stats, 'batches_failed', 1)
+local left = tonumber(redis.call('HGET', batch, 'n')) - n_dead
+local outcome = 'retrying'
+if n_dead > 0 then
+  redis.call('HINCRBY', stats, 'dead', n_dead)
+  if left <= 0 then
+    local was_capped = redis.call('ZCARD', inflight) >= max_inflight
+    redis.call('DEL', batch)
+    redis.call('ZREM', inflight, batch_id)
+    if was_capped and redis.call('LLEN', wakeup) == 0 then redis.call('RPUSH', wakeup, '1') end
+    outcome = 'dead'
+  else
+    redis.call('HDEL', batch, unpack(gone))
+    redis.call('HSET', batch, 'n', left)
+  end
+end
+if outcome == 'retrying' then
+  redis.call('HSET', batch, 'status', 'retrying', 'last_error', err)
+  redis.call('ZADD', inflight, fmt(now + backoff), batch_id)
+end
+redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'failure', 'batch', batch_id,
+  'attempt', attempt, 'outcome', outcome, 'dead', n_dead, 'error', err)
+return {1, outcome, n_dead}

@@ -1,0 +1,148 @@
+--[[ flush.lua: decide whether a batch is due and pop it, in one atomic step (DESIGN §3 "Flush").
+
+KEYS[1] pending   ZSET   KEYS[2] payloads HASH   KEYS[3] state  HASH   KEYS[4] inflight ZSET
+KEYS[5] stats     HASH   KEYS[6] events   STREAM KEYS[7] batch  HASH (the new batch's key)
+KEYS[8] room      LIST   KEYS[9] attempts HASH
+
+ARGV[1]  now_ms ('' = Redis TIME)      ARGV[2]  batch id (made by the caller)
+ARGV[3]  manual (1/0)                  ARGV[4]  max_buffer_size      ARGV[5] max_buffer_bytes
+ARGV[6]  default size threshold        ARGV[7]  max_batch_size       ARGV[8] max_batch_bytes
+ARGV[9]  early pressure                ARGV[10] emergency pressure   ARGV[11] adaptive timeout (1/0)
+ARGV[12..14] time thresholds ms: normal, high, urgent
+ARGV[15] max in-flight batches         ARGV[16] dispatch lease ms    ARGV[17] events MAXLEN
+
+Returns {1, batch_id, reason, n, priority, attempt}  a batch was written and popped
+        {0, wait_ms}                                 nothing due; -1 = until woken
+The batch hash holds meta fields and one field per entry: 'e:<id>' -> '<score> <prior attempts> <envelope>'.
+]]
+local pending, payloads, state, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stats, events, batch, room, attempts = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+
+local now
+if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
+  local t = redis.call('TIME'); now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local batch_id, manual = ARGV[2], ARGV[3] == '1'
+local max_count, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
+local threshold = tonumber(redis.call('HGET', state, 'size_threshold') or ARGV[6])
+local max_batch, max_batch_bytes = tonumber(ARGV[7]), tonumber(ARGV[8])
+local early, emergency, adaptive = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11] == '1'
+local thr = {[0] = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])}
+local max_inflight, lease_ms, maxlen = tonumber(ARGV[15]), tonumber(ARGV[16]), ARGV[17]
+local function fmt(x) return string.format('%.0f', x) end
+
+local count = redis.call('ZCARD', pending)
+if count == 0 then
+  redis.call('HSET', state, 'wake_ms', 0)
+  return {0, -1}
+end
+local bytes = tonumber(redis.call('HGET', state, 'bytes') or '0')
+local util = math.max(count / max_count, bytes / max_bytes)
+
+-- 1. paused or at the in-flight cap: backpressure, unless the buffer is about to overflow
+if not manual and util < emergency then
+  local paused = tonumber(redis.call('HGET', state, 'paused_until_ms') or '0')
+  if paused > now then
+    redis.call('HSET', state, 'wake_ms', fmt(paused))
+    return {0, paused - now}
+  end
+  if redis.call('ZCARD', inflight) >= max_inflight then
+    redis.call('HSET', state, 'wake_ms', fmt(now + 86400000))  -- an ack wakes us
+    return {0, -1}
+  end
+end
+
+-- effective deadlines (DESIGN §4): thresholds shrink as the buffer fills
+local f = 1
+if adaptive and util > 0.5 then f = math.max(0.25, 1 - 0.75 * (util - 0.5) / (early - 0.5)) end
+local eff = {[0] = math.floor(thr[0] * f), math.floor(thr[1] * f), math.floor(thr[2] * f)}
+local earliest = nil
+for p = 0, 2 do
+  local lo = (3 - p) * 1e13
+  local first = redis.call('ZRANGE', pending, fmt(lo), fmt(lo + 1e13 - 1), 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
+  if #first > 0 then
+    local d = tonumber(first[2]) - lo + eff[p]
+    if earliest == nil or d < earliest then earliest = d end
+  end
+end
+
+-- 2. the reason, first that holds
+local reason
+if manual then reason = 'manual'
+elseif util >= emergency then reason = 'emergency'
+elseif count >= threshold then reason = 'size'
+elseif util >= early then reason = 'pressure'
+elseif earliest <= now then reason = 'deadline'
+else
+  redis.call('HSET', state, 'wake_ms', fmt(earliest))
+  return {0, earliest - now}
+end
+local limit = math.min(threshold, max_batch)
+if reason == 'emergency' then limit = max_batch end
+
+-- 3. contents: overdue entries by deadline then score, then the best scores
+local cand, taken = {}, {}
+for p = 2, 0, -1 do
+  local lo = (3 - p) * 1e13
+  if now - eff[p] >= 0 then
+    local r = redis.call('ZRANGE', pending, fmt(lo), fmt(lo + now - eff[p]), 'BYSCORE', 'LIMIT', 0, limit, 'WITHSCORES')
+    for i = 1, #r, 2 do
+      local s = tonumber(r[i + 1])
+      cand[#cand + 1] = {r[i], r[i + 1], s - lo + eff[p], s}
+    end
+  end
+end
+table.sort(cand, function(a, b)
+  if a[3] ~= b[3] then return a[3] < b[3] end
+  return a[4] < b[4]
+end)
+local picked = {}
+for i = 1, math.min(#cand, limit) do picked[i] = cand[i]; taken[cand[i][1]] = true end
+if #picked < limit then
+  local r = redis.call('ZRANGE', pending, 0, limit + #picked - 1, 'WITHSCORES')
+  for i = 1, #r, 2 do
+    if #picked >= limit then break end
+    if not taken[r[i]] then picked[#picked + 1] = {r[i], r[i + 1]}; taken[r[i]] = true end
+  end
+end
+
+-- the byte cap; always at least one entry
+local ids, envs, sum = {}, {}, 0
+for i = 1, #picked do
+  local n = redis.call('HSTRLEN', payloads, picked[i][1])
+  if i > 1 and sum + n > max_batch_bytes then break end
+  ids[i] = picked[i][1]; sum = sum + n
+end
+local n = #ids
+local env = redis.call('HMGET', payloads, unpack(ids))
+local prior = redis.call('HMGET', attempts, unpack(ids))
+
+-- 4. write the batch record and pop
+local best, fields, had_prior = 3, {}, false
+for i = 1, n do
+  local score = picked[i][2]
+  local klass = math.floor(tonumber(score) / 1e13)
+  if klass < best then best = klass end
+  if prior[i] then had_prior = true end
+  fields[#fields + 1] = 'e:' .. ids[i]
+  fields[#fields + 1] = score .. ' ' .. (prior[i] or '0') .. ' ' .. env[i]
+  if #fields >= 1000 then redis.call('HSET', batch, unpack(fields)); fields = {} end
+end
+if #fields > 0 then redis.call('HSET', batch, unpack(fields)) end
+local priority = 3 - best
+redis.call('HSET', batch, 'status', 'dispatched', 'reason', reason, 'created_ms', fmt(now),
+  'priority', priority, 'attempt', 1, 'free', 0, 'n', n, 'bytes', sum)
+redis.call('ZREM', pending, unpack(ids))
+redis.call('HDEL', payloads, unpack(ids))
+if had_prior then redis.call('HDEL', attempts, unpack(ids)) end
+redis.call('HINCRBY', state, 'bytes', -sum)
+redis.call('ZADD', inflight, fmt(now + lease_ms), batch_id)
+redis.call('HINCRBY', stats, 'flushes:' .. reason, 1)
+redis.call('HINCRBY', stats, 'batches_flushed', 1)
+redis.call('HINCRBY', stats, 'entries_flushed', n)
+redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'flush', 'batch', batch_id,
+  'reason', reason, 'n', n, 'bytes', sum, 'priority', priority, 'ms', fmt(now))
+-- room for producers waiting under the 'block' overflow policy
+redis.call('RPUSH', room, '1')
+redis.call('LTRIM', room, -64, -1)
+return {1, batch_id, reason, n, priority, 1}

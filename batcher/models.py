@@ -1,0 +1,97 @@
+"""The data a producer, a handler and the stats see."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+# score = (3 - priority) * 10**13 + enqueued_ms: ZPOPMIN order is urgent first, FIFO within.
+PRIORITY_SCORE_BASE = 10**13
+PRIORITIES = (0, 1, 2)
+PRIORITY_NAMES = {0: "normal", 1: "high", 2: "urgent"}
+
+
+def score_of(priority: int, enqueued_ms: int) -> int:
+    return (3 - priority) * PRIORITY_SCORE_BASE + enqueued_ms
+
+
+def split_score(score: int) -> tuple[int, int]:
+    """``score`` -> (priority, enqueued_ms)."""
+    klass, enqueued_ms = divmod(score, PRIORITY_SCORE_BASE)
+    return 3 - klass, enqueued_ms
+
+
+class FlushReason(StrEnum):
+    SIZE = "size"
+    DEADLINE = "deadline"
+    PRESSURE = "pressure"
+    EMERGENCY = "emergency"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One accepted entry as a handler receives it."""
+
+    id: str
+    source: str
+    priority: int
+    enqueued_ms: int
+    attempts: int
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a handler is called with: one batch of entries, best priority first."""
+
+    queue: str
+    id: str
+    attempt: int
+    reason: FlushReason
+    created_ms: int
+    entries: list[Entry]
+
+    @property
+    def priority(self) -> int:
+        return max((e.priority for e in self.entries), default=0)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """A handler's partial result: ``results`` are acked, ``failed`` ids retried alone.
+
+    Ids of the batch that appear in neither are acked without a result.
+    """
+
+    results: Mapping[str, Any] = field(default_factory=dict)
+    failed: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """What an enqueue call did: duplicates are success, rejected ids found no room."""
+
+    accepted: int = 0
+    duplicate_ids: list[str] = field(default_factory=list)
+    rejected_ids: list[str] = field(default_factory=list)
+
+    def __add__(self, other: EnqueueResult) -> EnqueueResult:
+        return EnqueueResult(
+            self.accepted + other.accepted,
+            self.duplicate_ids + other.duplicate_ids,
+            self.rejected_ids + other.rejected_ids,
+        )
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.duplicate_ids)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejected_ids)

