@@ -1,0 +1,410 @@
+"""RSS/Atom feed fetcher: a producer that turns feed entries into batcher entries.
+
+Feeds are fetched with httpx (timeouts, redirects, gzip, conditional GET, a
+per-host delay) and parsed with feedparser (RSS 0.9x, 1.0, 2.0 and Atom).
+Entry ids are derived deterministically from the entry, so any number of
+fetcher processes over the same feeds enqueue each entry once: the producer's
+de-duplication by id does the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
+
+import feedparser  # type: ignore[import-untyped]
+import httpx
+import structlog
+
+from batcher.errors import BatcherError, ConfigError
+from batcher.models import PRIORITIES, EnqueueResult
+
+log = structlog.stdlib.get_logger(__name__)
+
+CHUNK_SIZE = 500  # the producer's queue_many limit per script call
+MAX_ID_CHARS = 200
+# Full-content feeds can carry tens of KB per entry; the LLM needs a summary, and an
+# oversized envelope would make the producer refuse the whole chunk.
+MAX_SUMMARY_CHARS = 4000
+MAX_TITLE_CHARS = 1000
+MAX_TAGS = 50
+USER_AGENT = "redis-batcher-fetcher/0.1 (+https://github.com/redis-batcher)"
+_FEED_KEYS = frozenset({"url", "source", "priority", "interval_seconds"})
+
+
+class EntrySink(Protocol):
+    """Where fetched entries go; ``batcher.producer.BatchStateManager`` is one."""
+
+    def queue_many(self, entries: list[dict[str, object]]) -> EnqueueResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FeedConfig:
+    """One feed: where it is, the source name its entries carry, their priority, how often."""
+
+    url: str
+    source: str
+    priority: int = 0
+    interval_seconds: float = 300.0
+
+
+def load_feeds(path: str | Path, *, base_url: str | None = None) -> list[FeedConfig]:
+    """Read ``[[feeds]]`` tables from a TOML file.
+
+    ``{base}`` in a url is replaced by ``base_url`` (the demo's local server).
+    Raises ConfigError naming the file and the feed when anything is wrong.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            document = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read feeds file: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    tables = document.get("feeds")
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(f"{path}: expected one or more [[feeds]] tables")
+    feeds = [_feed_from_table(path, i, table, base_url) for i, table in enumerate(tables)]
+    for attr in ("source", "url"):
+        values = [getattr(f, attr) for f in feeds]
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"{path}: feeds repeat {attr} {repeated[0]!r}")
+    return feeds
+
+
+def _feed_from_table(path: Path, index: int, table: object, base_url: str | None) -> FeedConfig:
+    where = f"{path}: feed #{index + 1}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
+    if isinstance(table.get("source"), str):
+        where += f" ({table['source']!r})"
+    unknown = sorted(set(table) - _FEED_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {sorted(_FEED_KEYS)})")
+    url, source = table.get("url"), table.get("source")
+    priority, interval = table.get("priority", 0), table.get("interval_seconds", 300)
+    if not isinstance(source, str) or not 1 <= len(source) <= 64 or not source.isprintable():
+        raise ConfigError(f"{where}: source must be 1-64 printable characters, got {source!r}")
+    if not isinstance(url, str):
+        raise ConfigError(f"{where}: url must be a string, got {url!r}")
+    if "{base}" in url:
+        if base_url is None:
+            raise ConfigError(f"{where}: url {url!r} uses {{base}} but no base url was given")
+        url = url.replace("{base}", base_url.rstrip("/"))
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+        raise ConfigError(f"{where}: url must be an http(s) URL, got {url!r}")
+    if isinstance(priority, bool) or priority not in PRIORITIES:
+        raise ConfigError(f"{where}: priority must be 0, 1 or 2, got {priority!r}")
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        raise ConfigError(f"{where}: interval_seconds must be a number > 0, got {interval!r}")
+    return FeedConfig(url=url, source=source, priority=priority, interval_seconds=float(interval))
+
+
+def _clean_id(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) > MAX_ID_CHARS or not value.isprintable():
+        # Still deterministic, and within the producer's 1-200 printable characters.
+        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+    return value
+
+
+def entry_id(parsed_entry: Mapping[str, Any]) -> str:
+    """The entry's id: its GUID, else its link, else a hash of title and date.
+
+    Always 1-200 printable characters; longer or unprintable values are hashed.
+    """
+    for key in ("id", "link"):
+        found = _clean_id(parsed_entry.get(key))
+        if found is not None:
+            return found
+    title = str(parsed_entry.get("title") or "").strip()
+    date = str(parsed_entry.get("published") or parsed_entry.get("updated") or "").strip()
+    return "sha256:" + hashlib.sha256(f"{title}\x1f{date}".encode()).hexdigest()
+
+
+def _iso_date(parsed_entry: Mapping[str, Any]) -> str | None:
+    for key in ("published_parsed", "updated_parsed", "created_parsed"):
+        value = parsed_entry.get(key)
+        if isinstance(value, time.struct_time):
+            return datetime(*value[:6], tzinfo=UTC).isoformat()
+    return None
+
+
+def _summary(parsed_entry: Mapping[str, Any]) -> str:
+    text = parsed_entry.get("summary") or parsed_entry.get("description")
+    if not text:
+        contents = parsed_entry.get("content") or []
+        text = contents[0].get("value") if contents else ""
+    return str(text or "").strip()[:MAX_SUMMARY_CHARS]
+
+
+def payload_of(parsed_entry: Mapping[str, Any], feed: FeedConfig) -> dict[str, object]:
+    """The entry's payload: title, link, summary, published (ISO 8601 or None), feed, tags."""
+    tags = [
+        str(tag.get("term")).strip()
+        for tag in parsed_entry.get("tags") or []
+        if tag.get("term") and str(tag.get("term")).strip()
+    ]
+    link = parsed_entry.get("link")
+    return {
+        "title": str(parsed_entry.get("title") or "").strip()[:MAX_TITLE_CHARS],
+        "link": link.strip() if isinstance(link, str) and link.strip() else None,
+        "summary": _summary(parsed_entry),
+        "published": _iso_date(parsed_entry),
+        "feed": feed.source,
+        "tags": tags[:MAX_TAGS],
+    }
+
+
+@dataclass(slots=True)
+class FeedCounters:
+    """Cumulative figures for one feed."""
+
+    fetched: int = 0
+    not_modified: int = 0
+    entries_seen: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    errors: int = 0
+
+
+FetchStatus = Literal["fetched", "not_modified", "failed"]
+_REPORTED_COUNTS = ("entries_seen", "accepted", "duplicates", "rejected")
+
+
+@dataclass(slots=True)
+class FetchReport:
+    """What one fetch of one feed did."""
+
+    source: str
+    url: str
+    status: FetchStatus
+    http_status: int | None = None
+    entries_seen: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    error: str | None = None
+    elapsed_ms: int = 0
+    rejected_ids: list[str] = field(default_factory=list)
+
+
+class _FeedFailed(Exception):
+    """Internal: a fetch failed in a way that is logged and counted, never raised."""
+
+
+class FeedFetcher:
+    """Fetches feeds and hands their entries to a sink in chunks of at most 500.
+
+    A malformed feed, an HTTP error, a timeout or a connection error is logged
+    (``feed.failed``) and counted; ``fetch_once`` and ``run`` never raise for them.
+    """
+
+    def __init__(
+        self,
+        sink: EntrySink,
+        feeds: Sequence[FeedConfig],
+        *,
+        client: httpx.Client | None = None,
+        per_host_delay_seconds: float = 1.0,
+        timeout_seconds: float = 10.0,
+    ) -> None:
+        self.sink = sink
+        self.feeds = list(feeds)
+        self.per_host_delay_seconds = per_host_delay_seconds
+        self.timeout_seconds = timeout_seconds
+        self._own_client = client is None
+        self._client = client or httpx.Client(
+            timeout=timeout_seconds, follow_redirects=True, headers={"User-Agent": USER_AGENT}
+        )
+        self.counters: dict[str, FeedCounters] = {f.source: FeedCounters() for f in self.feeds}
+        # url -> (ETag, Last-Modified) of its last complete fetch, for conditional GET.
+        self._validators: dict[str, tuple[str | None, str | None]] = {}
+        self._last_request: dict[str, float] = {}  # host -> monotonic time of last request
+        self._stop = threading.Event()
+
+    def close(self) -> None:
+        """Close the HTTP client if this fetcher created it."""
+        if self._own_client:
+            self._client.close()
+
+    def __enter__(self) -> FeedFetcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def fetch_once(self, feed: FeedConfig) -> FetchReport:
+        """Fetch, parse and enqueue one feed; failures are logged and counted, not raised."""
+        counters = self.counters.setdefault(feed.source, FeedCounters())
+        started = time.monotonic()
+        report = FetchReport(source=feed.source, url=feed.url, status="failed")
+        try:
+            self._fetch_into(feed, report)
+        except _FeedFailed as exc:
+            report.error = str(exc)
+        report.elapsed_ms = int((time.monotonic() - started) * 1000)
+        self._count(counters, report)
+        self._log(feed, report)
+        return report
+
+    def run(
+        self, stop_event: threading.Event, max_rounds: int | None = None
+    ) -> dict[str, FeedCounters]:
+        """Fetch every feed on its interval until ``stop_event`` is set.
+
+        With ``max_rounds``, return once every feed has been fetched that many times.
+        Returns the per-feed counters.
+        """
+        self._stop = stop_event
+        next_due = {i: time.monotonic() for i in range(len(self.feeds))}
+        rounds = {i: 0 for i in range(len(self.feeds))}
+        while not stop_event.is_set() and next_due:
+            now = time.monotonic()
+            for i in sorted(next_due, key=next_due.__getitem__):
+                if stop_event.is_set() or next_due[i] > now:
+                    break
+                feed = self.feeds[i]
+                self._fetch_guarded(feed)
+                rounds[i] += 1
+                if max_rounds is not None and rounds[i] >= max_rounds:
+                    del next_due[i]
+                else:
+                    next_due[i] = time.monotonic() + feed.interval_seconds
+            if next_due:
+                stop_event.wait(max(0.0, min(next_due.values()) - time.monotonic()))
+        return self.counters
+
+    def _fetch_guarded(self, feed: FeedConfig) -> None:
+        # A bug in one feed's handling (say, an entry shape feedparser never produced
+        # before) must not stop the other feeds: log it with its traceback and move on.
+        try:
+            self.fetch_once(feed)
+        except Exception:
+            self.counters.setdefault(feed.source, FeedCounters()).errors += 1
+            log.exception("feed.crashed", feed=feed.source, url=feed.url)
+
+    def _fetch_into(self, feed: FeedConfig, report: FetchReport) -> None:
+        response = self._get(feed.url)
+        report.http_status = response.status_code
+        if response.status_code == 304:
+            report.status = "not_modified"
+            return
+        if not response.is_success:
+            raise _FeedFailed(f"HTTP {response.status_code} {response.reason_phrase}".strip())
+        parsed = feedparser.parse(
+            response.content, response_headers={k.lower(): v for k, v in response.headers.items()}
+        )
+        if parsed.bozo and not parsed.entries:
+            raise _FeedFailed(f"malformed feed: {parsed.get('bozo_exception')!s}")
+        envelopes = self._envelopes(parsed.entries, feed)
+        report.entries_seen = len(parsed.entries)
+        report.duplicates = len(parsed.entries) - len(envelopes)  # repeated within the feed
+        result = self._enqueue(envelopes)
+        report.accepted = result.accepted
+        report.duplicates += result.duplicates
+        report.rejected = result.rejected
+        report.rejected_ids = result.rejected_ids
+        report.status = "fetched"
+        # Rejected entries (buffer full) must be offered again, so only a complete
+        # hand-off lets the next fetch be conditional.
+        if not result.rejected_ids:
+            etag, modified = response.headers.get("etag"), response.headers.get("last-modified")
+            if etag or modified:
+                self._validators[feed.url] = (etag, modified)
+        else:
+            self._validators.pop(feed.url, None)
+
+    def _get(self, url: str) -> httpx.Response:
+        headers: dict[str, str] = {}
+        etag, modified = self._validators.get(url, (None, None))
+        if etag:
+            headers["If-None-Match"] = etag
+        if modified:
+            headers["If-Modified-Since"] = modified
+        self._wait_for_host(url)
+        try:
+            return self._client.get(
+                url, headers=headers, timeout=self.timeout_seconds, follow_redirects=True
+            )
+        except httpx.TimeoutException as exc:
+            raise _FeedFailed(
+                f"timeout after {self.timeout_seconds}s ({type(exc).__name__})"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise _FeedFailed(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._last_request[urlsplit(url).netloc.lower()] = time.monotonic()
+
+    def _wait_for_host(self, url: str) -> None:
+        last = self._last_request.get(urlsplit(url).netloc.lower())
+        if last is not None:
+            remaining = last + self.per_host_delay_seconds - time.monotonic()
+            if remaining > 0:
+                self._stop.wait(remaining)
+
+    def _envelopes(self, entries: Sequence[Any], feed: FeedConfig) -> list[dict[str, object]]:
+        envelopes: dict[str, dict[str, object]] = {}
+        for parsed_entry in entries:
+            eid = entry_id(parsed_entry)
+            envelopes.setdefault(
+                eid,
+                {
+                    "id": eid,
+                    "source": feed.source,
+                    "priority": feed.priority,
+                    "payload": payload_of(parsed_entry, feed),
+                },
+            )
+        return list(envelopes.values())
+
+    def _enqueue(self, envelopes: list[dict[str, object]]) -> EnqueueResult:
+        total = EnqueueResult()
+        for start in range(0, len(envelopes), CHUNK_SIZE):
+            try:
+                total = total + self.sink.queue_many(envelopes[start : start + CHUNK_SIZE])
+            except BatcherError as exc:
+                # Earlier chunks are in; the validators are not stored, so the next
+                # fetch offers everything again and the producer skips what it has.
+                raise _FeedFailed(
+                    f"enqueue failed after {total.accepted} accepted: {type(exc).__name__}: {exc}"
+                ) from exc
+        return total
+
+    @staticmethod
+    def _count(counters: FeedCounters, report: FetchReport) -> None:
+        if report.status == "failed":
+            counters.errors += 1
+        elif report.status == "not_modified":
+            counters.not_modified += 1
+        else:
+            counters.fetched += 1
+            for name in _REPORTED_COUNTS:
+                setattr(counters, name, getattr(counters, name) + getattr(report, name))
+
+    @staticmethod
+    def _log(feed: FeedConfig, report: FetchReport) -> None:
+        common = {"feed": feed.source, "url": feed.url, "http_status": report.http_status}
+        common["elapsed_ms"] = report.elapsed_ms
+        if report.status == "failed":
+            log.warning("feed.failed", error=report.error, **common)
+        else:
+            counts = {name: getattr(report, name) for name in _REPORTED_COUNTS}
+            log.info(
+                "feed.fetched", not_modified=report.status == "not_modified", **counts, **common
+            )
