@@ -116,7 +116,10 @@ redis.call('LPUSH', samples, fmt(now) .. ':' .. (acked + n_delayed + n_dead) .. 
 redis.call('LTRIM', samples, 0, samples_cap - 1)
 local sec = math.floor(now / 1000)
 redis.call('HINCRBY', tput, tostring(sec), acked)
-local gc = tonumber(redis.call('HGET', tput, 'gc') or tostring(sec - 700))
+local gc_raw = redis.call('HGET', tput, 'gc')
+-- without the marker the window would never be trimmed: record where trimming starts
+if not gc_raw then redis.call('HSET', tput, 'gc', sec - 700) end
+local gc = tonumber(gc_raw or (sec - 700))
 if sec - 700 > gc then
   if sec - 700 - gc > 700 then
     redis.call('DEL', tput); redis.call('HINCRBY', tput, tostring(sec), acked)

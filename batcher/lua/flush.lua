@@ -13,6 +13,7 @@ ARGV[15] max in-flight batches         ARGV[16] dispatch lease ms    ARGV[17] ev
 
 Returns {1, batch_id, reason, n, priority, attempt}  a batch was written and popped
         {0, wait_ms}                                 nothing due; -1 = until woken
+Errors  BATCH_EXISTS <id>                            the batch id is already in use
 The batch hash holds meta fields and one field per entry: 'e:<id>' -> '<score> <prior attempts> <envelope>'.
 ]]
 local pending, payloads, state, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -30,6 +31,8 @@ local early, emergency, adaptive = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[1
 local thr = {[0] = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])}
 local max_inflight, lease_ms, maxlen = tonumber(ARGV[15]), tonumber(ARGV[16]), ARGV[17]
 local function fmt(x) return string.format('%.0f', x) end
+-- a reused batch id would merge two batches into one record
+if redis.call('EXISTS', batch) == 1 then return redis.error_reply('BATCH_EXISTS ' .. batch_id) end
 
 local count = redis.call('ZCARD', pending)
 if count == 0 then

@@ -1,0 +1,95 @@
+"""Producer validation: bad input is refused with a typed error and nothing is written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fakeredis
+import pytest
+
+from batcher import BatchProcessingConfig, BatchStateManager, BufferFullError, InvalidEntryError
+
+
+def make_manager(**overrides: Any) -> tuple[BatchStateManager, fakeredis.FakeRedis]:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    config = BatchProcessingConfig(queue="unit", **overrides)
+    return BatchStateManager(client, config), client
+
+
+def entry(i: int | str, **kw: Any) -> dict[str, Any]:
+    return {"id": f"e-{i}", "source": "s", "priority": 0, "payload": {"n": i}, **kw}
+
+
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        ({"priority": 3}, "priority must be 0"),
+        ({"priority": -1}, "priority must be 0"),
+        ({"priority": True}, "priority must be 0"),
+        ({"priority": "1"}, "priority must be 0"),
+        ({"id": ""}, "1-200 printable"),
+        ({"id": "x" * 201}, "1-200 printable"),
+        ({"id": "tab\there"}, "1-200 printable"),
+        ({"id": 7}, "id must be a string"),
+        ({"payload": "not an object"}, "payload must be a JSON object"),
+        ({"payload": [1, 2]}, "payload must be a JSON object"),
+        ({"payload": {"s": {1, 2}}}, "not JSON-serialisable"),
+        ({"payload": {1: "int key"}}, "not JSON-serialisable"),
+        ({"source": ""}, "source must be"),
+    ],
+)
+def test_bad_entry_in_a_chunk_writes_nothing(bad: dict[str, Any], words: str) -> None:
+    manager, client = make_manager()
+    entries = [entry(i) for i in range(10)] + [entry("bad", **bad)]
+    with pytest.raises(InvalidEntryError, match=words):
+        manager.queue_many(entries)
+    assert client.keys("*") == []
+
+
+def test_oversize_entry_names_the_limit_and_writes_nothing() -> None:
+    manager, client = make_manager(max_entry_bytes=200, max_batch_bytes=1024)
+    with pytest.raises(InvalidEntryError, match="exceeds max_entry_bytes=200") as info:
+        manager.queue_entry({"text": "x" * 300}, "s", "big-1")
+    assert info.value.entry_id == "big-1"
+    assert client.keys("*") == []
+
+
+def test_queue_entry_then_duplicate_is_success() -> None:
+    manager, _ = make_manager()
+    first = manager.queue_entry({"title": "t"}, "rss", "uuid-1", priority=2)
+    again = manager.queue_entry({"title": "t"}, "rss", "uuid-1", priority=2)
+    assert (first.accepted, first.duplicate_ids) == (1, [])
+    assert (again.accepted, again.duplicate_ids) == (0, ["uuid-1"])
+
+
+def test_full_buffer_raises_with_the_result() -> None:
+    manager, client = make_manager(max_buffer_size=5, size_threshold=5, min_batch_size=1,
+                                   max_batch_size=5)
+    with pytest.raises(BufferFullError) as info:
+        manager.queue_many([entry(i) for i in range(8)])
+    result = info.value.result
+    assert result.accepted == 5
+    assert result.rejected_ids == ["e-5", "e-6", "e-7"]
+    assert client.zcard("batcher:{unit}:pending") == 5
+
+
+def test_queue_many_sends_one_call_per_chunk_of_500() -> None:
+    manager, client = make_manager(max_buffer_size=5000)
+    calls: list[int] = []
+    original = manager.scripts.enqueue
+
+    def counting(chunk: Any, now_ms: int | None = None) -> Any:
+        calls.append(len(chunk))
+        return original(chunk, now_ms)
+
+    manager.scripts.enqueue = counting  # type: ignore[method-assign]
+    result = manager.queue_many([entry(i) for i in range(1201)])
+    assert result.accepted == 1201
+    assert calls == [500, 500, 201]
+
+
+def test_flush_callback_is_recorded_as_the_expected_handler() -> None:
+    manager, client = make_manager()
+    manager.expected_handler = "workers.handlers.echo:handle"
+    manager.queue_entry({}, "s", "a")
+    assert client.hget("batcher:{unit}:state", "handler") == b"workers.handlers.echo:handle"
