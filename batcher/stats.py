@@ -1,151 +1,282 @@
-"""Figures read back from Redis: the same data for ``stats``, ``top``, the exporter and logs."""
+"""Figures read back from Redis: the same data for ``stats``, ``top``, the exporter and logs.
+
+:func:`detailed_stats` reads one queue's keys in two pipelined round trips (plus one for the
+RQ workers) and assembles the dict of DESIGN §9; the arithmetic lives in
+:mod:`batcher.monitoring.figures`, pure and unit-tested.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis
+from rq import Queue, Worker
 
 from batcher.config import BatchProcessingConfig
 from batcher.keys import HISTOGRAMS, QueueKeys
-from batcher.models import FlushReason
-from batcher.sizing import effective_thresholds_seconds
+from batcher.models import PRIORITIES, PRIORITY_SCORE_BASE, FlushReason
+from batcher.monitoring import figures
+from batcher.sizing import FIELD_FIT_A, FIELD_FIT_B, effective_thresholds_seconds
 
 COUNTERS = ("accepted", "duplicates", "rejected", "acked", "redeliveries", "dead", "expired",
-            "requeued", "purged")
+            "requeued", "purged", "batches_flushed", "entries_flushed", "retried_entries",
+            "retries", "rate_limited", "lost_dispatches", "stale_acks", "stale_claims",
+            "stale_fails")
+EVENTS_SHOWN = 20
+# events read per call: enough to find the latest sizing events among acks and flushes
+EVENTS_SCANNED = 500
+SIZING_EVENTS_SHOWN = 10
+MINUTE_MS = 60_000
+
+Raw = Mapping[bytes, bytes]
 
 
-def _int(raw: Mapping[bytes, bytes], key: str) -> int:
+def _int(raw: Raw, key: str) -> int:
     value = raw.get(key.encode())
-    return int(float(value)) if value is not None else 0
+    return int(float(value)) if value else 0
 
 
-def percentile(hist: Mapping[str, int], q: float) -> float | None:
-    """The upper bound of the bucket holding quantile ``q`` (a conservative estimate)."""
-    total = sum(hist.values())
-    if total == 0:
-        return None
-    rank, seen = q * total, 0
-    for bound in sorted(hist, key=lambda b: float("inf") if b == "+Inf" else float(b)):
-        seen += hist[bound]
-        if seen >= rank:
-            return float("inf") if bound == "+Inf" else float(bound)
-    return None
+def _float(raw: Raw, key: str) -> float | None:
+    value = raw.get(key.encode())
+    return float(value) if value else None
 
 
-def read_histograms(client: redis.Redis, keys: QueueKeys) -> dict[str, dict[str, int]]:
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one ``detailed_stats`` call read, undecoded."""
+
+    now_ms: int
+    pending: int
+    delayed: int
+    state: Raw
+    stats: Raw
+    dead_now: int
+    dead_last_minute: int
+    seen_last_minute: int
+    inflight_ids: list[bytes]
+    inflight_entries: int
+    throughput: dict[int, int]
+    events: list[tuple[bytes, dict[bytes, bytes]]]
+    samples: list[bytes]
+    by_priority: dict[int, int]
+    oldest_enqueued_ms: list[int]
+    histograms: dict[str, dict[str, int]]
+
+
+def _server_ms(client: redis.Redis) -> int:
+    sec, usec = client.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+def read_snapshot(client: redis.Redis, keys: QueueKeys, now_ms: int | None = None) -> Snapshot:
+    """Read the queue's figures; ``now_ms`` defaults to Redis's clock (the one the scripts use)."""
+    now = _server_ms(client) if now_ms is None else now_ms
     pipe = client.pipeline(transaction=False)
+    pipe.zcard(keys.pending)
+    pipe.zcard(keys.delayed)
+    pipe.hgetall(keys.state)
+    pipe.hgetall(keys.stats)
+    pipe.zcard(keys.dead)
+    pipe.zcount(keys.dead, f"({now - MINUTE_MS}", now)
+    pipe.zcount(keys.seen, f"({now - MINUTE_MS}", now)
+    pipe.zrange(keys.inflight, 0, -1)
+    pipe.hgetall(keys.throughput)
+    pipe.xrevrange(keys.events, count=EVENTS_SCANNED)
+    pipe.lrange(keys.samples, 0, -1)
     for name in HISTOGRAMS:
         pipe.hgetall(keys.hist(name))
-    return {
-        name: {k.decode(): int(v) for k, v in raw.items()}
-        for name, raw in zip(HISTOGRAMS, pipe.execute(), strict=True)
-    }
+    for p in PRIORITIES:
+        lo = (3 - p) * PRIORITY_SCORE_BASE
+        pipe.zcount(keys.pending, lo, lo + PRIORITY_SCORE_BASE - 1)
+        pipe.zrange(keys.pending, lo, lo + PRIORITY_SCORE_BASE - 1, byscore=True, offset=0,
+                    num=1, withscores=True)
+    (pending, delayed, state, stats, dead_now, dead_minute, seen_minute, inflight, tput,
+     events, samples, *rest) = pipe.execute()
+    hists, by_prio = rest[:len(HISTOGRAMS)], rest[len(HISTOGRAMS):]
+    return Snapshot(
+        now_ms=now, pending=pending, delayed=delayed, state=state, stats=stats,
+        dead_now=dead_now, dead_last_minute=dead_minute, seen_last_minute=seen_minute,
+        inflight_ids=inflight, inflight_entries=_inflight_entries(client, keys, inflight),
+        throughput={int(k): int(v) for k, v in tput.items() if k.isdigit()},
+        events=events, samples=samples,
+        by_priority={p: int(by_prio[2 * i]) for i, p in enumerate(PRIORITIES)},
+        oldest_enqueued_ms=[int(float(r[0][1])) % PRIORITY_SCORE_BASE
+                            for r in by_prio[1::2] if r],
+        histograms={name: {k.decode(): int(v) for k, v in raw.items()}
+                    for name, raw in zip(HISTOGRAMS, hists, strict=True)},
+    )
 
 
-def throughput_eps(tput: Mapping[bytes, bytes], now_s: int, window_s: int) -> float:
-    total = sum(int(v) for k, v in tput.items()
-                if k != b"gc" and now_s - window_s < int(k) <= now_s)
-    return total / window_s
-
-
-def detailed_stats(client: redis.Redis, config: BatchProcessingConfig) -> dict[str, Any]:
-    """Buffer, performance, counters, sizing, health and events (DESIGN §9)."""
-    k = QueueKeys(config.queue)
+def _inflight_entries(client: redis.Redis, keys: QueueKeys, ids: Sequence[bytes]) -> int:
+    if not ids:
+        return 0
     pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.zcard(k.pending)
-    pipe.zcard(k.delayed)
-    pipe.hgetall(k.state)
-    pipe.hgetall(k.stats)
-    pipe.zcard(k.dead)
-    pipe.zrange(k.inflight, 0, -1)
-    pipe.hgetall(k.throughput)
-    pipe.xrevrange(k.events, count=20)
-    for p in (0, 1, 2):
-        lo = (3 - p) * 10**13
-        pipe.zcount(k.pending, lo, lo + 10**13 - 1)
-        pipe.zrange(k.pending, lo, lo + 10**13 - 1, byscore=True, offset=0, num=1,
-                    withscores=True)
-    (now, pending, delayed, state, raw, dead_now, inflight_ids, tput, events,
-     *by_prio) = pipe.execute()
-    now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
-    inflight_entries = 0
-    if inflight_ids:
-        p2 = client.pipeline(transaction=False)
-        for b in inflight_ids:
-            p2.hget(k.batch(b.decode()), "n")
-        inflight_entries = sum(int(n) for n in p2.execute() if n is not None)
-    pending_bytes = _int(state, "bytes")
-    util = max(pending / config.max_buffer_size, pending_bytes / config.max_buffer_bytes)
-    oldest = [int(float(r[0][1])) % 10**13 for r in by_prio[1::2] if r]
-    hists = read_histograms(client, k)
-    batches = _int(raw, "batches_processed")
-    entries = _int(raw, "acked")
-    waits = sum(hists["queue_wait_ms"].values())
-    buffer = {
-        "pending": pending, "delayed": delayed, "bytes": pending_bytes,
-        "utilization": round(util, 4),
-        "by_priority": {str(p): by_prio[2 * p] for p in (0, 1, 2)},
-        "oldest_age_ms": (now_ms - min(oldest)) if oldest else 0,
-        "in_flight_batches": len(inflight_ids), "in_flight_entries": inflight_entries,
-        "dead": dead_now, "paused_until_ms": _int(state, "paused_until_ms"),
-    }
-    performance = {
-        "throughput_eps": round(throughput_eps(tput, now_ms // 1000, 10), 2),
-        "throughput_eps_60s": round(throughput_eps(tput, now_ms // 1000, 60), 2),
-        "avg_processing_time_ms": round(_int(raw, "processing_ms_sum") / batches, 2)
-        if batches else 0.0,
-        "p50_processing_ms": percentile(hists["processing_ms"], 0.50),
-        "p95_processing_ms": percentile(hists["processing_ms"], 0.95),
-        "p99_processing_ms": percentile(hists["processing_ms"], 0.99),
-        "avg_queue_wait_ms": round(_int(raw, "queue_wait_ms_sum") / waits, 2) if waits else 0.0,
-        "avg_end_to_end_ms": round(_int(raw, "end_to_end_ms_sum") / waits, 2) if waits else 0.0,
-        "batches_processed": batches, "entries_processed": entries,
-        "batches_failed": _int(raw, "batches_failed"),
-    }
-    counters: dict[str, Any] = {name: _int(raw, name) for name in COUNTERS}
-    counters["flushes"] = {r.value: _int(raw, f"flushes:{r.value}") for r in FlushReason}
-    thresholds = effective_thresholds_seconds(
-        (config.time_threshold_seconds, config.high_time_threshold_seconds,
-         config.urgent_time_threshold_seconds) if config.enable_priority_flushing
-        else (config.time_threshold_seconds,) * 3,
-        util, config.early_flush_pressure, config.enable_adaptive_timeout)
-    sizing_stats = {
-        "size_threshold": _int(state, "size_threshold") or config.size_threshold,
-        "min": config.min_batch_size, "max": config.max_batch_size,
-        "adjustments": _int(raw, "sizing_adjustments"),
-        "effective_thresholds_seconds": {
-            str(p): round(t, 3) for p, t in zip((0, 1, 2), thresholds, strict=True)},
-    }
+    for b in ids:
+        pipe.hget(keys.batch(b.decode()), "n")
+    return sum(int(n) for n in pipe.execute() if n is not None)
+
+
+def live_workers(client: redis.Redis, keys: QueueKeys) -> list[dict[str, Any]]:
+    """The RQ workers registered on any of the queue's three RQ queues (alive: key not expired)."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in keys.rq_queues_by_urgency():
+        for worker in Worker.all(queue=Queue(name, connection=client)):
+            found.setdefault(worker.name, {"name": worker.name, "state": str(worker.get_state()),
+                                           "queues": worker.queue_names()})
+    return sorted(found.values(), key=lambda w: str(w["name"]))
+
+
+def _decode_event(eid: bytes, fields: Mapping[bytes, bytes]) -> dict[str, Any]:
+    event: dict[str, Any] = {"id": eid.decode(), "ms": int(eid.split(b"-")[0])}
+    event.update({f.decode(): v.decode() for f, v in fields.items()})
+    return event
+
+
+def sizing_events(snap: Snapshot) -> list[dict[str, Any]]:
+    """The latest size changes, newest first, with their evidence decoded."""
+    out: list[dict[str, Any]] = []
+    for eid, fields in snap.events:
+        if fields.get(b"type") != b"sizing":
+            continue
+        event = _decode_event(eid, fields)
+        event["before"], event["after"] = int(event["before"]), int(event["after"])
+        try:
+            event["evidence"] = orjson.loads(event.get("evidence", "{}"))
+        except orjson.JSONDecodeError:
+            pass
+        out.append(event)
+        if len(out) == SIZING_EVENTS_SHOWN:
+            break
+    return out
+
+
+def _buffer(snap: Snapshot, config: BatchProcessingConfig) -> dict[str, Any]:
+    pending_bytes = _int(snap.state, "bytes")
+    by_count = snap.pending / config.max_buffer_size
+    by_bytes = pending_bytes / config.max_buffer_bytes
+    oldest = snap.oldest_enqueued_ms
     return {
-        "queue": config.queue, "now_ms": now_ms, "buffer": buffer, "performance": performance,
-        "counters": counters, "sizing": sizing_stats,
-        "health": health(buffer, performance, config),
-        "events": [{"id": eid.decode(), **{f.decode(): v.decode() for f, v in e.items()}}
-                   for eid, e in events],
-        "histograms": hists,
+        "pending": snap.pending, "delayed": snap.delayed, "bytes": pending_bytes,
+        "utilization": round(max(by_count, by_bytes), 4),
+        "utilization_count": round(by_count, 4), "utilization_bytes": round(by_bytes, 4),
+        "by_priority": {str(p): snap.by_priority[p] for p in PRIORITIES},
+        "oldest_age_ms": (snap.now_ms - min(oldest)) if oldest else 0,
+        "in_flight_batches": len(snap.inflight_ids), "in_flight_entries": snap.inflight_entries,
+        "dead": snap.dead_now, "paused_until_ms": _int(snap.state, "paused_until_ms"),
+        "capacity": config.max_buffer_size, "capacity_bytes": config.max_buffer_bytes,
     }
 
 
-def health(buffer: Mapping[str, Any], perf: Mapping[str, Any],
-           config: BatchProcessingConfig) -> dict[str, Any]:
-    """healthy / degraded / critical, with the reasons."""
-    reasons: list[str] = []
-    status = "healthy"
-    if buffer["utilization"] >= config.emergency_flush_pressure:
-        reasons.append(f"buffer at {buffer['utilization']:.0%}, past the emergency level")
-        status = "critical"
-    elif buffer["utilization"] >= config.early_flush_pressure:
-        reasons.append(f"buffer at {buffer['utilization']:.0%}, past the early-flush level")
-        status = "degraded"
-    p95 = perf["p95_processing_ms"]
-    if p95 is not None and p95 > config.performance_target_ms:
-        reasons.append(f"p95 processing {p95:.0f} ms over the {config.performance_target_ms} ms "
-                       "target")
-        status = "degraded" if status == "healthy" else status
-    if buffer["dead"]:
-        reasons.append(f"{buffer['dead']} dead-lettered entries")
-        status = "degraded" if status == "healthy" else status
-    return {"status": status, "reasons": reasons}
+def _latency(snap: Snapshot) -> dict[str, dict[str, Any]]:
+    return {name: figures.latency_summary(snap.histograms[name], _int(snap.stats, f"{name}_sum"))
+            for name in HISTOGRAMS}
+
+
+def _performance(snap: Snapshot, latency: Mapping[str, Mapping[str, Any]],
+                 config: BatchProcessingConfig) -> dict[str, Any]:
+    now_s = snap.now_ms // 1000
+    batches, entries = _int(snap.stats, "batches_processed"), _int(snap.stats, "acked")
+    proc = latency["processing_ms"]
+    samples = figures.parse_samples(snap.samples)
+    recent = figures.recent_processing(samples, snap.now_ms)
+    # arrivals are counted from the de-duplication window, when it spans the last minute
+    arrival = (round(snap.seen_last_minute / 60, 3)
+               if config.dedupe_window_seconds >= 60 and config.dedupe_max_ids > 0 else None)
+    return {
+        "throughput_eps": round(figures.throughput_eps(snap.throughput, now_s, 10), 3),
+        "throughput_eps_60s": round(figures.throughput_eps(snap.throughput, now_s, 60), 3),
+        "arrival_eps_60s": arrival,
+        "avg_processing_time_ms": proc["avg_ms"],
+        "p50_processing_ms": proc["p50_ms"], "p95_processing_ms": proc["p95_ms"],
+        "p99_processing_ms": proc["p99_ms"],
+        "recent_p95_processing_ms": figures.exact_percentile(recent, 0.95),
+        "recent_batches": len(recent),
+        "avg_queue_wait_ms": latency["queue_wait_ms"]["avg_ms"],
+        "avg_end_to_end_ms": latency["end_to_end_ms"]["avg_ms"],
+        "avg_batch_size": round(entries / batches, 2) if batches else 0.0,
+        "batches_processed": batches, "entries_processed": entries,
+        "batches_failed": _int(snap.stats, "batches_failed"),
+        "performance_target_ms": config.performance_target_ms,
+        "throughput_target_eps": config.throughput_target_eps,
+    }
+
+
+def _counters(snap: Snapshot) -> dict[str, Any]:
+    counters: dict[str, Any] = {name: _int(snap.stats, name) for name in COUNTERS}
+    counters["flushes"] = {r.value: _int(snap.stats, f"flushes:{r.value}") for r in FlushReason}
+    return counters
+
+
+def _sizing(snap: Snapshot, config: BatchProcessingConfig, util: float) -> dict[str, Any]:
+    normal, high, urgent = config.thresholds_ms()
+    thresholds = effective_thresholds_seconds(
+        (normal / 1000, high / 1000, urgent / 1000), util, config.early_flush_pressure,
+        config.enable_adaptive_timeout)
+    events = sizing_events(snap)
+    fit_a, fit_b = _float(snap.state, FIELD_FIT_A), _float(snap.state, FIELD_FIT_B)
+    return {
+        "size_threshold": _int(snap.state, "size_threshold") or config.size_threshold,
+        "min": config.min_batch_size, "max": config.max_batch_size,
+        "adjustments": _int(snap.stats, "sizing_adjustments"),
+        "adaptive": config.enable_adaptive_sizing,
+        "effective_thresholds_seconds": {
+            str(p): round(t, 3) for p, t in zip(PRIORITIES, thresholds, strict=True)},
+        "fit": None if fit_a is None or fit_b is None
+        else {"a_ms": round(fit_a, 3), "b_ms_per_entry": round(fit_b, 3)},
+        "events": events,
+        # thresholds in the order they were set, for a sparkline
+        "history": [e["after"] for e in reversed(events)],
+    }
+
+
+def detailed_stats(
+    client: redis.Redis,
+    config: BatchProcessingConfig,
+    *,
+    now_ms: int | None = None,
+    check_workers: bool = True,
+) -> dict[str, Any]:
+    """Buffer, performance, latency, counters, sizing, health, trends and events (DESIGN §9).
+
+    ``now_ms`` pins the clock (tests); by default Redis's ``TIME``. ``check_workers=False``
+    skips the RQ worker look-up (``workers`` is then None and no health rule looks at it).
+    Raises ``redis.RedisError`` when Redis cannot be read.
+    """
+    keys = QueueKeys(config.queue)
+    snap = read_snapshot(client, keys, now_ms)
+    buffer = _buffer(snap, config)
+    latency = _latency(snap)
+    performance = _performance(snap, latency, config)
+    counters = _counters(snap)
+    sizing_stats = _sizing(snap, config, buffer["utilization"])
+    workers = live_workers(client, keys) if check_workers else None
+    samples = figures.parse_samples(snap.samples)
+    health = figures.health(figures.HealthInput(
+        utilization=buffer["utilization"], early_pressure=config.early_flush_pressure,
+        emergency_pressure=config.emergency_flush_pressure,
+        recent_p95_processing_ms=performance["recent_p95_processing_ms"],
+        performance_target_ms=config.performance_target_ms,
+        throughput_eps_60s=performance["throughput_eps_60s"],
+        throughput_target_eps=config.throughput_target_eps,
+        arrival_eps_60s=performance["arrival_eps_60s"],
+        backlog=snap.pending + snap.delayed, size_threshold=sizing_stats["size_threshold"],
+        dead_last_minute=snap.dead_last_minute,
+        live_workers=None if workers is None else len(workers),
+        in_flight_batches=buffer["in_flight_batches"]))
+    return {
+        "queue": config.queue, "now_ms": snap.now_ms, "buffer": buffer,
+        "performance": performance, "latency": latency, "counters": counters,
+        "sizing": sizing_stats, "health": health,
+        "trends": {"throughput": figures.throughput_trend(snap.throughput, snap.now_ms // 1000),
+                   "processing_time": figures.processing_trend(samples, snap.now_ms)},
+        "memory_efficiency": figures.memory_efficiency(counters["accepted"],
+                                                       counters["rejected"]),
+        "dead_last_minute": snap.dead_last_minute,
+        "workers": workers,
+        "events": [_decode_event(eid, e) for eid, e in snap.events[:EVENTS_SHOWN]],
+        "histograms": snap.histograms,
+    }
+

@@ -1,0 +1,83 @@
+"""What every ``batcher`` command shares: exit codes, ``--queue``/``--redis-url``, error lines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+import redis
+
+from batcher import logs
+from batcher.config import BatchProcessingConfig, load_config
+from batcher.connection import connect, ping_or_raise
+from batcher.errors import (
+    BatcherUnavailableError,
+    BufferFullError,
+    ConfigError,
+    InvalidEntryError,
+)
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_BUFFER_FULL = 3
+EXIT_UNREACHABLE = 4
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandFailed(Exception):
+    """A command's failure: the ``batcher`` group prints one stderr line and exits."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        # one line, whatever the underlying error put in its message
+        super().__init__(" ".join(message.split()))
+        self.exit_code = exit_code
+
+
+def fail(message: str, exit_code: int = EXIT_CHECK_FAILED) -> NoReturn:
+    raise CommandFailed(message, exit_code)
+
+
+def translate(exc: BaseException) -> CommandFailed | None:
+    """Our own errors as a one-line failure with its exit code; None for anything else."""
+    if isinstance(exc, CommandFailed):
+        return exc
+    if isinstance(exc, ConfigError | InvalidEntryError):
+        return CommandFailed(str(exc), EXIT_BAD_INPUT)
+    if isinstance(exc, BufferFullError):
+        return CommandFailed(str(exc), EXIT_BUFFER_FULL)
+    if isinstance(exc, BatcherUnavailableError):
+        return CommandFailed(str(exc), EXIT_UNREACHABLE)
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return CommandFailed(f"Redis unreachable: {exc or type(exc).__name__}", EXIT_UNREACHABLE)
+    if isinstance(exc, redis.RedisError):
+        return CommandFailed(f"Redis error: {exc}", EXIT_CHECK_FAILED)
+    return None
+
+
+def queue_options(fn: F) -> F:
+    """``--queue`` and ``--redis-url``; unset, they fall through to BATCH_QUEUE/BATCH_REDIS_URL."""
+    fn = click.option("--redis-url", default=None, metavar="URL",
+                      help="Redis URL [default: BATCH_REDIS_URL or redis://localhost:6379/0]")(fn)
+    fn = click.option("--queue", "-q", default=None, metavar="NAME",
+                      help="queue name [default: BATCH_QUEUE or 'default']")(fn)
+    return fn
+
+
+def settings(queue: str | None, redis_url: str | None, **overrides: Any) -> BatchProcessingConfig:
+    """The settings with the command's options applied; logging configured from them."""
+    config = load_config(queue=queue, redis_url=redis_url, **overrides)
+    logs.configure(json=config.log_format == "json")
+    return config
+
+
+def open_queue(
+    queue: str | None, redis_url: str | None, **overrides: Any
+) -> tuple[BatchProcessingConfig, redis.Redis]:
+    """Settings and a client that answered PING (else exit 4 naming the server)."""
+    config = settings(queue, redis_url, **overrides)
+    client = connect(config.redis_url)
+    ping_or_raise(client)
+    return config, client

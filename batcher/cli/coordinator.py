@@ -1,0 +1,78 @@
+"""``batcher coordinator`` (flush loop and reaper) and ``batcher flush`` (one manual pass)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+import click
+import redis
+import structlog
+
+from batcher.check import eviction_policy
+from batcher.cli.common import EXIT_CHECK_FAILED, fail, open_queue, queue_options
+from batcher.connection import connect
+from batcher.coordinator import MAX_BLOCK_SECONDS, Coordinator
+
+log = structlog.stdlib.get_logger(__name__)
+
+
+def check_eviction(client: redis.Redis, allow_eviction: bool) -> None:
+    """Refuse (exit 1) a server that may evict pending entries, unless allowed."""
+    policy = eviction_policy(client)
+    if policy is None:
+        log.warning("redis.eviction_policy_unknown",
+                    note="CONFIG GET is not allowed; make sure maxmemory-policy is noeviction")
+    elif policy != "noeviction":
+        if not allow_eviction:
+            fail(f"Redis maxmemory-policy is {policy!r}: it may evict pending entries; set it "
+                 "to 'noeviction' or pass --allow-eviction to run anyway", EXIT_CHECK_FAILED)
+        log.warning("redis.eviction_allowed", maxmemory_policy=policy)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (the loop checks it at least once a second)."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("coordinator.stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+@click.command("coordinator")
+@click.option("--allow-eviction", is_flag=True,
+              help="run even when Redis's maxmemory-policy is not noeviction")
+@queue_options
+def coordinator(allow_eviction: bool, queue: str | None, redis_url: str | None) -> None:
+    """Flush what is due, hand batches to RQ and reap expired leases, until SIGTERM."""
+    config, client = open_queue(queue, redis_url)
+    check_eviction(client, allow_eviction)
+    # a dedicated connection for BLPOP, whose socket timeout outlasts the longest block
+    blocking = connect(config.redis_url, blocking_seconds=MAX_BLOCK_SECONDS)
+    stop = stop_on_signals()
+    Coordinator(client, config, blocking_client=blocking).run(stop)
+
+
+@click.command("flush")
+@queue_options
+def flush(queue: str | None, redis_url: str | None) -> None:
+    """Flush everything pending now (reason 'manual') and dispatch it to the workers."""
+    config, client = open_queue(queue, redis_url)
+    runner = Coordinator(client, config)
+    runner.start()
+    runner.drain(manual=True)
+    left = client.zcard(config.keys.pending)
+    click.echo(f"flushed batches={runner.stats.flushed_batches} "
+               f"entries={runner.stats.flushed_entries}")
+    if left:
+        # the in-flight cap (max_inflight_batches) stops even a manual flush
+        click.echo(f"batcher: {left} entries still pending: {config.max_inflight_batches} "
+                   "batches in flight (BATCH_MAX_INFLIGHT_BATCHES)", err=True)
+
+
+commands = [coordinator, flush]

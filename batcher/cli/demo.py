@@ -1,0 +1,30 @@
+"""``batcher demo``: the whole pipeline on sample feeds (see batcher/demo.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from batcher import logs
+
+
+@click.command()
+@click.option("--llm-base-url", default=None, metavar="URL",
+              help="an OpenAI-compatible server to use instead of the built-in fake")
+@click.option("--entries", default=1200, show_default=True,
+              help="synthetic entries, on top of the sample feeds")
+@click.option("--png", "png_path", default="demo-report.png", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path))
+def demo(llm_base_url: str | None, entries: int, png_path: Path) -> None:
+    """Run fetchers, producers, a coordinator and two workers; print the report."""
+    from batcher.demo import run_demo
+
+    logs.configure(json=False, level="WARNING")
+    code = run_demo(os.environ.get("BATCH_REDIS_URL") or None, llm_base_url,
+                    synthetic_entries=entries, png_path=png_path)
+    raise click.exceptions.Exit(code)
+
+
+commands = [demo]

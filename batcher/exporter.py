@@ -1,0 +1,213 @@
+"""``batcher exporter``: Prometheus metrics read from ``detailed_stats`` on every scrape.
+
+Every metric is named ``batcher_*`` and labelled with ``queue``. Durations are in seconds, as
+Prometheus expects; the latency histograms are ack.lua's bucket hashes made cumulative, with
+``_sum`` from the exact sums in the stats hash and ``_count`` from the buckets.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import redis
+import structlog
+from prometheus_client import start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from batcher.config import BatchProcessingConfig
+from batcher.monitoring import figures
+from batcher.stats import COUNTERS, detailed_stats
+
+log = structlog.stdlib.get_logger(__name__)
+
+DEFAULT_PORT = 9108
+HISTOGRAM_METRICS = {
+    "processing_ms": ("batcher_batch_processing_seconds", "Handler time per batch."),
+    "queue_wait_ms": ("batcher_entry_queue_wait_seconds",
+                      "Time from enqueue to the handler's start, per acked entry."),
+    "end_to_end_ms": ("batcher_entry_end_to_end_seconds",
+                      "Time from enqueue to ack, per acked entry."),
+}
+_STATUSES = ("healthy", "degraded", "critical")
+_TRENDS = ("rising", "steady", "falling")
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else f"{bound / 1000:g}"
+
+
+def histogram(name: str, doc: str, queue: str, hist: Mapping[str, int],
+              sum_ms: float) -> HistogramMetricFamily:
+    """A Prometheus histogram (seconds) from one of our bucket hashes (ms upper bound -> count)."""
+    family = HistogramMetricFamily(name, doc, labels=["queue"])
+    buckets = [(_le(bound), float(count)) for bound, count in figures.cumulative_buckets(hist)]
+    family.add_metric([queue], buckets, sum_value=sum_ms / 1000)
+    return family
+
+
+class _Families:
+    """Gauges and counters of one scrape, created on first use, each with a ``queue`` label."""
+
+    def __init__(self) -> None:
+        self.all: dict[str, Metric] = {}
+
+    def gauge(self, name: str, doc: str, value: float | None, queue: str,
+              **labels: str) -> None:
+        if value is None:
+            return
+        family = self.all.get(name)
+        if family is None:
+            family = self.all[name] = GaugeMetricFamily(name, doc, labels=["queue", *labels])
+        family.add_metric([queue, *labels.values()], float(value))  # type: ignore[attr-defined]
+
+    def counter(self, name: str, doc: str, value: float, queue: str, **labels: str) -> None:
+        family = self.all.get(name)
+        if family is None:
+            family = self.all[name] = CounterMetricFamily(name, doc, labels=["queue", *labels])
+        family.add_metric([queue, *labels.values()], float(value))  # type: ignore[attr-defined]
+
+
+def _seconds(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1000
+
+
+def _buffer_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
+    b = stats["buffer"]
+    f.gauge("batcher_buffer_pending_entries", "Entries pending.", b["pending"], q)
+    f.gauge("batcher_buffer_delayed_entries", "Entries backing off after a failure.",
+            b["delayed"], q)
+    f.gauge("batcher_buffer_bytes", "Bytes of the pending envelopes.", b["bytes"], q)
+    f.gauge("batcher_buffer_utilization_ratio",
+            "Buffer utilisation, max of count and bytes (0-1).", b["utilization"], q)
+    f.gauge("batcher_buffer_utilization_count_ratio", "Pending ÷ max_buffer_size.",
+            b["utilization_count"], q)
+    f.gauge("batcher_buffer_utilization_bytes_ratio", "Pending bytes ÷ max_buffer_bytes.",
+            b["utilization_bytes"], q)
+    for p, n in b["by_priority"].items():
+        f.gauge("batcher_buffer_pending_by_priority_entries", "Entries pending per priority.",
+                n, q, priority=p)
+    f.gauge("batcher_buffer_oldest_age_seconds", "Age of the oldest pending entry.",
+            b["oldest_age_ms"] / 1000, q)
+    f.gauge("batcher_inflight_batches", "Batches flushed and not yet acked.",
+            b["in_flight_batches"], q)
+    f.gauge("batcher_inflight_entries", "Entries in in-flight batches.",
+            b["in_flight_entries"], q)
+    f.gauge("batcher_dead_entries", "Entries in the dead set now.", b["dead"], q)
+    f.gauge("batcher_dead_last_minute_entries", "Entries dead-lettered in the last minute.",
+            stats.get("dead_last_minute", 0), q)
+
+
+def _performance_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
+    p = stats["performance"]
+    for window, key in (("10s", "throughput_eps"), ("60s", "throughput_eps_60s")):
+        f.gauge("batcher_throughput_entries_per_second", "Entries acked per second.", p[key], q,
+                window=window)
+    f.gauge("batcher_arrival_entries_per_second", "Entries accepted per second (60 s).",
+            p.get("arrival_eps_60s"), q, window="60s")
+    f.gauge("batcher_recent_processing_p95_seconds",
+            "p95 handler time of the batches acked in the last minute.",
+            _seconds(p.get("recent_p95_processing_ms")), q)
+    f.gauge("batcher_avg_batch_size_entries", "Entries acked per processed batch.",
+            p["avg_batch_size"], q)
+    f.counter("batcher_batches_processed", "Batches acked.", p["batches_processed"], q)
+    f.counter("batcher_batches_failed", "Failed handler calls.", p["batches_failed"], q)
+    for name, summary in stats["latency"].items():
+        for stat in ("avg", "p50", "p95", "p99"):
+            f.gauge("batcher_latency_seconds", "Latency figures (avg and bucket quantiles).",
+                    _seconds(summary[f"{stat}_ms"]), q, histogram=name.removesuffix("_ms"),
+                    stat=stat)
+
+
+def _other_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
+    c, s, health = stats["counters"], stats["sizing"], stats["health"]
+    for name in COUNTERS:
+        f.counter(f"batcher_{name}", f"Cumulative {name.replace('_', ' ')}.", c[name], q)
+    for reason, n in c["flushes"].items():
+        f.counter("batcher_flushes", "Batches flushed, by reason.", n, q, reason=reason)
+    f.gauge("batcher_size_threshold_entries", "The live adaptive size threshold.",
+            s["size_threshold"], q)
+    f.gauge("batcher_size_min_entries", "min_batch_size.", s["min"], q)
+    f.gauge("batcher_size_max_entries", "max_batch_size.", s["max"], q)
+    f.counter("batcher_sizing_adjustments", "Size threshold changes.", s["adjustments"], q)
+    for p, secs in s["effective_thresholds_seconds"].items():
+        f.gauge("batcher_effective_time_threshold_seconds",
+                "Deadline per priority after the adaptive timeout.", secs, q, priority=p)
+    for status in _STATUSES:
+        f.gauge("batcher_health_status", "1 for the current health status.",
+                int(health["status"] == status), q, status=status)
+    f.gauge("batcher_health_reasons", "Health rules firing.", len(health["reasons"]), q)
+    f.gauge("batcher_memory_efficiency_ratio", "accepted ÷ (accepted + rejected).",
+            stats["memory_efficiency"], q)
+    for figure, t in stats["trends"].items():
+        for direction in _TRENDS:
+            f.gauge("batcher_trend", "1 for the current trend (last minute vs the ten before).",
+                    int(t["trend"] == direction), q, figure=figure, direction=direction)
+    if stats.get("workers") is not None:
+        f.gauge("batcher_workers_live", "RQ workers registered on the queue's RQ queues.",
+                len(stats["workers"]), q)
+
+
+def metric_families(stats: Mapping[str, Any]) -> list[Metric]:
+    """Every metric of one ``detailed_stats`` dict."""
+    q = stats["queue"]
+    f = _Families()
+    f.gauge("batcher_up", "1 when the queue's figures could be read from Redis.", 1, q)
+    _buffer_metrics(f, q, stats)
+    _performance_metrics(f, q, stats)
+    _other_metrics(f, q, stats)
+    hists = [histogram(name, doc, q, stats["histograms"][key], stats["latency"][key]["sum_ms"])
+             for key, (name, doc) in HISTOGRAM_METRICS.items()]
+    return [*f.all.values(), *hists]
+
+
+class BatcherCollector(Collector):
+    """Reads ``detailed_stats`` of each queue on every scrape; ``batcher_up 0`` when it fails."""
+
+    def __init__(self, client: redis.Redis, configs: Sequence[BatchProcessingConfig], *,
+                 check_workers: bool = True):
+        self.client = client
+        self.configs = list(configs)
+        self.check_workers = check_workers
+
+    def collect(self) -> Iterator[Metric]:
+        for config in self.configs:
+            try:
+                stats = detailed_stats(self.client, config, check_workers=self.check_workers)
+            except redis.RedisError as exc:
+                log.warning("exporter.scrape_failed", queue=config.queue, error=str(exc))
+                up = GaugeMetricFamily("batcher_up", "1 when the queue's figures could be read "
+                                       "from Redis.", labels=["queue"])
+                up.add_metric([config.queue], 0.0)
+                yield up
+                continue
+            yield from metric_families(stats)
+
+
+def serve_exporter(
+    client: redis.Redis,
+    config: BatchProcessingConfig,
+    port: int = DEFAULT_PORT,
+    addr: str = "127.0.0.1",
+    *,
+    check_workers: bool = True,
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` for ``config.queue`` on ``addr:port`` in a daemon thread.
+
+    Returns the server and its thread (``server.shutdown()`` then ``server.server_close()``
+    stop it). Raises ``OSError``
+    when the port cannot be bound. Only our collector is registered: no process metrics.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BatcherCollector(client, [config], check_workers=check_workers))
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    log.info("exporter.started", queue=config.queue, addr=addr, port=server.server_port)
+    return server, thread
