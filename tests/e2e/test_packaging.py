@@ -1,0 +1,24 @@
+"""The built wheel carries what the library loads at run time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_wheel_contains_the_lua_scripts_and_type_markers(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        check=True, timeout=300, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("redis_batcher-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    lua = {p.name for p in (ROOT / "batcher" / "lua").glob("*.lua")}
+    assert {f"batcher/lua/{name}" for name in lua} <= names
+    assert {"batcher/py.typed", "workers/py.typed"} <= names
+    assert "batcher/sample_feeds/feeds.toml" in names
