@@ -11,34 +11,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-# The project's own copy first, then the shared design page of the working setup.
-DESIGN_FILES = (ROOT / "docs" / "architecture.md", ROOT.parent / "shared" / "DESIGN.md")
-# The `batcher` commands of DESIGN §9, for when DESIGN.md is not next to the checkout.
-KNOWN_SUBCOMMANDS = {
-    "enqueue", "coordinator", "worker", "stats", "flush", "check", "keys", "result", "dead",
-    "demo",
-}  # fmt: skip
-FALLBACK_JOB_TIMEOUT_SECONDS = 180
 
 
 def _default_job_timeout_seconds() -> float:
-    try:
-        from batcher.config import BatchProcessingConfig
-    except Exception:  # pragma: no cover - only while batcher.config is being written
-        # TODO: drop this fallback once batcher.config is in place everywhere.
-        return FALLBACK_JOB_TIMEOUT_SECONDS
+    from batcher.config import BatchProcessingConfig
+
     default: float = BatchProcessingConfig.model_fields["job_timeout_seconds"].default
     return default
-
-
-def _design_subcommands() -> set[str]:
-    for path in DESIGN_FILES:
-        if path.exists():
-            # Rows of the §9 command table: | `batcher <sub> ...` | does |
-            found = set(re.findall(r"^\| `batcher ([a-z]+)", path.read_text(), re.MULTILINE))
-            if found:
-                return found
-    return KNOWN_SUBCOMMANDS
 
 
 def _duration_seconds(text: str) -> float:
@@ -60,7 +39,30 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_has_the_whole_topology(compose: dict[str, Any]) -> None:
-    assert {"redis", "coordinator", "worker", "producer"} <= set(compose["services"])
+    assert {"redis", "coordinator", "worker", "producer", "fetcher", "exporter"} <= set(
+        compose["services"])
+
+
+def test_fetcher_reads_a_mounted_feeds_file_that_exists(compose: dict[str, Any]) -> None:
+    fetcher = compose["services"]["fetcher"]
+    args = _command(fetcher)
+    feeds_in_container = args[args.index("--feeds") + 1]
+    host_file, target, _mode = fetcher["volumes"][0].split(":")
+    assert target == feeds_in_container
+    from batcher.fetch import load_feeds
+
+    assert load_feeds(COMPOSE_FILE.parent / host_file)
+
+
+def test_exporter_listens_on_every_interface_and_publishes_its_port(
+    compose: dict[str, Any],
+) -> None:
+    exporter = compose["services"]["exporter"]
+    args = _command(exporter)
+    assert args[:2] == ["batcher", "exporter"]
+    assert args[args.index("--addr") + 1] == "0.0.0.0"
+    port = args[args.index("--port") + 1]
+    assert f"{port}:{port}" in exporter["ports"]
 
 
 def test_redis_never_evicts_and_keeps_an_append_only_file(compose: dict[str, Any]) -> None:
@@ -84,13 +86,19 @@ def test_worker_grace_period_outlasts_the_job_timeout(compose: dict[str, Any]) -
 
 
 def test_every_batcher_service_runs_a_designed_subcommand(compose: dict[str, Any]) -> None:
-    subcommands = _design_subcommands()
+    from click.testing import CliRunner
+
+    from batcher.cli import cli
+
     for name, service in compose["services"].items():
         if name == "redis":
             continue
         args = _command(service)
         assert args[0] == "batcher", name
-        assert args[1] in subcommands, f"{name}: `batcher {args[1]}` is not in DESIGN §9"
+        assert args[1] in cli.commands, f"{name}: `batcher {args[1]}` is not a command"
+        # the options parse: --help after them exits 0 only when every option is known
+        result = CliRunner().invoke(cli, [*args[1:2], "--help"])
+        assert result.exit_code == 0, result.output
 
 
 def test_batcher_services_share_redis_url_and_wait_for_healthy_redis(
