@@ -31,6 +31,8 @@ MIN_BLPOP_SECONDS = 0.01
 MAX_BLOCK_SECONDS = 1.0
 SIZING_EVERY_SAMPLES = 10
 REAP_BATCH = 200
+# first and longest wait between reconnection attempts during a Redis outage
+OUTAGE_BACKOFF_SECONDS = (0.25, 5.0)
 
 
 def new_batch_id() -> str:
@@ -181,20 +183,30 @@ class Coordinator:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set; a Redis outage is logged and waited out, never fatal."""
-        self.start()
-        log.info("coordinator.started", queue=self.config.queue)
-        backoff = 0.5
+        """Loop until ``stop`` is set; a Redis outage is logged and waited out, never fatal.
+
+        Start-up (script preload, limits) is retried the same way, so a coordinator restarted
+        while Redis is down waits for it instead of exiting.
+        """
+        started = False
+        backoff = OUTAGE_BACKOFF_SECONDS[0]
         while not stop.is_set():
             try:
+                if not started:
+                    self.start()
+                    started = True
+                    log.info("coordinator.started", queue=self.config.queue)
                 wait_ms = self.step()
-                backoff = 0.5
+                if backoff > OUTAGE_BACKOFF_SECONDS[0]:
+                    log.info("coordinator.redis_reconnected", queue=self.config.queue)
+                backoff = OUTAGE_BACKOFF_SECONDS[0]
                 self.wait(wait_ms, stop)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # BusyLoadingError (a restarted server replaying its AOF) is a ConnectionError
                 log.warning("coordinator.redis_unavailable", queue=self.config.queue,
-                            error=str(exc), retry_in_s=backoff)
+                            error=str(exc) or type(exc).__name__, retry_in_s=backoff)
                 stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, OUTAGE_BACKOFF_SECONDS[1])
         log.info("coordinator.stopped", queue=self.config.queue,
                  batches=self.stats.flushed_batches, entries=self.stats.flushed_entries)
 

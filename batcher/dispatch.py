@@ -19,7 +19,8 @@ log = structlog.stdlib.get_logger(__name__)
 
 TASK = "workers.tasks.process_batch"
 FAILURE_TTL_SECONDS = 3600
-_ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+# jobs that wait for their time without being in a queue list
+_WAITING = {JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
 def job_id(batch_id: str, attempt: int) -> str:
@@ -58,13 +59,25 @@ class Dispatcher:
         return True
 
     def job_alive(self, batch_id: str, attempt: int) -> bool:
-        """True while the attempt's RQ job is queued, deferred, scheduled or running."""
+        """True while the attempt's RQ job can still reach a worker.
+
+        Asked only about a batch still ``dispatched`` (never claimed) after its dispatch lease,
+        so a job RQ calls ``started`` is one whose worker died between dequeue and claim (a
+        live worker claims within milliseconds); and a ``queued`` job that is in no queue list
+        was popped by a worker that died before marking it started. Both would otherwise look
+        alive until RQ's own clean-up, holding the batch for minutes. Judging a live job dead
+        costs one spare job: ``claim.lua`` refuses the superseded attempt.
+        """
         try:
             job = Job.fetch(job_id(batch_id, attempt), connection=self.client,
                             serializer=JSONSerializer)
-            return job.get_status(refresh=False) in _ALIVE
         except NoSuchJobError:
             return False
+        status = job.get_status(refresh=False)
+        if status == JobStatus.QUEUED:
+            return self.client.lpos(Queue(job.origin, connection=self.client).key,
+                                    job.id) is not None
+        return status in _WAITING
 
     def rq_queue_lengths(self) -> dict[str, int]:
         return {q.name: q.count for q in self._queues.values()}

@@ -166,8 +166,15 @@ class BatchStateManager:
         accepted, dups = total.accepted, list(total.duplicate_ids)
         todo = [e for e in prepared if e[0] in waiting]
         while todo and (left := deadline - time.monotonic()) > 0:
-            self.redis.blpop([self.keys.room], timeout=max(0.01, min(left, 1.0)))
-            got = self._send_chunk(todo[:CHUNK_SIZE])
+            try:
+                self.redis.blpop([self.keys.room], timeout=max(0.01, min(left, 1.0)))
+            except (redis.ConnectionError, redis.TimeoutError):
+                time.sleep(min(left, RETRY_DELAYS_SECONDS[-1]))  # _send_chunk reports it
+            try:
+                got = self._send_chunk(todo[:CHUNK_SIZE])
+            except BatcherUnavailableError as exc:
+                exc.unconfirmed_ids = [e[0] for e in todo]
+                raise
             accepted += got.accepted
             dups += got.duplicate_ids
             still = set(got.rejected_ids)
@@ -176,7 +183,12 @@ class BatchStateManager:
 
     def _record_handler(self) -> None:
         if self.expected_handler and not self._handler_recorded:
-            self.redis.hset(self.keys.state, "handler", self.expected_handler)
+            try:
+                self.redis.hset(self.keys.state, "handler", self.expected_handler)
+            except (redis.ConnectionError, redis.TimeoutError):
+                # advisory only (workers warn on a mismatch): the enqueue that follows
+                # meets the outage itself and reports it with the unconfirmed ids
+                return
             self._handler_recorded = True
 
     # -- reading -----------------------------------------------------------------------------

@@ -158,17 +158,27 @@ def process_batch(queue: str, batch_id: str, attempt: int) -> dict[str, Any]:
     ack = _with_retries("ack", lambda: ctx.scripts.ack(
         batch_id, attempt, processing_ms=processing_ms, started_ms=started_ms,
         results=results, failed=failed))
+    if not ack.ok:
+        # superseded (the reaper gave the batch to another attempt), or a retry of our own ack
+        # whose reply was lost: ack.lua applied it at most once and counted this in stale_acks
+        log.warning("batch.ack_refused", queue=queue, batch_id=batch_id, attempt=attempt,
+                    why="stale")
+        return {"status": "stale", "acked": 0}
     log.info("batch.acked", queue=queue, batch_id=batch_id, attempt=attempt, size=len(batch),
              acked=ack.acked, delayed=ack.delayed, dead=ack.dead,
              processing_ms=round(processing_ms, 1), reason=str(batch.reason))
-    return {"status": "acked" if ack.ok else "stale", "acked": ack.acked}
+    return {"status": "acked", "acked": ack.acked}
 
 
 def _warn_handler_mismatch(ctx: WorkerContext) -> None:
     if ctx.warned_handler:
         return
+    try:
+        raw = ctx.client.hget(ctx.config.keys.state, "handler")
+    except (redis.ConnectionError, redis.TimeoutError):
+        # advisory: a claimed batch must not wait out its lease over a warning; ask next batch
+        return
     ctx.warned_handler = True
-    raw = ctx.client.hget(ctx.config.keys.state, "handler")
     expected = raw.decode() if isinstance(raw, bytes) else raw
     if expected is not None and expected != ctx.config.handler:
         log.warning("worker.handler_mismatch", queue=ctx.config.queue,

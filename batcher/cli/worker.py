@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 import click
+import redis
 import structlog
 from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
@@ -86,17 +87,26 @@ def run_workers(config: BatchProcessingConfig, client: Any, *, burst: bool,
     delay = RESTART_DELAY_SECONDS
     early = _EarlyStop()
     while not early.requested.is_set():
-        worker = worker_class(config.keys.rq_queues_by_urgency(), name=worker_name(),
-                              connection=client, serializer=JSONSerializer)
-        early.worker = worker
-        log.info("worker.starting", queue=config.queue, name=worker.name,
-                 rq_queues=config.keys.rq_queues_by_urgency(), simple=simple, burst=burst)
-        worker.work(burst=burst, logging_level="INFO")
-        # RQ records the time of a SIGTERM/SIGINT; without one it quit on an error
-        if burst or early.requested.is_set() or worker._shutdown_requested_date is not None:
-            return
+        name = worker_name()
+        try:
+            worker = worker_class(config.keys.rq_queues_by_urgency(), name=name,
+                                  connection=client, serializer=JSONSerializer)
+            early.worker = worker
+            log.info("worker.starting", queue=config.queue, name=name,
+                     rq_queues=config.keys.rq_queues_by_urgency(), simple=simple, burst=burst)
+            worker.work(burst=burst, logging_level="INFO")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # RQ 3.0 retries only a failed dequeue: a Redis error anywhere else (its
+            # constructor, register_birth, heartbeats, the horse monitor's status read, the
+            # bookkeeping after a job) ends work(), raised by register_death in its teardown
+            log.warning("worker.redis_unavailable", queue=config.queue, name=name,
+                        error=str(exc) or type(exc).__name__)
+        else:
+            # RQ records the time of a SIGTERM/SIGINT; without one it quit on an error
+            if burst or early.requested.is_set() or worker._shutdown_requested_date is not None:
+                return
         early = _EarlyStop()
-        log.warning("worker.restarting", queue=config.queue, name=worker.name, delay_s=delay)
+        log.warning("worker.restarting", queue=config.queue, name=name, delay_s=delay)
         if early.requested.wait(delay):
             return
         delay = min(delay * 2, MAX_RESTART_DELAY_SECONDS)

@@ -33,9 +33,10 @@ def test_rq_queues_are_listed_urgent_first() -> None:
 
 
 def test_no_module_builds_a_batcher_key_string_itself() -> None:
+    sources = [*ROOT.joinpath("batcher").rglob("*.py"), *ROOT.joinpath("workers").rglob("*.py")]
     offenders = [
         str(path.relative_to(ROOT))
-        for path in [*ROOT.joinpath("batcher").rglob("*.py"), *ROOT.joinpath("workers").rglob("*.py")]
+        for path in sources
         if path.name != "keys.py" and '"batcher:{' in path.read_text()
     ]
     assert offenders == []
