@@ -81,3 +81,37 @@ def open_queue(
     client = connect(config.redis_url)
     ping_or_raise(client)
     return config, client
+
+
+def open_queue_waiting(
+    queue: str | None, redis_url: str | None, *, max_delay_seconds: float = 5.0
+) -> tuple[BatchProcessingConfig, redis.Redis]:
+    """Like ``open_queue``, but a daemon waits for Redis instead of exiting (no crash loop).
+
+    SIGTERM/SIGINT while waiting end the command with exit 0, as for a running daemon.
+    """
+    import signal
+    import threading
+
+    import structlog
+
+    config = settings(queue, redis_url)
+    client = connect(config.redis_url)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
+                                                                       signal.SIGINT)}
+    delay = 0.25
+    try:
+        while True:
+            try:
+                ping_or_raise(client)
+                return config, client
+            except BatcherUnavailableError as exc:
+                structlog.stdlib.get_logger(__name__).warning(
+                    "redis.waiting", queue=config.queue, error=str(exc), retry_in_s=delay)
+            if stop.wait(delay):
+                raise click.exceptions.Exit(EXIT_OK)
+            delay = min(delay * 2, max_delay_seconds)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

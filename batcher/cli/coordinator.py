@@ -11,7 +11,13 @@ import redis
 import structlog
 
 from batcher.check import eviction_policy
-from batcher.cli.common import EXIT_CHECK_FAILED, fail, open_queue, queue_options
+from batcher.cli.common import (
+    EXIT_CHECK_FAILED,
+    fail,
+    open_queue,
+    open_queue_waiting,
+    queue_options,
+)
 from batcher.connection import connect
 from batcher.coordinator import MAX_BLOCK_SECONDS, Coordinator
 
@@ -50,7 +56,7 @@ def stop_on_signals() -> threading.Event:
 @queue_options
 def coordinator(allow_eviction: bool, queue: str | None, redis_url: str | None) -> None:
     """Flush what is due, hand batches to RQ and reap expired leases, until SIGTERM."""
-    config, client = open_queue(queue, redis_url)
+    config, client = open_queue_waiting(queue, redis_url)
     check_eviction(client, allow_eviction)
     # a dedicated connection for BLPOP, whose socket timeout outlasts the longest block
     blocking = connect(config.redis_url, blocking_seconds=MAX_BLOCK_SECONDS)

@@ -24,7 +24,7 @@ import structlog
 from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 
-from batcher.cli.common import EXIT_BAD_INPUT, fail, open_queue, queue_options
+from batcher.cli.common import EXIT_BAD_INPUT, fail, open_queue_waiting, queue_options
 from batcher.config import BatchProcessingConfig, env_name
 from batcher.scripts import Scripts
 
@@ -156,7 +156,7 @@ def child_argv(burst: bool, simple: bool, warm: bool) -> list[str]:
 def worker(burst: bool, simple: bool, processes: int | None, warm: bool, queue: str | None,
            redis_url: str | None) -> None:
     """Process batches with the configured handler (BATCH_HANDLER), urgent queue first."""
-    config, client = open_queue(queue, redis_url)
+    config, client = open_queue_waiting(queue, redis_url)
     export_settings(config)
     if processes is not None:
         code = supervise(processes, child_argv(burst, simple, warm))
