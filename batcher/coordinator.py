@@ -65,6 +65,7 @@ class Coordinator:
         self.dispatcher = Dispatcher(client, config)
         self.stats = CoordinatorStats()
         self._next_reap = 0.0
+        self._next_report = time.monotonic() + config.report_interval_seconds
         self._last_sizing_sample = b""
 
     def start(self) -> None:
@@ -216,7 +217,17 @@ class Coordinator:
             self.reap()
             self.adjust_size()
             self._next_reap = now + self.config.reap_interval_seconds
+        if self.config.enable_performance_monitoring and now >= self._next_report:
+            self.report()
+            self._next_report = now + self.config.report_interval_seconds
         return self.drain()
+
+    def report(self) -> None:
+        """The seed's automated performance report: one ``performance.summary`` log event."""
+        from batcher.monitoring.report import log_performance_summary
+        from batcher.stats import detailed_stats
+
+        log_performance_summary(detailed_stats(self.client, self.config))
 
     def wait(self, wait_ms: int, stop: threading.Event) -> None:
         """Block on the wakeup list until ~100 ms before the planned wake, then sleep exactly."""

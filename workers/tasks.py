@@ -123,8 +123,13 @@ def _with_retries(what: str, fn: Callable[[], Any]) -> Any:
 
 
 def process_batch(queue: str, batch_id: str, attempt: int) -> dict[str, Any]:
-    """Claim ``batch_id``'s ``attempt``, call the handler once, then ack or fail it."""
-    ctx = context(queue)
+    """The RQ job: claim ``batch_id``'s ``attempt``, call the handler once, ack or fail it."""
+    return run_batch(context(queue), batch_id, attempt)
+
+
+def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]:
+    """One attempt of one batch with an explicit context (also used by ``batcher.testing``)."""
+    queue = ctx.config.queue
     record = _with_retries("claim", lambda: ctx.scripts.claim(batch_id, attempt))
     if isinstance(record, str):
         log.info("batch.claim_refused", queue=queue, batch_id=batch_id, attempt=attempt,

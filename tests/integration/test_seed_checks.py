@@ -6,6 +6,7 @@ pressure, performance monitoring, timeout optimisation and the global manager.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import redis as redis_py
 from rq import Queue
 from structlog.testing import capture_logs
 
+from batcher.config import BatchProcessingConfig
 from batcher.coordinator import Coordinator
 from batcher.errors import BufferFullError
 from batcher.keys import QueueKeys
@@ -297,3 +299,19 @@ def test_global_manager_reports_and_logs_its_queue(
     assert len(summaries) == 1
     assert summaries[0]["queue"] == "glob2" and summaries[0]["size_threshold"] == 25
     assert summaries[0]["status"] == "degraded"
+
+
+def test_coordinator_logs_the_performance_summary_every_report_interval(
+    redis_url: str, real_redis: redis_py.Redis
+) -> None:
+    config = BatchProcessingConfig(redis_url=redis_url, queue="report",
+                                   report_interval_seconds=0.05)
+    coordinator = Coordinator(real_redis, config)
+    coordinator.start()
+    with capture_logs() as logs:
+        coordinator.step()
+        time.sleep(0.06)
+        coordinator.step()
+    summaries = [e for e in logs if e["event"] == "performance.summary"]
+    assert len(summaries) == 1
+    assert summaries[0]["queue"] == "report"
