@@ -14,7 +14,10 @@ ARGV[11] number of result pairs R   ARGV[12] number of failed triples F
 then R pairs (entry id, result JSON), then F triples (entry id, error text, back-off ms)
 
 Failed entries (a partial outcome) go to delayed with their attempt counted, or to the dead set
-when they have had max attempts. Every other entry of the batch is acked.
+when they have had max attempts. Every other entry of the batch is acked. An id can be held twice
+when a producer re-sent it after the seen window: a failed copy whose id is pending or delayed
+again is dropped (the other copy carries the retry), and a dead record replaces an older one of
+the same id; either way the dropped copy is counted as purged, so no accepted entry goes unseen.
 Returns {1, acked, delayed, dead}, or {0, 'stale'} for an ack of a superseded attempt (no-op).
 ]]
 local batch, inflight, stats = KEYS[1], KEYS[2], KEYS[3]
@@ -52,7 +55,7 @@ local function bucket(ms)
   return '+Inf'
 end
 local wait_b, e2e_b = {}, {}
-local acked, n_delayed, n_dead, wait_sum, e2e_sum = 0, 0, 0, 0, 0
+local acked, n_delayed, n_dead, n_purged, wait_sum, e2e_sum = 0, 0, 0, 0, 0, 0
 local flat = redis.call('HGETALL', batch)
 for i = 1, #flat, 2 do
   local f = flat[i]
@@ -66,10 +69,13 @@ for i = 1, #flat, 2 do
     if fail then
       local total = tonumber(string.sub(v, s1 + 1, s2 - 1)) + calls
       if total >= max_attempts then
+        n_purged = n_purged + redis.call('HEXISTS', dead_payloads, id)
         redis.call('ZADD', dead, fmt(now), id)
         redis.call('HSET', dead_payloads, id, '{"score":' .. score .. ',"attempts":' .. total ..
           ',"reason":"failed","error":' .. cjson.encode(fail[1]) .. ',"envelope":' .. env .. '}')
         n_dead = n_dead + 1
+      elseif redis.call('HEXISTS', payloads, id) == 1 then
+        n_purged = n_purged + 1
       else
         redis.call('HSET', payloads, id, env)
         redis.call('HSET', delayed_score, id, score)
@@ -109,6 +115,7 @@ redis.call('HINCRBY', stats, 'queue_wait_ms_sum', fmt(wait_sum))
 redis.call('HINCRBY', stats, 'end_to_end_ms_sum', fmt(e2e_sum))
 if n_delayed > 0 then redis.call('HINCRBY', stats, 'retried_entries', n_delayed) end
 if n_dead > 0 then redis.call('HINCRBY', stats, 'dead', n_dead) end
+if n_purged > 0 then redis.call('HINCRBY', stats, 'purged', n_purged) end
 redis.call('HSET', stats, 'last_ack_ms', fmt(now))
 
 -- the sizing model's samples and the per-second throughput window (kept ~11 minutes)

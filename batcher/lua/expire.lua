@@ -4,7 +4,8 @@ KEYS[1] pending ZSET   KEYS[2] payloads HASH   KEYS[3] state HASH   KEYS[4] dead
 KEYS[5] dead:payloads HASH   KEYS[6] stats HASH   KEYS[7] attempts HASH   KEYS[8] events STREAM
 ARGV[1] now_ms ('' = Redis TIME)   ARGV[2] max age ms   ARGV[3] at most this many per priority
 ARGV[4] events MAXLEN
-Returns the number of entries expired.
+A dead record replaces an older one of the same id (re-sent after the seen window); the older
+copy is counted as purged. Returns the number of entries expired.
 ]]
 local pending, payloads, state, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dead_payloads, stats, attempts, events = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -15,7 +16,7 @@ end
 local max_age, limit, maxlen = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local function fmt(x) return string.format('%.0f', x) end
 if now - max_age < 0 then return 0 end
-local total, bytes = 0, 0
+local total, bytes, n_purged = 0, 0, 0
 for p = 0, 2 do
   local lo = (3 - p) * 1e13
   local r = redis.call('ZRANGE', pending, fmt(lo), fmt(lo + now - max_age), 'BYSCORE', 'LIMIT', 0, limit, 'WITHSCORES')
@@ -26,6 +27,7 @@ for p = 0, 2 do
     local prior = redis.call('HMGET', attempts, unpack(ids))
     for i = 1, #ids do
       bytes = bytes + #envs[i]
+      n_purged = n_purged + redis.call('HEXISTS', dead_payloads, ids[i])
       redis.call('ZADD', dead, fmt(now), ids[i])
       redis.call('HSET', dead_payloads, ids[i], '{"score":' .. r[2 * i] .. ',"attempts":' ..
         (prior[i] or '0') .. ',"reason":"expired","error":"older than max_buffer_age","envelope":' ..
@@ -37,6 +39,7 @@ for p = 0, 2 do
     total = total + #ids
   end
 end
+if n_purged > 0 then redis.call('HINCRBY', stats, 'purged', n_purged) end
 if total > 0 then
   redis.call('HINCRBY', state, 'bytes', -bytes)
   redis.call('HINCRBY', stats, 'expired', total)

@@ -11,6 +11,8 @@ An ordinary failure counts one handler call for every entry: entries that reach 
 the dead set with reason 'failed' and the error; the rest stay in the batch, whose status becomes
 'retrying' and whose lease becomes now + back-off, so the reaper dispatches the next attempt.
 A rate-limited call counts no attempt and pauses the whole queue until the given time.
+A dead record replaces an older one of the same id (re-sent after the seen window); the older
+copy is counted as purged.
 Returns {1, 'retrying'|'dead'|'rate_limited', dead_count}, or {0, 'stale'} (a superseded attempt:
 no-op, also after an ack).
 ]]
@@ -45,7 +47,7 @@ end
 
 local calls = tonumber(attempt) - tonumber(meta[3] or '0')
 local flat = redis.call('HGETALL', batch)
-local n_dead, gone = 0, {}
+local n_dead, n_purged, gone = 0, 0, {}
 for i = 1, #flat, 2 do
   local f = flat[i]
   if string.sub(f, 1, 2) == 'e:' then
@@ -55,6 +57,7 @@ for i = 1, #flat, 2 do
     local total = tonumber(string.sub(v, s1 + 1, s2 - 1)) + calls
     if total >= max_attempts then
       local id = string.sub(f, 3)
+      n_purged = n_purged + redis.call('HEXISTS', dead_payloads, id)
       redis.call('ZADD', dead, fmt(now), id)
       redis.call('HSET', dead_payloads, id, '{"score":' .. string.sub(v, 1, s1 - 1) .. ',"attempts":' ..
         total .. ',"reason":"failed","error":' .. cjson.encode(err) .. ',"envelope":' ..
@@ -66,6 +69,7 @@ for i = 1, #flat, 2 do
 end
 
 redis.call('HINCRBY', stats, 'batches_failed', 1)
+if n_purged > 0 then redis.call('HINCRBY', stats, 'purged', n_purged) end
 local left = tonumber(redis.call('HGET', batch, 'n')) - n_dead
 local outcome = 'retrying'
 if n_dead > 0 then
