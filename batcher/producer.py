@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -42,6 +43,34 @@ def _check_id(value: object, index: int) -> str:
     return value
 
 
+def _non_json_path(value: object, path: str = "payload") -> str | None:
+    """Where ``value`` holds something JSON cannot carry faithfully, else None.
+
+    orjson would write NaN/inf as null and datetime, UUID, Enum or dataclass values as
+    other types, so they would not come back as sent: refuse them instead. Tuples are arrays.
+    """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return None
+    if kind is float:
+        return None if math.isfinite(value) else path  # type: ignore[arg-type]
+    if kind is dict:
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                return f"{path} (key {key!r})"
+            found = _non_json_path(item, f"{path}.{key}")
+            if found:
+                return found
+        return None
+    if kind is list or kind is tuple:
+        for i, item in enumerate(value):  # type: ignore[arg-type]
+            found = _non_json_path(item, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return path
+
+
 def build_envelope(
     entry_id: object, source: object, priority: object, payload: object, *, index: int,
     max_entry_bytes: int,
@@ -59,6 +88,11 @@ def build_envelope(
         raise InvalidEntryError(
             f"entry {eid!r}: payload must be a JSON object (dict), got {type(payload).__name__}",
             entry_id=eid, index=index)
+    bad = _non_json_path(payload)
+    if bad:
+        raise InvalidEntryError(
+            f"entry {eid!r}: {bad} is not a JSON value (str, int, finite float, bool, None, "
+            "list or object with string keys)", entry_id=eid, index=index)
     try:
         envelope = orjson.dumps(
             {"id": eid, "source": source, "priority": priority, "payload": payload})

@@ -33,8 +33,10 @@ def entry(i: int | str, **kw: Any) -> dict[str, Any]:
         ({"id": 7}, "id must be a string"),
         ({"payload": "not an object"}, "payload must be a JSON object"),
         ({"payload": [1, 2]}, "payload must be a JSON object"),
-        ({"payload": {"s": {1, 2}}}, "not JSON-serialisable"),
-        ({"payload": {1: "int key"}}, "not JSON-serialisable"),
+        ({"payload": {"s": {1, 2}}}, r"payload\.s is not a JSON value"),
+        ({"payload": {1: "int key"}}, r"payload \(key 1\) is not a JSON value"),
+        ({"payload": {"x": [1, float("nan")]}}, r"payload\.x\[1\] is not a JSON value"),
+        ({"payload": {"big": 2**70}}, "not JSON-serialisable"),
         ({"source": ""}, "source must be"),
     ],
 )
