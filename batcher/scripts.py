@@ -111,7 +111,8 @@ class Scripts:
         for entry_id, priority, envelope in entries:
             args += [entry_id, str(priority), envelope]
         accepted, dups, rejected, _woke = self._run(
-            "enqueue", [k.pending, k.payloads, k.seen, k.state, k.wakeup, k.stats], args
+            "enqueue", [k.pending, k.payloads, k.seen, k.state, k.wakeup, k.stats, k.delayed],
+            args
         )
         return EnqueueResult(int(accepted), [_s(d) for d in dups], [_s(r) for r in rejected])
 

@@ -6,6 +6,7 @@ KEYS[3] seen       ZSET  id -> accepted ms (de-duplication window)
 KEYS[4] state      HASH  bytes, size_threshold, wake_ms
 KEYS[5] wakeup     LIST  at most one token for the coordinator
 KEYS[6] stats      HASH  counters
+KEYS[7] delayed    ZSET  ids backing off (their payload is still held: a re-send is a duplicate)
 
 ARGV[1]  now_ms ('' = Redis TIME)
 ARGV[2]  max_buffer_size          ARGV[3]  max_buffer_bytes
@@ -17,8 +18,10 @@ ARGV[12..] triples: id, priority (0..2), envelope
 
 Returns {accepted_count, {duplicate ids}, {rejected ids}, woke (0/1)}.
 Every entry is written whole or not at all: ZADD, HSET and the byte gauge move together.
+Cost per chunk: three ZMSCORE look-ups and three variadic writes, whatever its size.
 ]]
 local pending, payloads, seen, state, wakeup, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local delayed = KEYS[7]
 
 local now
 if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
@@ -36,24 +39,53 @@ local count0, bytes0 = count, bytes
 local accepted, dups, rejected = 0, {}, {}
 local prios = {}
 
-for i = 12, #ARGV, 3 do
-  local id, prio, env = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local dup = redis.call('HEXISTS', payloads, id) == 1
-  if not dup and window > 0 then
-    local s = redis.call('ZSCORE', seen, id)
-    dup = s ~= false and s ~= nil and tonumber(s) >= now - window
+-- variadic commands, at most ~1000 values per unpack()
+local function each_slice(cmd, key, values)
+  for i = 1, #values, 1000 do
+    redis.call(cmd, key, unpack(values, i, math.min(i + 999, #values)))
   end
+end
+local function mscore(key, ids)
+  local out = {}
+  for i = 1, #ids, 1000 do
+    local r = redis.call('ZMSCORE', key, unpack(ids, i, math.min(i + 999, #ids)))
+    for j = 1, #r do out[i + j - 1] = r[j] end
+  end
+  return out
+end
+
+local ids = {}
+for i = 12, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then return {0, {}, {}, 0} end
+local in_pending, in_delayed = mscore(pending, ids), mscore(delayed, ids)
+local seen_at = {}
+if window > 0 then seen_at = mscore(seen, ids) end
+
+local zadd, hset, seen_add, taken = {}, {}, {}, {}
+for k = 1, #ids do
+  local id, prio, env = ids[k], tonumber(ARGV[10 + 3 * k]), ARGV[11 + 3 * k]
+  local dup = in_pending[k] or in_delayed[k] or taken[id]
+    or (seen_at[k] and tonumber(seen_at[k]) >= now - window)
   if dup then
     dups[#dups + 1] = id
   elseif count + 1 > max_count or bytes + #env > max_bytes then
     rejected[#rejected + 1] = id
   else
-    redis.call('ZADD', pending, string.format('%.0f', (3 - prio) * 1e13 + now), id)
-    redis.call('HSET', payloads, id, env)
-    if window > 0 and max_ids > 0 then redis.call('ZADD', seen, now, id) end
+    zadd[#zadd + 1] = string.format('%.0f', (3 - prio) * 1e13 + now)
+    zadd[#zadd + 1] = id
+    hset[#hset + 1] = id
+    hset[#hset + 1] = env
+    seen_add[#seen_add + 1] = now
+    seen_add[#seen_add + 1] = id
+    taken[id] = true
     count, bytes, accepted = count + 1, bytes + #env, accepted + 1
     prios[prio] = true
   end
+end
+if accepted > 0 then
+  each_slice('ZADD', pending, zadd)
+  each_slice('HSET', payloads, hset)
+  if window > 0 and max_ids > 0 then each_slice('ZADD', seen, seen_add) end
 end
 
 if accepted > 0 then
