@@ -50,12 +50,16 @@ def load_handler(path: str) -> Handler:
     return obj  # type: ignore[no-any-return]
 
 
-def context(queue: str) -> WorkerContext:
-    """The per-process connection, scripts and handler, kept warm across jobs."""
+def context(queue: str, client: redis.Redis | None = None) -> WorkerContext:
+    """The per-process connection, scripts and handler, kept warm across jobs.
+
+    ``client`` is the RQ worker's own connection when there is one: a forked job horse then
+    opens one connection per job, not two.
+    """
     ctx = _CONTEXTS.get(queue)
     if ctx is None:
         config = load_config(queue=queue)
-        client = connect(config.redis_url)
+        client = client if client is not None else connect(config.redis_url)
         ctx = WorkerContext(config, client, Scripts(client, config), load_handler(config.handler))
         _CONTEXTS[queue] = ctx
     return ctx
@@ -124,7 +128,14 @@ def _with_retries(what: str, fn: Callable[[], Any]) -> Any:
 
 def process_batch(queue: str, batch_id: str, attempt: int) -> dict[str, Any]:
     """The RQ job: claim ``batch_id``'s ``attempt``, call the handler once, ack or fail it."""
-    return run_batch(context(queue), batch_id, attempt)
+    return run_batch(context(queue, _rq_connection()), batch_id, attempt)
+
+
+def _rq_connection() -> redis.Redis | None:
+    from rq import get_current_job
+
+    job = get_current_job()
+    return None if job is None else job.connection
 
 
 def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]:

@@ -47,13 +47,13 @@ def export_settings(config: BatchProcessingConfig) -> None:
     os.environ[env_name("queue")] = config.queue
 
 
-def warm_up(config: BatchProcessingConfig) -> None:
+def warm_up(config: BatchProcessingConfig, client: redis.Redis) -> None:
     """Import the handler and open the job context once, before any fork: a wrong
     BATCH_HANDLER fails at start-up, and forked job horses inherit the imported code."""
     from workers.tasks import context
 
     try:
-        context(config.queue)
+        context(config.queue, client)
     except (ImportError, AttributeError, TypeError) as exc:
         fail(f"{env_name('handler')}={config.handler!r}: cannot load the handler: {exc}",
              EXIT_BAD_INPUT)
@@ -164,7 +164,7 @@ def worker(burst: bool, simple: bool, processes: int | None, warm: bool, queue: 
     # a Lua error fails at boot, not on the first batch
     Scripts(client, config).preload()
     if warm:
-        warm_up(config)
+        warm_up(config, client)
     run_workers(config, client, burst=burst, simple=simple)
 
 

@@ -56,41 +56,39 @@ local function bucket(ms)
 end
 local wait_b, e2e_b = {}, {}
 local acked, n_delayed, n_dead, n_purged, wait_sum, e2e_sum = 0, 0, 0, 0, 0, 0
-local flat = redis.call('HGETALL', batch)
-for i = 1, #flat, 2 do
-  local f = flat[i]
-  if string.sub(f, 1, 2) == 'e:' then
-    local id, v = string.sub(f, 3), flat[i + 1]
-    local s1 = string.find(v, ' ', 1, true)
-    local s2 = string.find(v, ' ', s1 + 1, true)
-    local score, env = string.sub(v, 1, s1 - 1), string.sub(v, s2 + 1)
-    local enq = tonumber(score) % 1e13
-    local fail = failed[id]
-    if fail then
-      local total = tonumber(string.sub(v, s1 + 1, s2 - 1)) + calls
-      if total >= max_attempts then
-        n_purged = n_purged + redis.call('HEXISTS', dead_payloads, id)
-        redis.call('ZADD', dead, fmt(now), id)
-        redis.call('HSET', dead_payloads, id, '{"score":' .. score .. ',"attempts":' .. total ..
-          ',"reason":"failed","error":' .. cjson.encode(fail[1]) .. ',"envelope":' .. env .. '}')
-        n_dead = n_dead + 1
-      elseif redis.call('HEXISTS', payloads, id) == 1 then
-        n_purged = n_purged + 1
-      else
-        redis.call('HSET', payloads, id, env)
-        redis.call('HSET', delayed_score, id, score)
-        redis.call('HSET', attempts, id, total)
-        redis.call('ZADD', delayed, fmt(now + fail[2]), id)
-        n_delayed = n_delayed + 1
-      end
+-- the index line of each entry: '<score> <prior attempts> <id>'; envelopes are read back
+-- only for the failed ones
+local ix = redis.call('HGET', batch, 'ix')
+for line in string.gmatch(ix, '[^\n]+') do
+  local score, prior, id = string.match(line, '^(%S+) (%S+) (.*)$')
+  local enq = tonumber(score) % 1e13
+  local fail = failed[id]
+  if fail then
+    local v = redis.call('HGET', batch, 'e:' .. id)
+    local env = string.sub(v, #score + #prior + 3)
+    local total = tonumber(prior) + calls
+    if total >= max_attempts then
+      n_purged = n_purged + redis.call('HEXISTS', dead_payloads, id)
+      redis.call('ZADD', dead, fmt(now), id)
+      redis.call('HSET', dead_payloads, id, '{"score":' .. score .. ',"attempts":' .. total ..
+        ',"reason":"failed","error":' .. cjson.encode(fail[1]) .. ',"envelope":' .. env .. '}')
+      n_dead = n_dead + 1
+    elseif redis.call('HEXISTS', payloads, id) == 1 then
+      n_purged = n_purged + 1
     else
-      acked = acked + 1
-      local w, e = math.max(0, started - enq), math.max(0, now - enq)
-      wait_sum, e2e_sum = wait_sum + w, e2e_sum + e
-      local bw, be = bucket(w), bucket(e)
-      wait_b[bw] = (wait_b[bw] or 0) + 1
-      e2e_b[be] = (e2e_b[be] or 0) + 1
+      redis.call('HSET', payloads, id, env)
+      redis.call('HSET', delayed_score, id, score)
+      redis.call('HSET', attempts, id, total)
+      redis.call('ZADD', delayed, fmt(now + fail[2]), id)
+      n_delayed = n_delayed + 1
     end
+  else
+    acked = acked + 1
+    local w, e = math.max(0, started - enq), math.max(0, now - enq)
+    wait_sum, e2e_sum = wait_sum + w, e2e_sum + e
+    local bw, be = bucket(w), bucket(e)
+    wait_b[bw] = (wait_b[bw] or 0) + 1
+    e2e_b[be] = (e2e_b[be] or 0) + 1
   end
 end
 

@@ -46,25 +46,20 @@ if limited_until > 0 then
 end
 
 local calls = tonumber(attempt) - tonumber(meta[3] or '0')
-local flat = redis.call('HGETALL', batch)
-local n_dead, n_purged, gone = 0, 0, {}
-for i = 1, #flat, 2 do
-  local f = flat[i]
-  if string.sub(f, 1, 2) == 'e:' then
-    local v = flat[i + 1]
-    local s1 = string.find(v, ' ', 1, true)
-    local s2 = string.find(v, ' ', s1 + 1, true)
-    local total = tonumber(string.sub(v, s1 + 1, s2 - 1)) + calls
-    if total >= max_attempts then
-      local id = string.sub(f, 3)
-      n_purged = n_purged + redis.call('HEXISTS', dead_payloads, id)
-      redis.call('ZADD', dead, fmt(now), id)
-      redis.call('HSET', dead_payloads, id, '{"score":' .. string.sub(v, 1, s1 - 1) .. ',"attempts":' ..
-        total .. ',"reason":"failed","error":' .. cjson.encode(err) .. ',"envelope":' ..
-        string.sub(v, s2 + 1) .. '}')
-      gone[#gone + 1] = f
-      n_dead = n_dead + 1
-    end
+local n_dead, n_purged, gone, kept = 0, 0, {}, {}
+for line in string.gmatch(redis.call('HGET', batch, 'ix'), '[^\n]+') do
+  local score, prior, id = string.match(line, '^(%S+) (%S+) (.*)$')
+  local total = tonumber(prior) + calls
+  if total >= max_attempts then
+    local env = string.sub(redis.call('HGET', batch, 'e:' .. id), #score + #prior + 3)
+    n_purged = n_purged + redis.call('HEXISTS', dead_payloads, id)
+    redis.call('ZADD', dead, fmt(now), id)
+    redis.call('HSET', dead_payloads, id, '{"score":' .. score .. ',"attempts":' .. total ..
+      ',"reason":"failed","error":' .. cjson.encode(err) .. ',"envelope":' .. env .. '}')
+    gone[#gone + 1] = 'e:' .. id
+    n_dead = n_dead + 1
+  else
+    kept[#kept + 1] = line
   end
 end
 
@@ -82,7 +77,7 @@ if n_dead > 0 then
     outcome = 'dead'
   else
     redis.call('HDEL', batch, unpack(gone))
-    redis.call('HSET', batch, 'n', left)
+    redis.call('HSET', batch, 'n', left, 'ix', table.concat(kept, '\n'))
   end
 end
 if outcome == 'retrying' then

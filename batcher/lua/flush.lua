@@ -14,7 +14,8 @@ ARGV[15] max in-flight batches         ARGV[16] dispatch lease ms    ARGV[17] ev
 Returns {1, batch_id, reason, n, priority, attempt}  a batch was written and popped
         {0, wait_ms}                                 nothing due; -1 = until woken
 Errors  BATCH_EXISTS <id>                            the batch id is already in use
-The batch hash holds meta fields and one field per entry: 'e:<id>' -> '<score> <prior attempts> <envelope>'.
+The batch hash holds meta fields, one field per entry ('e:<id>' -> '<score> <prior attempts> <envelope>')
+and an index 'ix' of '<score> <prior attempts> <id>' lines.
 ]]
 local pending, payloads, state, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local stats, events, batch, room, attempts = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -109,32 +110,37 @@ if #picked < limit then
   end
 end
 
--- the byte cap; always at least one entry
-local ids, envs, sum = {}, {}, 0
+-- the byte cap; always at least one entry (one HMGET: an envelope's length is its bytes)
+local all_ids = {}
+for i = 1, #picked do all_ids[i] = picked[i][1] end
+local all_env = redis.call('HMGET', payloads, unpack(all_ids))
+local ids, env, sum = {}, {}, 0
 for i = 1, #picked do
-  local n = redis.call('HSTRLEN', payloads, picked[i][1])
-  if i > 1 and sum + n > max_batch_bytes then break end
-  ids[i] = picked[i][1]; sum = sum + n
+  local len = #all_env[i]
+  if i > 1 and sum + len > max_batch_bytes then break end
+  ids[i], env[i], sum = all_ids[i], all_env[i], sum + len
 end
 local n = #ids
-local env = redis.call('HMGET', payloads, unpack(ids))
 local prior = redis.call('HMGET', attempts, unpack(ids))
 
--- 4. write the batch record and pop
-local best, fields, had_prior = 3, {}, false
+-- 4. write the batch record and pop; 'ix' lists '<score> <prior> <id>' lines so that ack
+-- and fail need not read the envelopes back (ids are printable: no newline)
+local best, fields, had_prior, ix = 3, {}, false, {}
 for i = 1, n do
   local score = picked[i][2]
   local klass = math.floor(tonumber(score) / 1e13)
   if klass < best then best = klass end
   if prior[i] then had_prior = true end
+  local head = score .. ' ' .. (prior[i] or '0') .. ' '
+  ix[i] = head .. ids[i]
   fields[#fields + 1] = 'e:' .. ids[i]
-  fields[#fields + 1] = score .. ' ' .. (prior[i] or '0') .. ' ' .. env[i]
+  fields[#fields + 1] = head .. env[i]
   if #fields >= 1000 then redis.call('HSET', batch, unpack(fields)); fields = {} end
 end
 if #fields > 0 then redis.call('HSET', batch, unpack(fields)) end
 local priority = 3 - best
 redis.call('HSET', batch, 'status', 'dispatched', 'reason', reason, 'created_ms', fmt(now),
-  'priority', priority, 'attempt', 1, 'free', 0, 'n', n, 'bytes', sum)
+  'priority', priority, 'attempt', 1, 'free', 0, 'n', n, 'bytes', sum, 'ix', table.concat(ix, '\n'))
 redis.call('ZREM', pending, unpack(ids))
 redis.call('HDEL', payloads, unpack(ids))
 if had_prior then redis.call('HDEL', attempts, unpack(ids)) end
