@@ -1,0 +1,150 @@
+"""Flatness (cost per entry as pending grows) and memory (bytes per pending entry and seen id)."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, cast
+
+import redis
+
+from batcher.config import BatchProcessingConfig
+from batcher.producer import CHUNK_SIZE, BatchStateManager
+from batcher.scripts import Scripts
+from benchlib.common import make_entries, rss_payload
+
+FLUSH_BATCH = 100
+ROUNDS_PER_LEVEL = 20
+_POOL = 1000
+
+
+def flatness_config(base: BatchProcessingConfig) -> BatchProcessingConfig:
+    # thresholds far away, so each flush call pops one full size-triggered batch
+    return base.with_overrides(
+        size_threshold=FLUSH_BATCH, min_batch_size=FLUSH_BATCH, max_batch_size=FLUSH_BATCH,
+        enable_adaptive_sizing=False, time_threshold_seconds=86_400,
+        high_time_threshold_seconds=86_400, urgent_time_threshold_seconds=86_400,
+        max_buffer_age_seconds=86_400, max_inflight_batches=10_000_000,
+        dedupe_max_ids=10_000_000)
+
+
+class _Entries:
+    """Unique ids over a pool of ~1 KB payloads: cheap enough to make a million."""
+
+    def __init__(self, seed: int):
+        rng = random.Random(seed)
+        self._rng = rng
+        self._pool = [rss_payload(rng, n) for n in range(_POOL)]
+        self._n = 0
+
+    def chunk(self, size: int = CHUNK_SIZE) -> list[dict[str, Any]]:
+        out = []
+        for _ in range(size):
+            self._n += 1
+            out.append({"id": str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+                        "source": "rss_feed", "priority": 0,
+                        "payload": self._pool[self._n % _POOL]})
+        return out
+
+
+def _batch_ids(prefix: str) -> Iterator[str]:
+    n = 0
+    while True:
+        n += 1
+        yield f"{prefix}{n}"
+
+
+def flatness(config: BatchProcessingConfig, levels: list[int], repeat: int
+             ) -> dict[str, dict[int, list[float]]]:
+    """µs per entry of enqueue (queue_many of 500) and of flush (flush.lua, 100 per call)."""
+    client = redis.Redis.from_url(config.redis_url)
+    client.flushall()
+    manager = BatchStateManager(config=config)
+    scripts = Scripts(manager.redis, config)
+    scripts.preload()
+    source = _Entries(seed=11)
+    ids = _batch_ids("flat")
+    out: dict[str, dict[int, list[float]]] = {"enqueue_us": {}, "flush_us": {}}
+    for level in levels:
+        while (have := int(client.zcard(config.keys.pending))) < level:
+            manager.queue_many(source.chunk(min(CHUNK_SIZE, level - have)))
+        for key in out:
+            out[key][level] = []
+        for _ in range(repeat):
+            enq = fl = 0.0
+            for _ in range(ROUNDS_PER_LEVEL):
+                chunk = source.chunk()
+                t0 = time.perf_counter()
+                manager.queue_many(chunk)
+                enq += time.perf_counter() - t0
+                popped = []
+                for _ in range(CHUNK_SIZE // FLUSH_BATCH):
+                    batch_id = next(ids)
+                    t0 = time.perf_counter()
+                    decision = scripts.flush(batch_id)
+                    fl += time.perf_counter() - t0
+                    if decision.batch is None or decision.batch.size != FLUSH_BATCH:
+                        raise RuntimeError(f"flatness: flush popped {decision}")
+                    popped.append(batch_id)
+                client.delete(*(config.keys.batch(b) for b in popped))
+                client.zrem(config.keys.inflight, *popped)
+            n = ROUNDS_PER_LEVEL * CHUNK_SIZE
+            out["enqueue_us"][level].append(enq / n * 1e6)
+            out["flush_us"][level].append(fl / n * 1e6)
+    client.flushall()
+    return out
+
+
+def jemalloc_size(n: int) -> int:
+    """jemalloc's size class for an allocation of ``n`` bytes (4 classes per doubling)."""
+    if n <= 16:
+        return 8 if n <= 8 else 16
+    if n <= 128:
+        return -(-n // 16) * 16
+    step = 1 << (n - 1).bit_length() - 3
+    return -(-n // step) * step
+
+
+def sds_alloc(length: int) -> int:
+    header = 3 if length < 256 else 5 if length < 65_536 else 9
+    return jemalloc_size(length + header + 1)
+
+
+def _usage(client: redis.Redis, keys: list[str]) -> dict[str, int]:
+    out = {}
+    for key in keys:
+        used = client.memory_usage(key, samples=0)
+        if used:
+            out[key.rsplit(":", 1)[-1]] = int(used)
+    return out
+
+
+def memory(config: BatchProcessingConfig, count: int) -> dict[str, Any]:
+    """Bytes of Redis memory per pending entry beyond its envelope; bytes per seen id."""
+    client = redis.Redis.from_url(config.redis_url)
+    entries = make_entries(count, seed=21)
+    out: dict[str, Any] = {"entries": count, "id_chars": len(entries[0]["id"])}
+    for label, window in (("pending", 0), ("seen", 86_400)):
+        client.flushall()
+        cfg = config.with_overrides(dedupe_window_seconds=window, dedupe_max_ids=10_000_000)
+        manager = BatchStateManager(config=cfg)
+        for i in range(0, count, CHUNK_SIZE):
+            manager.queue_many(entries[i:i + CHUNK_SIZE])
+        by_key = _usage(client, cfg.keys.fixed())
+        if label == "pending":
+            envelope_bytes = int(client.hget(cfg.keys.state, "bytes") or 0)
+            out["avg_envelope_bytes"] = envelope_bytes / count
+            out["by_key"] = by_key
+            out["pending_bytes_per_entry"] = (sum(by_key.values()) - envelope_bytes) / count
+            # what no layout can avoid: the allocator's size class for each stored envelope
+            lengths = [len(v) for v in cast(list[bytes], client.hvals(cfg.keys.payloads))]
+            rounding = sum(sds_alloc(n) - n for n in lengths) / count
+            out["envelope_allocator_bytes_per_entry"] = rounding
+            out["pending_bytes_per_entry_excluding_envelope_allocation"] = (
+                out["pending_bytes_per_entry"] - rounding)
+        else:
+            out["seen_bytes_per_id"] = by_key.get("seen", 0) / count
+    client.flushall()
+    return out
