@@ -30,6 +30,7 @@ MIN_BLPOP_SECONDS = 0.01
 # a blocking call never outlasts this, so SIGTERM is seen within about a second
 MAX_BLOCK_SECONDS = 1.0
 SIZING_EVERY_SAMPLES = 10
+MAX_FLUSH_BURST = 16
 REAP_BATCH = 200
 # first and longest wait between reconnection attempts during a Redis outage
 OUTAGE_BACKOFF_SECONDS = (0.25, 5.0)
@@ -82,12 +83,30 @@ class Coordinator:
     # -- one pass ----------------------------------------------------------------------------
 
     def drain(self, *, manual: bool = False) -> int:
-        """Flush and dispatch until nothing is due; return the wait in ms (-1: until woken)."""
+        """Flush and dispatch until nothing is due; return the wait in ms (-1: until woken).
+
+        While every call pops a batch, the next round sends twice as many flush calls in one
+        pipeline (up to MAX_FLUSH_BURST), so a backlog costs one round trip per burst.
+        """
+        burst = 1
         while True:
-            decision = self.scripts.flush(new_batch_id(), manual=manual)
-            if decision.batch is None:
-                return decision.wait_ms
-            self._dispatch(decision.batch)
+            decisions = self.scripts.flush_many([new_batch_id() for _ in range(burst)],
+                                                manual=manual)
+            wait_ms: int | None = None
+            for decision in decisions:
+                # a pipeline is not a transaction: an enqueue can land between two calls, so
+                # a batch may follow a wait; every popped batch is dispatched
+                if decision.batch is None:
+                    wait_ms = decision.wait_ms
+                else:
+                    self._dispatch(decision.batch)
+                    if wait_ms is not None:
+                        wait_ms = None
+                        burst = 1
+            if wait_ms is not None:
+                return wait_ms
+            if decisions[-1].batch is not None:
+                burst = min(burst * 2, MAX_FLUSH_BURST)
 
     def _dispatch(self, batch: FlushedBatch) -> None:
         s = self.stats

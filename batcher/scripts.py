@@ -116,27 +116,47 @@ class Scripts:
         )
         return EnqueueResult(int(accepted), [_s(d) for d in dups], [_s(r) for r in rejected])
 
-    def flush(
-        self, batch_id: str, *, manual: bool = False, now_ms: int | None = None
-    ) -> FlushDecision:
-        """Decide and pop one batch (DESIGN §3 "Flush")."""
+    def _flush_call(
+        self, batch_id: str, manual: bool, now_ms: int | None
+    ) -> tuple[list[str], list[str]]:
         c, k = self.config, self.keys
-        reply = self._run(
-            "flush",
-            [k.pending, k.payloads, k.state, k.inflight, k.stats, k.events, k.batch(batch_id),
-             k.room, k.attempts],
-            [_now(now_ms), batch_id, "1" if manual else "0", *self._limits,
-             str(c.max_batch_size), str(c.max_batch_bytes), str(c.early_flush_pressure),
-             str(c.emergency_flush_pressure), "1" if c.enable_adaptive_timeout else "0",
-             *self._thresholds, str(c.max_inflight_batches),
-             str(int(c.dispatch_lease_seconds * 1000)), str(EVENTS_MAXLEN)],
-        )
+        keys = [k.pending, k.payloads, k.state, k.inflight, k.stats, k.events, k.batch(batch_id),
+                k.room, k.attempts]
+        args = [_now(now_ms), batch_id, "1" if manual else "0", *self._limits,
+                str(c.max_batch_size), str(c.max_batch_bytes), str(c.early_flush_pressure),
+                str(c.emergency_flush_pressure), "1" if c.enable_adaptive_timeout else "0",
+                *self._thresholds, str(c.max_inflight_batches),
+                str(int(c.dispatch_lease_seconds * 1000)), str(EVENTS_MAXLEN)]
+        return keys, args
+
+    @staticmethod
+    def _flush_decision(reply: Any) -> FlushDecision:
         if int(reply[0]) == 0:
             return FlushDecision(None, int(reply[1]))
         return FlushDecision(
             FlushedBatch(_s(reply[1]), FlushReason(_s(reply[2])), int(reply[3]), int(reply[4]),
                          int(reply[5]))
         )
+
+    def flush(
+        self, batch_id: str, *, manual: bool = False, now_ms: int | None = None
+    ) -> FlushDecision:
+        """Decide and pop one batch (DESIGN §3 "Flush")."""
+        keys, args = self._flush_call(batch_id, manual, now_ms)
+        return self._flush_decision(self._run("flush", keys, args))
+
+    def flush_many(
+        self, batch_ids: Sequence[str], *, manual: bool = False, now_ms: int | None = None
+    ) -> list[FlushDecision]:
+        """One flush call per id in one pipeline round trip: each still decides and pops
+        atomically on its own; the calls after the first 'wait' return waits too."""
+        if len(batch_ids) == 1:
+            return [self.flush(batch_ids[0], manual=manual, now_ms=now_ms)]
+        pipe = self.client.pipeline(transaction=False)
+        for batch_id in batch_ids:
+            keys, args = self._flush_call(batch_id, manual, now_ms)
+            self._scripts["flush"](keys=keys, args=args, client=pipe)
+        return [self._flush_decision(reply) for reply in pipe.execute()]
 
     def claim(
         self, batch_id: str, attempt: int, now_ms: int | None = None

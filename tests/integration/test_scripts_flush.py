@@ -273,3 +273,17 @@ def test_awkward_envelopes_come_back_byte_identical_through_flush_and_claim(
     got = {entry_id: env for entry_id, (_s, _p, env) in batch_entries(record).items()}
     assert got == {entry_id: env for entry_id, _prio, env in items}
     assert_consistent(redis, s.keys)
+
+
+def test_flush_many_pops_what_is_due_in_one_round_trip_then_waits(
+    redis: redis_py.Redis,
+) -> None:
+    s = make_scripts(redis, size_threshold=5, min_batch_size=1)
+    _fill(s, [f"e{i}" for i in range(12)])
+    decisions = s.flush_many(["b1", "b2", "b3", "b4"], now_ms=T0 + 100)
+    sizes = [d.batch.size if d.batch else None for d in decisions]
+    assert sizes == [5, 5, None, None]  # 2 left: under the size threshold, not yet due
+    assert decisions[2].wait_ms > 0
+    assert _flushed_ids(redis, s, "b1") == {f"e{i}" for i in range(5)}
+    assert redis.exists(s.keys.batch("b3")) == 0
+    assert_consistent(redis, s.keys)
