@@ -191,7 +191,7 @@ class Scripts:
                 k.delayed_score, k.attempts, k.dead, k.dead_payloads]
         keep = c.result_ttl_seconds > 0
         args: list[str | bytes | int] = [
-            _now(now_ms), batch_id, str(attempt), str(round(processing_ms)),
+            _now(now_ms), batch_id, str(attempt), f"{processing_ms:.3f}",
             str(c.result_ttl_seconds), str(c.max_inflight_batches), str(SAMPLES_CAP),
             str(EVENTS_MAXLEN), str(started_ms), str(c.max_attempts),
             str(len(results) if keep else 0), str(len(failed)),

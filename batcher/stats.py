@@ -171,8 +171,11 @@ def _buffer(snap: Snapshot, config: BatchProcessingConfig) -> dict[str, Any]:
 
 
 def _latency(snap: Snapshot) -> dict[str, dict[str, Any]]:
-    return {name: figures.latency_summary(snap.histograms[name], _int(snap.stats, f"{name}_sum"))
-            for name in HISTOGRAMS}
+    return {
+        name: figures.latency_summary(snap.histograms[name],
+                                      _float(snap.stats, f"{name}_sum") or 0.0)
+        for name in HISTOGRAMS
+    }
 
 
 def _performance(snap: Snapshot, latency: Mapping[str, Mapping[str, Any]],
