@@ -186,22 +186,13 @@ class _Checker:
         return no_payload, no_score
 
     def _orphan_payloads(self) -> list[bytes]:
-        c, k = self.client, self.k
-        orphans: list[bytes] = []
-        for ids in _hash_windows(c, k.payloads):
-            pipe = c.pipeline(transaction=False)
-            for i in ids:
-                pipe.zscore(k.pending, i)
-                pipe.zscore(k.delayed, i)
-            replies = pipe.execute()
-            orphans += [i for i, p, d in zip(ids, replies[::2], replies[1::2], strict=True)
-                        if p is None and d is None]
-        return orphans
+        return self._neither_pending_nor_delayed(self.k.payloads)
 
-    def attempts(self) -> None:
+    def _neither_pending_nor_delayed(self, hash_key: str) -> list[bytes]:
+        """Fields of ``hash_key`` whose id is in neither pending nor delayed."""
         c, k = self.client, self.k
         stray: list[bytes] = []
-        for ids in _hash_windows(c, k.attempts):
+        for ids in _hash_windows(c, hash_key):
             pipe = c.pipeline(transaction=False)
             for i in ids:
                 pipe.zscore(k.pending, i)
@@ -209,6 +200,11 @@ class _Checker:
             replies = pipe.execute()
             stray += [i for i, p, d in zip(ids, replies[::2], replies[1::2], strict=True)
                       if p is None and d is None]
+        return stray
+
+    def attempts(self) -> None:
+        c, k = self.client, self.k
+        stray = self._neither_pending_nor_delayed(k.attempts)
         self.report.facts["attempts"] = c.hlen(k.attempts)
         if stray:
             self.problem(f"{len(stray)} ids in attempts are neither pending nor delayed: "

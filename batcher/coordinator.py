@@ -93,34 +93,38 @@ class Coordinator:
             decisions = self.scripts.flush_many([new_batch_id() for _ in range(burst)],
                                                 manual=manual)
             wait_ms: int | None = None
+            popped: list[FlushedBatch] = []
             for decision in decisions:
                 # a pipeline is not a transaction: an enqueue can land between two calls, so
                 # a batch may follow a wait; every popped batch is dispatched
                 if decision.batch is None:
                     wait_ms = decision.wait_ms
                 else:
-                    self._dispatch(decision.batch)
+                    popped.append(decision.batch)
                     if wait_ms is not None:
                         wait_ms = None
                         burst = 1
+            if popped:
+                self._dispatch(popped)
             if wait_ms is not None:
                 return wait_ms
             if decisions[-1].batch is not None:
                 burst = min(burst * 2, MAX_FLUSH_BURST)
 
-    def _dispatch(self, batch: FlushedBatch) -> None:
+    def _dispatch(self, batches: list[FlushedBatch]) -> None:
         s = self.stats
-        s.flushed_batches += 1
-        s.flushed_entries += batch.size
-        s.by_reason[batch.reason] = s.by_reason.get(batch.reason, 0) + 1
-        log.info("batch.flushed", queue=self.config.queue, batch_id=batch.id, size=batch.size,
-                 reason=str(batch.reason), priority=batch.priority)
+        for batch in batches:
+            s.flushed_batches += 1
+            s.flushed_entries += batch.size
+            s.by_reason[batch.reason] = s.by_reason.get(batch.reason, 0) + 1
+            log.info("batch.flushed", queue=self.config.queue, batch_id=batch.id,
+                     size=batch.size, reason=str(batch.reason), priority=batch.priority)
         try:
-            self.dispatcher.dispatch(batch.id, batch.attempt, batch.priority)
+            self.dispatcher.dispatch_new([(b.id, b.attempt, b.priority) for b in batches])
         except redis.RedisError as exc:
-            # the batch is recorded with a lease: the reaper dispatches it again when it runs out
-            log.warning("batch.dispatch_failed", queue=self.config.queue, batch_id=batch.id,
-                        error=str(exc))
+            # the batches are recorded with a lease: the reaper dispatches them again
+            log.warning("batch.dispatch_failed", queue=self.config.queue,
+                        batch_ids=[b.id for b in batches], error=str(exc))
 
     def reap(self) -> int:
         """Re-dispatch expired leases, promote delayed entries, expire old ones, trim `seen`."""

@@ -5,6 +5,9 @@ RQ is untyped at its edges; this module and ``workers/`` are the only places tha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import redis
 import structlog
 from rq import Queue
@@ -57,6 +60,28 @@ class Dispatcher:
                      attempt=attempt)
             return False
         return True
+
+    def dispatch_new(self, batches: Sequence[tuple[str, int, int]]) -> None:
+        """Enqueue fresh batches (id, attempt, priority) in one pipelined round trip.
+
+        Only for batches just popped by flush.lua: their ids are new uuids, so no job can
+        exist yet and RQ's per-job ``unique`` script (one round trip each) buys nothing. A
+        retried hand-off goes through ``dispatch`` with ``unique=True``.
+        """
+        if len(batches) == 1:
+            self.dispatch(*batches[0])
+            return
+        pipe = self.client.pipeline()
+        by_priority: dict[int, list[Any]] = {}
+        for batch_id, attempt, priority in batches:
+            by_priority.setdefault(priority, []).append(Queue.prepare_data(
+                TASK, args=(self.config.queue, batch_id, attempt),
+                job_id=job_id(batch_id, attempt), result_ttl=0,
+                failure_ttl=FAILURE_TTL_SECONDS, timeout=self.config.job_timeout_seconds,
+                description=f"batch {batch_id} attempt {attempt}"))
+        for priority, datas in by_priority.items():
+            self._queues[priority].enqueue_many(datas, pipeline=pipe)
+        pipe.execute()
 
     def job_alive(self, batch_id: str, attempt: int) -> bool:
         """True while the attempt's RQ job can still reach a worker.

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
 import click
 import redis
+import structlog
 
 from batcher import logs
 from batcher.config import BatchProcessingConfig, load_config
@@ -90,11 +94,6 @@ def open_queue_waiting(
 
     SIGTERM/SIGINT while waiting end the command with exit 0, as for a running daemon.
     """
-    import signal
-    import threading
-
-    import structlog
-
     config = settings(queue, redis_url)
     client = connect(config.redis_url)
     stop = threading.Event()
@@ -115,3 +114,17 @@ def open_queue_waiting(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def stop_on_signals(event_name: str) -> threading.Event:
+    """An event set by SIGTERM or SIGINT; logs ``event_name`` with the signal's name."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        structlog.stdlib.get_logger(__name__).info(event_name,
+                                                   signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop

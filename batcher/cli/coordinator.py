@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-from types import FrameType
-
 import click
 import redis
 import structlog
@@ -17,6 +13,7 @@ from batcher.cli.common import (
     open_queue,
     open_queue_waiting,
     queue_options,
+    stop_on_signals,
 )
 from batcher.connection import connect
 from batcher.coordinator import MAX_BLOCK_SECONDS, Coordinator
@@ -37,19 +34,6 @@ def check_eviction(client: redis.Redis, allow_eviction: bool) -> None:
         log.warning("redis.eviction_allowed", maxmemory_policy=policy)
 
 
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT (the loop checks it at least once a second)."""
-    stop = threading.Event()
-
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        log.info("coordinator.stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    return stop
-
-
 @click.command("coordinator")
 @click.option("--allow-eviction", is_flag=True,
               help="run even when Redis's maxmemory-policy is not noeviction")
@@ -60,7 +44,7 @@ def coordinator(allow_eviction: bool, queue: str | None, redis_url: str | None) 
     check_eviction(client, allow_eviction)
     # a dedicated connection for BLPOP, whose socket timeout outlasts the longest block
     blocking = connect(config.redis_url, blocking_seconds=MAX_BLOCK_SECONDS)
-    stop = stop_on_signals()
+    stop = stop_on_signals("coordinator.stopping")
     Coordinator(client, config, blocking_client=blocking).run(stop)
 
 

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-from types import FrameType
-
 import click
 import structlog
 
-from batcher.cli.common import EXIT_BAD_INPUT, fail, open_queue, queue_options
+from batcher.cli.common import (
+    EXIT_BAD_INPUT,
+    fail,
+    open_queue,
+    queue_options,
+    stop_on_signals,
+)
 from batcher.exporter import DEFAULT_PORT, serve_exporter
 from batcher.top import run_top, top_snapshot
 
 log = structlog.stdlib.get_logger(__name__)
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        log.info("exporter.stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    return stop
 
 
 @click.command("top")
@@ -60,7 +50,7 @@ def exporter(port: int, addr: str, queue: str | None, redis_url: str | None) -> 
         fail(f"cannot listen on {addr}:{port}: {exc.strerror or exc}", EXIT_BAD_INPUT)
     click.echo(f"serving http://{addr}:{server.server_port}/metrics for queue "
                f"{config.queue!r}", err=True)
-    stop = _stop_on_signals()
+    stop = stop_on_signals("exporter.stopping")
     while not stop.wait(1.0):
         pass
     server.shutdown()
