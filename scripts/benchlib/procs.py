@@ -28,11 +28,13 @@ def _worker_class(simple: bool) -> type:
 
 
 def run_ours_coordinator() -> None:
+    from batcher import logs
     from batcher.config import load_config
     from batcher.connection import connect
     from batcher.coordinator import Coordinator
 
     config = load_config()
+    logs.configure(json=True)  # as `batcher coordinator` runs: one JSON line per batch
     stop = threading.Event()
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:
@@ -48,14 +50,17 @@ def run_ours_coordinator() -> None:
 def run_ours_worker(simple: bool) -> None:
     from rq.serializers import JSONSerializer
 
+    from batcher import logs
     from batcher.config import load_config
     from batcher.connection import connect
     from workers.tasks import context
 
     config = load_config()
-    # warm: a forked work horse inherits the imported handler, the config and the scripts
-    context(config.queue).scripts.preload()
+    logs.configure(json=True)  # as `batcher worker` runs: one JSON line per batch
     conn = connect(config.redis_url, blocking_seconds=500)
+    # warm, as `batcher worker` does: a forked work horse inherits the imported handler, the
+    # config and the scripts, and shares RQ's connection
+    context(config.queue, conn).scripts.preload()
     worker = _worker_class(simple)(config.keys.rq_queues_by_urgency(), connection=conn,
                                    serializer=JSONSerializer)
     worker.work(logging_level="WARNING")
