@@ -1,0 +1,85 @@
+"""Backpressure and outages as a producer sees them: block for room, give up cleanly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from batcher import (
+    BatcherUnavailableError,
+    BatchProcessingConfig,
+    BatchStateManager,
+    BufferFullError,
+)
+from batcher.connection import connect
+from batcher.coordinator import Coordinator
+from tests.support.redis_server import RedisServer
+
+
+def _entries(prefix: str, n: int) -> list[dict[str, Any]]:
+    return [{"id": f"{prefix}{i}", "source": "t", "priority": 0, "payload": {"i": i}}
+            for i in range(n)]
+
+
+def _config(redis_url: str, **kw: Any) -> BatchProcessingConfig:
+    small = {"max_buffer_size": 5, "size_threshold": 5, "min_batch_size": 1,
+             "max_batch_size": 5}
+    return BatchProcessingConfig(redis_url=redis_url, queue="bp", **{**small, **kw})
+
+
+def test_block_policy_waits_for_a_flush_then_accepts(
+    redis_url: str, real_redis: redis.Redis
+) -> None:
+    config = _config(redis_url, overflow_policy="block", block_timeout_seconds=10)
+    manager = BatchStateManager(connect(redis_url), config)
+    manager.queue_many(_entries("a", 5))
+    calls: list[int] = []
+    original = manager.scripts.enqueue
+
+    def counting(chunk: Any, now_ms: int | None = None) -> Any:
+        calls.append(len(chunk))
+        return original(chunk, now_ms)
+
+    manager.scripts.enqueue = counting  # type: ignore[method-assign]
+    flusher = threading.Timer(0.5, lambda: Coordinator(real_redis, config).drain())
+    flusher.start()
+    started = time.monotonic()
+    result = manager.queue_many(_entries("b", 3))
+    waited = time.monotonic() - started
+    flusher.join()
+    assert result.accepted == 3 and result.rejected_ids == []
+    assert 0.4 < waited < 5
+    assert len(calls) <= 3, "the producer polled instead of waiting on the room list"
+
+
+def test_block_policy_gives_up_after_its_timeout_with_the_rejected_ids(redis_url: str) -> None:
+    config = _config(redis_url, overflow_policy="block", block_timeout_seconds=0.5)
+    manager = BatchStateManager(connect(redis_url), config)
+    manager.queue_many(_entries("a", 4))
+    started = time.monotonic()
+    with pytest.raises(BufferFullError) as info:
+        manager.queue_many(_entries("b", 3))
+    assert 0.5 <= time.monotonic() - started < 3
+    assert info.value.result.accepted == 1
+    assert info.value.result.rejected_ids == ["b1", "b2"]
+
+
+def test_an_unreachable_redis_names_the_unconfirmed_ids_and_a_resend_is_safe() -> None:
+    with RedisServer(extra_args=["--appendonly", "yes"]) as server:  # survives the restart
+        config = _config(server.url, max_buffer_size=100, size_threshold=25,
+                         max_batch_size=50)
+        manager = BatchStateManager(connect(server.url), config)
+        manager.queue_many(_entries("x", 2))
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(BatcherUnavailableError) as info:
+            manager.queue_many(_entries("x", 4))
+        assert time.monotonic() - started < 10  # bounded back-off, then a clear error
+        assert info.value.unconfirmed_ids == ["x0", "x1", "x2", "x3"]
+        server.start()
+        again = manager.queue_many(_entries("x", 4))  # the producer re-sends the chunk
+        assert again.accepted == 2 and again.duplicate_ids == ["x0", "x1"]
