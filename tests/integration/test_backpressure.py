@@ -18,6 +18,7 @@ from batcher import (
 from batcher.connection import connect
 from batcher.coordinator import Coordinator
 from tests.support.redis_server import RedisServer
+from tests.support.spies import count_enqueue_calls
 
 
 def _entries(prefix: str, n: int) -> list[dict[str, Any]]:
@@ -37,14 +38,7 @@ def test_block_policy_waits_for_a_flush_then_accepts(
     config = _config(redis_url, overflow_policy="block", block_timeout_seconds=10)
     manager = BatchStateManager(connect(redis_url), config)
     manager.queue_many(_entries("a", 5))
-    calls: list[int] = []
-    original = manager.scripts.enqueue
-
-    def counting(chunk: Any, now_ms: int | None = None) -> Any:
-        calls.append(len(chunk))
-        return original(chunk, now_ms)
-
-    manager.scripts.enqueue = counting  # type: ignore[method-assign]
+    calls = count_enqueue_calls(manager)
     flusher = threading.Timer(0.5, lambda: Coordinator(real_redis, config).drain())
     flusher.start()
     started = time.monotonic()

@@ -8,6 +8,7 @@ import fakeredis
 import pytest
 
 from batcher import BatchProcessingConfig, BatchStateManager, BufferFullError, InvalidEntryError
+from tests.support.spies import count_enqueue_calls
 
 
 def make_manager(**overrides: Any) -> tuple[BatchStateManager, fakeredis.FakeRedis]:
@@ -77,14 +78,7 @@ def test_full_buffer_raises_with_the_result() -> None:
 
 def test_queue_many_sends_one_call_per_chunk_of_500() -> None:
     manager, client = make_manager(max_buffer_size=5000)
-    calls: list[int] = []
-    original = manager.scripts.enqueue
-
-    def counting(chunk: Any, now_ms: int | None = None) -> Any:
-        calls.append(len(chunk))
-        return original(chunk, now_ms)
-
-    manager.scripts.enqueue = counting  # type: ignore[method-assign]
+    calls = count_enqueue_calls(manager)
     result = manager.queue_many([entry(i) for i in range(1201)])
     assert result.accepted == 1201
     assert calls == [500, 500, 201]
