@@ -32,7 +32,7 @@ DEMO_ENV = {
     "BATCH_HIGH_TIME_THRESHOLD_SEC": "2",
     "BATCH_URGENT_TIME_THRESHOLD_SEC": "1",
     "BATCH_MAX_BUFFER_AGE_SEC": "120",
-    "BATCH_SIZE_THRESHOLD": "10",
+    "BATCH_SIZE_THRESHOLD": "25",
     "BATCH_MIN_BATCH_SIZE": "5",
     "BATCH_MAX_BATCH_SIZE": "50",
     "BATCH_PERFORMANCE_TARGET_MS": "500",
@@ -42,7 +42,7 @@ DEMO_ENV = {
 }
 PRODUCE_SECONDS = 24.0
 # the built-in fake LLM slows down this long after the first ack, to show the size follow it
-SLOWDOWN_AFTER_FIRST_ACK_SECONDS = 10.0
+SLOWDOWN_AFTER_FIRST_ACK_SECONDS = 9.0
 SLOW_PER_ENTRY_MS = 30.0
 TOPICS = ("Kernel", "Database", "Browser", "Cloud", "Compiler", "Security", "Network", "AI")
 VERBS = ("releases", "patches", "deprecates", "benchmarks", "ships", "audits", "rewrites")
@@ -261,7 +261,7 @@ def _report(console: Any, stats: dict[str, Any], series: Series, llm: Any) -> No
                   f"{perf['p95_processing_ms']} / {perf['p99_processing_ms']}")
     table.add_row("queue wait avg ms", str(perf["avg_queue_wait_ms"]))
     table.add_row("flush reasons", ", ".join(f"{k}={v}" for k, v in c["flushes"].items() if v))
-    sizing = [e for e in stats["events"] if e.get("type") == "sizing"]
+    sizing = stats["sizing"].get("events", [])
     table.add_row("size adjustments", ", ".join(f"{e['before']}→{e['after']}"
                                                 for e in reversed(sizing)) or "none")
     table.add_row("final size threshold", str(stats["sizing"]["size_threshold"]))
@@ -290,7 +290,8 @@ def _plot(path: Path, series: Series, samples: list[list[str]], redis_t0_ms: int
         xs = [(int(s[0]) - redis_t0_ms) / 1000 for s in samples]
         points = axes[2].scatter(xs, [float(s[2]) for s in samples],
                                  c=[int(s[1]) for s in samples], cmap="viridis", s=18)
-        fig.colorbar(points, ax=axes[2], label="entries in batch", pad=0.01)
+        # one colour bar for all three axes keeps their x scales aligned
+        fig.colorbar(points, ax=list(axes), label="entries in batch (bottom)", pad=0.01)
     axes[2].axhline(500, color="tab:red", linestyle=":", linewidth=1)
     axes[2].set_ylabel("processing ms / batch")
     if series.slowdown_at is not None:
@@ -299,6 +300,5 @@ def _plot(path: Path, series: Series, samples: list[list[str]], redis_t0_ms: int
         axes[0].annotate("LLM slows down", (series.slowdown_at, 0), xytext=(4, 4),
                          textcoords="offset points", fontsize=8, color="grey")
     axes[2].set_xlabel("seconds since start")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
