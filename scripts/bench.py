@@ -121,6 +121,11 @@ def e2e_systems(url: str, args: argparse.Namespace, log_dir: Path,
     systems: dict[str, Callable[[], float]] = {
         "ours_simple": lambda: e2e.ours(config, entries, simple=True, log_dir=log_dir),
         "ours_fork": lambda: e2e.ours(config, entries, simple=False, log_dir=log_dir),
+        # the defaults users get: the size starts at 25 and may grow to max_batch_size (50)
+        # when batches finish far under the performance target (information, not a target)
+        "ours_simple_adaptive": lambda: e2e.ours(
+            config.with_overrides(enable_adaptive_sizing=True), entries, simple=True,
+            log_dir=log_dir),
         "rq_simple": lambda: e2e.rq_baseline(url, entries, simple=True, pack=1, log_dir=log_dir),
         "rq_fork": lambda: e2e.rq_baseline(url, entries, simple=False, pack=1, log_dir=log_dir),
         "rq_packed_simple": lambda: e2e.rq_baseline(url, entries, simple=True, pack=e2e.PACK,
