@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 
@@ -10,6 +11,11 @@ import pytest
 import redis as redis_py
 
 from tests.support.redis_server import RedisServer, RedisServerError, find_redis_server
+
+# Anything that falls back to the environment's Redis URL must never reach a developer's (or
+# CI's) server on the default port: point the default at a port nothing listens on. Tests
+# that need Redis use the session server below, by URL.
+os.environ.setdefault("BATCH_REDIS_URL", "redis://127.0.0.1:1/0")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

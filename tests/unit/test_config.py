@@ -148,8 +148,8 @@ def test_config_is_frozen() -> None:
 
 
 BAD_VALUES = [
-    ("BATCH_REDIS_URL", "http://localhost:6379", "redis://, rediss:// or unix://"),
-    ("BATCH_REDIS_URL", "localhost:6379", "redis://, rediss:// or unix://"),
+    ("BATCH_REDIS_URL", "http://localhost:6390", "redis://, rediss:// or unix://"),
+    ("BATCH_REDIS_URL", "localhost:6390", "redis://, rediss:// or unix://"),
     ("BATCH_QUEUE", "a:b", "[A-Za-z0-9_-]{1,64}"),
     ("BATCH_QUEUE", "{q}", "[A-Za-z0-9_-]{1,64}"),
     ("BATCH_QUEUE", "x" * 65, "[A-Za-z0-9_-]{1,64}"),
@@ -270,11 +270,11 @@ def test_unknown_override_is_refused() -> None:
 
 
 def test_redis_url_error_hides_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BATCH_REDIS_URL", "http://user:hunter2@host:6379/0")
+    monkeypatch.setenv("BATCH_REDIS_URL", "http://user:hunter2@host:6390/0")
     with pytest.raises(ConfigError) as caught:
         load_config()
     assert "hunter2" not in str(caught.value)
-    assert "BATCH_REDIS_URL='http://user:***@host:6379/0'" in str(caught.value)
+    assert "BATCH_REDIS_URL='http://user:***@host:6390/0'" in str(caught.value)
 
 
 @pytest.mark.parametrize("url", ["redis://h:1/0", "rediss://h", "unix:///tmp/redis.sock?db=1"])
@@ -352,10 +352,10 @@ def test_ping_or_raise_on_an_unused_port_hides_the_password() -> None:
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://:pw@h:6390/0", "redis://:***@h:6390/0"),
         ("rediss://user:p%40ss@h/1?ssl_cert_reqs=none", "rediss://user:***@h/1?ssl_cert_reqs=none"),
         ("unix:///tmp/r.sock?db=0&password=pw", "unix:///tmp/r.sock?db=0&password=***"),
-        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("redis://h:6390/0", "redis://h:6390/0"),
         ("redis://user@h", "redis://user@h"),
     ],
 )
