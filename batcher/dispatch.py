@@ -65,12 +65,10 @@ class Dispatcher:
         """Enqueue fresh batches (id, attempt, priority) in one pipelined round trip.
 
         Only for batches just popped by flush.lua: their ids are new uuids, so no job can
-        exist yet and RQ's per-job ``unique`` script (one round trip each) buys nothing. A
-        retried hand-off goes through ``dispatch`` with ``unique=True``.
+        exist yet and RQ's per-job ``unique`` script (one more round trip and Lua call per
+        job) buys nothing, for one batch as for many. A retried hand-off goes through
+        ``dispatch`` with ``unique=True``.
         """
-        if len(batches) == 1:
-            self.dispatch(*batches[0])
-            return
         pipe = self.client.pipeline()
         by_priority: dict[int, list[Any]] = {}
         for batch_id, attempt, priority in batches:

@@ -126,6 +126,9 @@ def e2e_systems(url: str, args: argparse.Namespace, log_dir: Path,
         "ours_simple_adaptive": lambda: e2e.ours(
             config.with_overrides(enable_adaptive_sizing=True), entries, simple=True,
             log_dir=log_dir),
+        # the coordinator started with the clock, its start-up inside the figure (information)
+        "ours_simple_cold": lambda: e2e.ours(config, entries, simple=True, log_dir=log_dir,
+                                             coordinator_running=False),
         "rq_simple": lambda: e2e.rq_baseline(url, entries, simple=True, pack=1, log_dir=log_dir),
         "rq_fork": lambda: e2e.rq_baseline(url, entries, simple=False, pack=1, log_dir=log_dir),
         "rq_packed_simple": lambda: e2e.rq_baseline(url, entries, simple=True, pack=e2e.PACK,

@@ -27,6 +27,7 @@ from rq.serializers import JSONSerializer
 from batcher.cli.common import EXIT_BAD_INPUT, fail, open_queue_waiting, queue_options
 from batcher.config import BatchProcessingConfig, env_name
 from batcher.scripts import Scripts
+from workers.job import BatchJob
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -90,7 +91,8 @@ def run_workers(config: BatchProcessingConfig, client: Any, *, burst: bool,
         name = worker_name()
         try:
             worker = worker_class(config.keys.rq_queues_by_urgency(), name=name,
-                                  connection=client, serializer=JSONSerializer)
+                                  connection=client, serializer=JSONSerializer,
+                                  job_class=BatchJob)
             early.worker = worker
             log.info("worker.starting", queue=config.queue, name=name,
                      rq_queues=config.keys.rq_queues_by_urgency(), simple=simple, burst=burst)

@@ -34,6 +34,7 @@ local ttl, max_inflight, samples_cap, maxlen = tonumber(ARGV[5]), tonumber(ARGV[
 local started, max_attempts = tonumber(ARGV[9]), tonumber(ARGV[10])
 local n_results, n_failed = tonumber(ARGV[11]), tonumber(ARGV[12])
 local function fmt(x) return string.format('%.0f', x) end
+local function low_water_mark(cap) return cap - math.ceil(cap / 4) end
 
 local meta = redis.call('HMGET', batch, 'attempt', 'status', 'free')
 if meta[1] ~= attempt or meta[2] ~= 'claimed' then
@@ -99,7 +100,7 @@ if ttl > 0 then
   end
 end
 
-local was_capped = redis.call('ZCARD', inflight) >= max_inflight
+local in_flight = redis.call('ZCARD', inflight)
 redis.call('DEL', batch)
 redis.call('ZREM', inflight, batch_id)
 
@@ -139,5 +140,10 @@ end
 
 redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'ack', 'batch', batch_id,
   'n', acked, 'delayed', n_delayed, 'dead', n_dead, 'processing_ms', fmt(proc_ms), 'attempt', attempt)
-if was_capped and redis.call('LLEN', wakeup) == 0 then redis.call('RPUSH', wakeup, '1') end
+-- a coordinator held at the in-flight cap is woken once in flight falls to the low-water mark
+-- (a quarter of the slots free), so it refills in one pipelined burst instead of one flush,
+-- dispatch and wait per ack
+if in_flight == low_water_mark(max_inflight) + 1 and redis.call('LLEN', wakeup) == 0 then
+  redis.call('RPUSH', wakeup, '1')
+end
 return {1, acked, n_delayed, n_dead}

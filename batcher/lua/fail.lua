@@ -70,10 +70,14 @@ local outcome = 'retrying'
 if n_dead > 0 then
   redis.call('HINCRBY', stats, 'dead', n_dead)
   if left <= 0 then
-    local was_capped = redis.call('ZCARD', inflight) >= max_inflight
+    local in_flight = redis.call('ZCARD', inflight)
     redis.call('DEL', batch)
     redis.call('ZREM', inflight, batch_id)
-    if was_capped and redis.call('LLEN', wakeup) == 0 then redis.call('RPUSH', wakeup, '1') end
+    -- the low-water wake of ack.lua: a quarter of the in-flight slots free
+    if in_flight == max_inflight - math.ceil(max_inflight / 4) + 1
+        and redis.call('LLEN', wakeup) == 0 then
+      redis.call('RPUSH', wakeup, '1')
+    end
     outcome = 'dead'
   else
     redis.call('HDEL', batch, unpack(gone))

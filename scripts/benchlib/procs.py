@@ -53,6 +53,7 @@ def run_ours_worker(simple: bool) -> None:
     from batcher import logs
     from batcher.config import load_config
     from batcher.connection import connect
+    from workers.job import BatchJob
     from workers.tasks import context
 
     config = load_config()
@@ -62,7 +63,7 @@ def run_ours_worker(simple: bool) -> None:
     # config and the scripts, and shares RQ's connection
     context(config.queue, conn).scripts.preload()
     worker = _worker_class(simple)(config.keys.rq_queues_by_urgency(), connection=conn,
-                                   serializer=JSONSerializer)
+                                   serializer=JSONSerializer, job_class=BatchJob)
     worker.work(logging_level="WARNING")
 
 

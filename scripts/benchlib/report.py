@@ -32,6 +32,8 @@ E2E_ROWS = (
     ("ours_fork", "redis-batcher, forking `Worker`"),
     ("ours_simple_adaptive",
      "redis-batcher, `SimpleWorker`, adaptive size on (25, may grow to 50)"),
+    ("ours_simple_cold",
+     "redis-batcher, `SimpleWorker`, coordinator started with the clock"),
     ("rq_simple", "RQ, one job per entry, `SimpleWorker`"),
     ("rq_fork", "RQ, one job per entry, forking `Worker`"),
     ("rq_packed_simple", "RQ, 25 entries hand-packed per job, `SimpleWorker`"),

@@ -142,6 +142,25 @@ def test_ack_wakes_the_coordinator_when_inflight_was_at_the_cap(redis: redis_py.
     assert redis.llen(s.keys.wakeup) == 1
 
 
+def test_a_capped_coordinator_is_woken_once_at_the_low_water_mark(
+    redis: redis_py.Redis,
+) -> None:
+    # cap 8: the coordinator refills when a quarter of the slots (2) are free, in one burst,
+    # not after every ack
+    s = make_scripts(redis, max_inflight_batches=8)
+    for i in range(8):
+        _claimed(s, [f"e{i}"], f"b{i}")
+    s.enqueue([entry("waiting")], now_ms=T0)
+    assert s.flush("b-next", now_ms=T0).wait_ms == -1  # held at the cap until woken
+    redis.delete(s.keys.wakeup)
+    woken = []
+    for i in range(8):
+        assert _ack(s, f"b{i}", 1, T0 + 10).ok
+        woken.append(redis.llen(s.keys.wakeup))
+        redis.delete(s.keys.wakeup)
+    assert woken == [0, 1, 0, 0, 0, 0, 0, 0]
+
+
 def test_throughput_window_forgets_old_seconds(redis: redis_py.Redis) -> None:
     s = make_scripts(redis)
     _claimed(s, ["a"], "b1")

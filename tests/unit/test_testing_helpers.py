@@ -56,3 +56,11 @@ def test_a_raising_handler_keeps_the_batch_for_retry() -> None:
     assert stats["counters"]["acked"] == 0
     assert stats["buffer"]["in_flight_entries"] == 2
     assert stats["performance"]["batches_failed"] == 1
+
+
+def test_the_package_exports_load_lazily_and_completely() -> None:
+    import batcher
+
+    for name in batcher.__all__:
+        assert getattr(batcher, name) is not None, name
+    assert set(batcher.__all__) == set(batcher._MODULE_OF)
