@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchlib import e2e, ingest, lateness, report, scale  # noqa: E402
-from benchlib.common import bench_config, make_entries, repeat, summary  # noqa: E402
+from benchlib.common import bench_config, make_entries, round_robin, summary  # noqa: E402
 from benchlib.server import BenchRedis  # noqa: E402
 
 BENCH_EXTRA = ["celery[redis]>=5.3", "celery-batches>=0.11", "matplotlib>=3.8"]
@@ -98,18 +98,13 @@ def run_ingest(url: str, args: argparse.Namespace) -> dict[str, Any]:
             return fn()
         return run
 
-    return {
-        "ours_1p": repeat(args.repeat, "ingest ours 1p", fresh(
-            lambda: n / ingest.ours_once(config, entries))),
-        "ours_4p": repeat(args.repeat, "ingest ours 4p", fresh(
-            lambda: ingest.ours_parallel(config, n, 4))),
-        "ours_1p_no_seen": repeat(args.repeat, "ingest ours 1p, seen off", fresh(
-            lambda: n / ingest.ours_once(no_seen, entries))),
-        "lua_reference": repeat(args.repeat, "ingest per-entry Lua", fresh(
-            lambda: n / ingest.reference_once(client, config, entries))),
-        "rq_enqueue_many": repeat(args.repeat, "ingest RQ enqueue_many", fresh(
-            lambda: n / ingest.rq_once(client, entries))),
-    }
+    return round_robin(args.repeat, {
+        "ours_1p": fresh(lambda: n / ingest.ours_once(config, entries)),
+        "ours_4p": fresh(lambda: ingest.ours_parallel(config, n, 4)),
+        "ours_1p_no_seen": fresh(lambda: n / ingest.ours_once(no_seen, entries)),
+        "lua_reference": fresh(lambda: n / ingest.reference_once(client, config, entries)),
+        "rq_enqueue_many": fresh(lambda: n / ingest.rq_once(client, entries)),
+    }, "ingest")
 
 
 def e2e_systems(url: str, args: argparse.Namespace, log_dir: Path,
@@ -146,14 +141,7 @@ def e2e_systems(url: str, args: argparse.Namespace, log_dir: Path,
 def run_e2e(url: str, args: argparse.Namespace, log_dir: Path,
             have: dict[str, bool]) -> dict[str, Any]:
     systems = e2e_systems(url, args, log_dir, have)
-    values: dict[str, list[float]] = {name: [] for name in systems}
-    # round-robin over the systems, so a noisy minute on a shared machine hits all alike
-    for i in range(args.repeat):
-        for name, fn in systems.items():
-            values[name].append(fn())
-            print(f"  e2e {name} [{i + 1}/{args.repeat}]: {values[name][-1]:,.0f} entries/s",
-                  file=sys.stderr, flush=True)
-    out: dict[str, Any] = {name: summary(v) for name, v in values.items()}
+    out: dict[str, Any] = round_robin(args.repeat, systems, "e2e")
     for pool in ("prefork", "solo"):
         out.setdefault(f"celery_{pool}", {"skipped": "celery-batches not run"})
     return out

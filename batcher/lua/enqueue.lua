@@ -61,6 +61,10 @@ local in_pending, in_delayed = mscore(pending, ids), mscore(delayed, ids)
 local seen_at = {}
 if window > 0 then seen_at = mscore(seen, ids) end
 
+-- every entry of a call shares one clock: its score and seen-time strings are made once
+local now_s = string.format('%.0f', now)
+local score_s = {}
+for p = 0, 2 do score_s[p] = string.format('%.0f', (3 - p) * 1e13 + now) end
 local zadd, hset, seen_add, taken = {}, {}, {}, {}
 for k = 1, #ids do
   local id, prio, env = ids[k], tonumber(ARGV[10 + 3 * k]), ARGV[11 + 3 * k]
@@ -71,11 +75,11 @@ for k = 1, #ids do
   elseif count + 1 > max_count or bytes + #env > max_bytes then
     rejected[#rejected + 1] = id
   else
-    zadd[#zadd + 1] = string.format('%.0f', (3 - prio) * 1e13 + now)
+    zadd[#zadd + 1] = score_s[prio]
     zadd[#zadd + 1] = id
     hset[#hset + 1] = id
     hset[#hset + 1] = env
-    seen_add[#seen_add + 1] = now
+    seen_add[#seen_add + 1] = now_s
     seen_add[#seen_add + 1] = id
     taken[id] = true
     count, bytes, accepted = count + 1, bytes + #env, accepted + 1

@@ -84,14 +84,20 @@ def summary(values: list[float]) -> dict[str, Any]:
             "runs": values}
 
 
-def repeat(times: int, label: str, fn: Callable[[], float]) -> dict[str, Any]:
-    """Run ``fn`` ``times`` and summarise; each run prints one progress line."""
-    values = []
+def round_robin(times: int, systems: Mapping[str, Callable[[], float]],
+                label: str) -> dict[str, dict[str, Any]]:
+    """Run every system once per round, ``times`` rounds, and summarise each.
+
+    Round-robin, not each system's repeats back to back: on a shared machine a slow minute
+    then hits every system alike, and the ratios of medians stay fair.
+    """
+    values: dict[str, list[float]] = {name: [] for name in systems}
     for i in range(times):
-        value = fn()
-        values.append(value)
-        print(f"  {label} [{i + 1}/{times}]: {value:,.1f}", file=sys.stderr, flush=True)
-    return summary(values)
+        for name, fn in systems.items():
+            values[name].append(fn())
+            print(f"  {label} {name} [{i + 1}/{times}]: {values[name][-1]:,.1f}",
+                  file=sys.stderr, flush=True)
+    return {name: summary(v) for name, v in values.items()}
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

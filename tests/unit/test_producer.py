@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import uuid
 from typing import Any
 
 import fakeredis
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from batcher import BatchProcessingConfig, BatchStateManager, BufferFullError, InvalidEntryError
+from batcher.models import FlushReason
+from batcher.producer import _is_plain_json, _non_json_path
 from tests.support.spies import count_enqueue_calls
 
 
@@ -89,3 +95,27 @@ def test_flush_callback_is_recorded_as_the_expected_handler() -> None:
     manager.expected_handler = "workers.handlers.echo:handle"
     manager.queue_entry({}, "s", "a")
     assert client.hget("batcher:{unit}:state", "handler") == b"workers.handlers.echo:handle"
+
+
+# the fast check and the walk that names the problem must agree on every value
+_odd_leaves = st.one_of(
+    st.floats(), st.uuids(), st.datetimes(), st.decimals(allow_nan=False), st.binary(max_size=3),
+    st.sampled_from([FlushReason.SIZE, frozenset({1}), object()]),
+)
+_json_like = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=3), _odd_leaves),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.tuples(inner, inner),
+        st.dictionaries(st.one_of(st.text(max_size=2), st.integers()), inner, max_size=3)),
+    max_leaves=12)
+
+
+@given(value=_json_like)
+@settings(max_examples=300)
+@example(value=math.nan)
+@example(value={"a": [1.5, -math.inf]})
+@example(value={1: "int key"})
+@example(value=(uuid.UUID(int=1),))
+@example(value={"ok": [None, True, 2, "x", {"b": 0.5}]})
+def test_the_fast_json_check_agrees_with_the_walk(value: object) -> None:
+    assert _is_plain_json(value) == (_non_json_path(value) is None)
