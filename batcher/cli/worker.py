@@ -21,13 +21,13 @@ from typing import Any
 import click
 import redis
 import structlog
-from rq import SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 
 from batcher.cli.common import EXIT_BAD_INPUT, fail, open_queue_waiting, queue_options
 from batcher.config import BatchProcessingConfig, env_name
 from batcher.scripts import Scripts
 from workers.job import BatchJob
+from workers.worker import worker_class as batch_worker_class
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -84,7 +84,7 @@ class _EarlyStop:
 def run_workers(config: BatchProcessingConfig, client: Any, *, burst: bool,
                 simple: bool) -> None:
     """Run one RQ worker; restart it after a Redis failure until a signal stops it."""
-    worker_class = SimpleWorker if simple else Worker
+    worker_class = batch_worker_class(simple)
     delay = RESTART_DELAY_SECONDS
     early = _EarlyStop()
     while not early.requested.is_set():

@@ -55,6 +55,7 @@ def run_ours_worker(simple: bool) -> None:
     from batcher.connection import connect
     from workers.job import BatchJob
     from workers.tasks import context
+    from workers.worker import worker_class
 
     config = load_config()
     logs.configure(json=True)  # as `batcher worker` runs: one JSON line per batch
@@ -62,8 +63,9 @@ def run_ours_worker(simple: bool) -> None:
     # warm, as `batcher worker` does: a forked work horse inherits the imported handler, the
     # config and the scripts, and shares RQ's connection
     context(config.queue, conn).scripts.preload()
-    worker = _worker_class(simple)(config.keys.rq_queues_by_urgency(), connection=conn,
-                                   serializer=JSONSerializer, job_class=BatchJob)
+    # as `batcher worker` runs them: RQ's worker classes with batched heartbeats
+    worker = worker_class(simple)(config.keys.rq_queues_by_urgency(), connection=conn,
+                                  serializer=JSONSerializer, job_class=BatchJob)
     worker.work(logging_level="WARNING")
 
 

@@ -18,3 +18,18 @@ def count_enqueue_calls(manager: BatchStateManager) -> list[int]:
 
     manager.scripts.enqueue = counting  # type: ignore[method-assign]
     return calls
+
+
+def count_round_trips(monkeypatch: Any) -> list[int]:
+    """Count every request redis-py sends (a pipeline is one), process-wide, from now on."""
+    from redis.connection import AbstractConnection
+
+    sent = [0]
+    original = AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent[0] += 1
+        original(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    return sent
