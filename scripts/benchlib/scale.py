@@ -56,43 +56,74 @@ def _batch_ids(prefix: str) -> Iterator[str]:
         yield f"{prefix}{n}"
 
 
+REFERENCE_LEVEL = 1_000
+
+
+class _Queue:
+    """One queue under test: its producer, its scripts, a round of enqueue + flush timed."""
+
+    def __init__(self, config: BatchProcessingConfig, client: redis.Redis, source: _Entries,
+                 ids: Iterator[str]):
+        self.config, self.client, self.source, self.ids = config, client, source, ids
+        self.manager = BatchStateManager(config=config)
+        self.scripts = Scripts(self.manager.redis, config)
+        self.scripts.preload()
+
+    def fill(self, level: int) -> None:
+        while (have := int(self.client.zcard(self.config.keys.pending))) < level:
+            self.manager.queue_many(self.source.chunk(min(CHUNK_SIZE, level - have)))
+
+    def round(self) -> tuple[float, float]:
+        """Seconds of one queue_many of 500, and of 500/FLUSH_BATCH flush.lua calls."""
+        chunk = self.source.chunk()
+        t0 = time.perf_counter()
+        self.manager.queue_many(chunk)
+        enq = time.perf_counter() - t0
+        fl, popped = 0.0, []
+        for _ in range(CHUNK_SIZE // FLUSH_BATCH):
+            batch_id = next(self.ids)
+            t0 = time.perf_counter()
+            decision = self.scripts.flush(batch_id)
+            fl += time.perf_counter() - t0
+            if decision.batch is None or decision.batch.size != FLUSH_BATCH:
+                raise RuntimeError(f"flatness: flush popped {decision}")
+            popped.append(batch_id)
+        self.client.delete(*(self.config.keys.batch(b) for b in popped))
+        self.client.zrem(self.config.keys.inflight, *popped)
+        return enq, fl
+
+
 def flatness(config: BatchProcessingConfig, levels: list[int], repeat: int
              ) -> dict[str, dict[int, list[float]]]:
-    """µs per entry of enqueue (queue_many of 500) and of flush (flush.lua, 100 per call)."""
+    """µs per entry of enqueue (queue_many of 500) and of flush (flush.lua, 100 per call).
+
+    Every round at a level is paired with a round on a second queue of the same server held
+    at REFERENCE_LEVEL pending ("…_ref_us"), so a level's cost and the 1k cost it is divided
+    by are taken in the same seconds: measured one after the other, the machine's drift
+    over the minutes a 1M fill takes would land in the ratio.
+    """
     client = redis.Redis.from_url(config.redis_url)
     client.flushall()
-    manager = BatchStateManager(config=config)
-    scripts = Scripts(manager.redis, config)
-    scripts.preload()
-    source = _Entries(seed=11)
-    ids = _batch_ids("flat")
-    out: dict[str, dict[int, list[float]]] = {"enqueue_us": {}, "flush_us": {}}
+    source, ids = _Entries(seed=11), _batch_ids("flat")
+    main = _Queue(config, client, source, ids)
+    ref = _Queue(config.with_overrides(queue=config.queue + "-ref"), client, source, ids)
+    ref.fill(REFERENCE_LEVEL)
+    kinds = ("enqueue_us", "flush_us", "enqueue_ref_us", "flush_ref_us")
+    out: dict[str, dict[int, list[float]]] = {k: {} for k in kinds}
+    n = ROUNDS_PER_LEVEL * CHUNK_SIZE
     for level in levels:
-        while (have := int(client.zcard(config.keys.pending))) < level:
-            manager.queue_many(source.chunk(min(CHUNK_SIZE, level - have)))
+        main.fill(level)
         for key in out:
             out[key][level] = []
         for _ in range(repeat):
-            enq = fl = 0.0
+            totals = [0.0] * 4
             for _ in range(ROUNDS_PER_LEVEL):
-                chunk = source.chunk()
-                t0 = time.perf_counter()
-                manager.queue_many(chunk)
-                enq += time.perf_counter() - t0
-                popped = []
-                for _ in range(CHUNK_SIZE // FLUSH_BATCH):
-                    batch_id = next(ids)
-                    t0 = time.perf_counter()
-                    decision = scripts.flush(batch_id)
-                    fl += time.perf_counter() - t0
-                    if decision.batch is None or decision.batch.size != FLUSH_BATCH:
-                        raise RuntimeError(f"flatness: flush popped {decision}")
-                    popped.append(batch_id)
-                client.delete(*(config.keys.batch(b) for b in popped))
-                client.zrem(config.keys.inflight, *popped)
-            n = ROUNDS_PER_LEVEL * CHUNK_SIZE
-            out["enqueue_us"][level].append(enq / n * 1e6)
-            out["flush_us"][level].append(fl / n * 1e6)
+                enq, fl = main.round()
+                enq_ref, fl_ref = ref.round()
+                for i, t in enumerate((enq, fl, enq_ref, fl_ref)):
+                    totals[i] += t
+            for key, total in zip(kinds, totals, strict=True):
+                out[key][level].append(total / n * 1e6)
     client.flushall()
     return out
 
