@@ -37,8 +37,13 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     flat = results["flatness"]
     levels = flat["levels"]
     for kind, label in (("enqueue_us", "enqueue"), ("flush_us", "flush")):
-        axes[2].plot(levels, [flat[kind][str(x)]["median"] for x in levels], marker="o",
-                     label=label)
+        line = axes[2].plot(levels, [flat[kind][str(x)]["median"] for x in levels],
+                            marker="o", label=label)[0]
+        ref = flat.get(kind.replace("_us", "_ref_us"))
+        if ref:
+            # the 1k queue measured in the same rounds: what each level is divided by
+            axes[2].plot(levels, [ref[str(x)]["median"] for x in levels], linestyle="--",
+                         color=line.get_color(), label=f"{label}, 1k queue beside it")
     axes[2].set_xscale("log")
     axes[2].set_ylim(bottom=0)
     axes[2].set_xlabel("pending entries")
