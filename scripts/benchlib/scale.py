@@ -21,13 +21,14 @@ _POOL = 1000
 
 
 def flatness_config(base: BatchProcessingConfig) -> BatchProcessingConfig:
-    # thresholds far away, so each flush call pops one full size-triggered batch
+    # thresholds far away, so each flush call pops one full size-triggered batch; the seen
+    # window as shipped (1 day, capped at dedupe_max_ids = 1M ids), so at the 1M level it
+    # holds 1M ids and every chunk also trims 500
     return base.with_overrides(
         size_threshold=FLUSH_BATCH, min_batch_size=FLUSH_BATCH, max_batch_size=FLUSH_BATCH,
         enable_adaptive_sizing=False, time_threshold_seconds=86_400,
         high_time_threshold_seconds=86_400, urgent_time_threshold_seconds=86_400,
-        max_buffer_age_seconds=86_400, max_inflight_batches=10_000_000,
-        dedupe_max_ids=10_000_000)
+        max_buffer_age_seconds=86_400, max_inflight_batches=10_000_000)
 
 
 class _Entries:
