@@ -2,7 +2,7 @@
 
 RQ's worker loop sends a plain heartbeat (HSET last_heartbeat, EXPIRE the worker key, EXPIRE
 its executions key: three round trips) before each dequeue, after it, and after each job.
-For jobs of a few milliseconds that is 9 of a job's ~25 round trips. ``LeanHeartbeats`` sends
+For jobs of a few milliseconds that is 9 of a job's ~28 round trips. ``LeanHeartbeats`` sends
 the three commands in one round trip, at most once a second; a heartbeat RQ gives its own
 TTL or pipeline goes out unchanged.
 

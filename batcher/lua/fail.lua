@@ -26,6 +26,7 @@ local batch_id, attempt, err = ARGV[2], ARGV[3], ARGV[4]
 local backoff, max_attempts, limited_until = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local maxlen, max_inflight = ARGV[8], tonumber(ARGV[9])
 local function fmt(x) return string.format('%.0f', x) end
+local function low_water_mark(cap) return cap - math.ceil(cap / 4) end
 
 local meta = redis.call('HMGET', batch, 'attempt', 'status', 'free')
 if meta[1] ~= attempt or meta[2] ~= 'claimed' then
@@ -73,9 +74,8 @@ if n_dead > 0 then
     local in_flight = redis.call('ZCARD', inflight)
     redis.call('DEL', batch)
     redis.call('ZREM', inflight, batch_id)
-    -- the low-water wake of ack.lua: a quarter of the in-flight slots free
-    if in_flight == max_inflight - math.ceil(max_inflight / 4) + 1
-        and redis.call('LLEN', wakeup) == 0 then
+    -- ack.lua's low-water wake: once in flight falls to the cap less a quarter of it
+    if in_flight == low_water_mark(max_inflight) + 1 and redis.call('LLEN', wakeup) == 0 then
       redis.call('RPUSH', wakeup, '1')
     end
     outcome = 'dead'

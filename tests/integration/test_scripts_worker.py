@@ -259,6 +259,22 @@ def test_fail_at_max_attempts_dead_letters_with_the_error(redis: redis_py.Redis)
     assert_consistent(redis, s.keys)
 
 
+def test_a_batch_dead_lettered_at_the_low_water_mark_wakes_the_coordinator(
+    redis: redis_py.Redis,
+) -> None:
+    # cap 4: low water at 3; a batch that leaves flight dead counts like an ack
+    s = make_scripts(redis, max_attempts=1, max_inflight_batches=4)
+    for i in range(4):
+        _claimed(s, [f"e{i}"], f"b{i}")
+    redis.delete(s.keys.wakeup)
+    assert s.fail("b0", 1, "boom", backoff_ms=1, now_ms=T0 + 10) == "dead"
+    assert redis.llen(s.keys.wakeup) == 1
+    redis.delete(s.keys.wakeup)
+    assert s.fail("b1", 1, "boom", backoff_ms=1, now_ms=T0 + 10) == "dead"
+    assert redis.llen(s.keys.wakeup) == 0
+    assert_consistent(redis, s.keys)
+
+
 def test_fail_after_ack_or_with_a_stale_attempt_is_a_no_op(redis: redis_py.Redis) -> None:
     s = make_scripts(redis)
     _claimed(s, ["a"])

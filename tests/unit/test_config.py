@@ -13,6 +13,7 @@ from batcher.connection import connect, describe, ping_or_raise, redact
 from batcher.errors import BatcherUnavailableError, ConfigError
 from tests.support.redis_server import free_port
 
+# DESIGN §9's defaults; the redis_url default is compared as a string, never connected to
 TABLE_DEFAULTS: dict[str, object] = {
     "redis_url": "redis://localhost:6379/0",
     "queue": "default",
