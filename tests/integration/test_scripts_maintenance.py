@@ -182,6 +182,25 @@ def test_scripts_still_run_after_script_flush(redis: redis_py.Redis) -> None:
     redis.script_flush()
     decision = s.flush("b1", now_ms=T0 + 2)
     assert decision.batch is not None and decision.batch.size == 2
+    # claim runs its script inside MULTI/EXEC by hand: it must load the script itself too,
+    # and the record read in that transaction must be the claimed one
+    redis.script_flush()
+    record = s.claim("b1", 1, now_ms=T0 + 3)
+    assert isinstance(record, dict) and record[b"status"] == b"claimed"
+    assert {key for key in record if key.startswith(b"e:")} == {b"e:a", b"e:b"}
+    assert_consistent(redis, s.keys)
+
+
+def test_flush_many_after_script_flush_pops_each_batch_once(redis: redis_py.Redis) -> None:
+    # flush_many sends EVALSHA by hand: after a SCRIPT FLUSH every call answers NOSCRIPT and
+    # must run again, once, under its own batch id
+    s = make_scripts(redis, size_threshold=2)
+    s.enqueue([entry(i) for i in "abcdef"], now_ms=T0)
+    redis.script_flush()
+    decisions = s.flush_many(["b1", "b2", "b3", "b4"], now_ms=T0 + 1)
+    assert [d.batch.id if d.batch else None for d in decisions] == ["b1", "b2", "b3", None]
+    assert all(redis.exists(s.keys.batch(b)) for b in ("b1", "b2", "b3"))
+    assert redis.zcard(s.keys.pending) == 0
     assert_consistent(redis, s.keys)
 
 
