@@ -27,6 +27,8 @@ log = structlog.stdlib.get_logger(__name__)
 # block until this long before the planned wake, then sleep locally to the exact ms.
 BLPOP_MARGIN_SECONDS = 0.1
 MIN_BLPOP_SECONDS = 0.01
+# how often the wakeup list is polled in the last BLPOP_MARGIN_SECONDS before a deadline
+WAKE_POLL_SECONDS = 0.005
 # a blocking call never outlasts this, so SIGTERM is seen within about a second
 MAX_BLOCK_SECONDS = 1.0
 SIZING_EVERY_SAMPLES = 10
@@ -253,17 +255,27 @@ class Coordinator:
         log_performance_summary(detailed_stats(self.client, self.config))
 
     def wait(self, wait_ms: int, stop: threading.Event) -> None:
-        """Block on the wakeup list until ~100 ms before the planned wake, then sleep exactly."""
+        """Wait for a wake (the wakeup list), the next flush deadline or the reap, if sooner.
+
+        BLPOP's own timeout can overshoot by up to 1/hz (~100 ms), so the last 100 ms before
+        a flush deadline are waited out locally, polling the wakeup list every few ms: a wake
+        there (a full batch, a freed in-flight slot) is still seen at once. A wait with no
+        deadline (the in-flight cap, an empty buffer) blocks until the reap, whose timing
+        needs no such precision.
+        """
         until_reap = max(0.0, self._next_reap - time.monotonic())
-        timeout = until_reap if wait_ms < 0 else min(wait_ms / 1000, until_reap)
-        deadline = time.monotonic() + timeout
+        precise = 0 <= wait_ms / 1000 < until_reap
+        deadline = time.monotonic() + (wait_ms / 1000 if precise else until_reap)
+        margin = BLPOP_MARGIN_SECONDS if precise else 0.0
         while not stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            if left > BLPOP_MARGIN_SECONDS + MIN_BLPOP_SECONDS:
-                block = min(left - BLPOP_MARGIN_SECONDS, MAX_BLOCK_SECONDS)
+            if left > margin + MIN_BLPOP_SECONDS:
+                block = min(left - margin, MAX_BLOCK_SECONDS)
                 if self.blocking.blpop([self.keys.wakeup], timeout=block) is not None:
                     return
+            elif self.client.lpop(self.keys.wakeup) is not None:
+                return
             else:
-                stop.wait(left)
+                stop.wait(min(left, WAKE_POLL_SECONDS))

@@ -93,9 +93,15 @@ class Scripts:
         self._thresholds = [str(t) for t in thr]
 
     def preload(self) -> None:
-        """SCRIPT LOAD every script, so a Lua error fails at start-up, not mid-run."""
+        """SCRIPT LOAD every script, so a Lua error fails at start-up, not mid-run.
+
+        One round trip: a worker starting while producers run big enqueue scripts would
+        otherwise wait behind them once per script.
+        """
+        pipe = self.client.pipeline(transaction=False)
         for name in SCRIPT_NAMES:
-            self.client.script_load(lua_source(name))
+            pipe.script_load(lua_source(name))
+        pipe.execute()
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:
         return self._scripts[name](keys=list(keys), args=list(args), client=self.client)

@@ -49,3 +49,35 @@ def test_urgent_deadline_flush_is_never_early_and_lands_within_a_second(
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def _coordinator_due_to_reap_in(redis_url: str, real_redis: redis.Redis,
+                                seconds: float) -> Coordinator:
+    config = BatchProcessingConfig(redis_url=redis_url, queue="wake")
+    coordinator = Coordinator(real_redis, config,
+                              blocking_client=connect(redis_url, blocking_seconds=1.0))
+    coordinator._next_reap = time.monotonic() + seconds
+    return coordinator
+
+
+def test_a_wait_for_a_wake_hears_it_even_just_before_the_reap(
+    redis_url: str, real_redis: redis.Redis
+) -> None:
+    # At the in-flight cap the coordinator waits for ack's wake (-1). Within 0.1 s of the
+    # reap it used to sleep without listening, so a wake there waited for the reap while the
+    # workers drained their queue.
+    coordinator = _coordinator_due_to_reap_in(redis_url, real_redis, 0.08)
+    real_redis.rpush(coordinator.keys.wakeup, "1")
+    coordinator.wait(-1, threading.Event())
+    assert real_redis.llen(coordinator.keys.wakeup) == 0  # taken, not slept through
+
+
+def test_the_last_moments_before_a_deadline_still_hear_a_wake(
+    redis_url: str, real_redis: redis.Redis
+) -> None:
+    # the final 0.1 s before a flush deadline are waited out locally (BLPOP can overshoot by
+    # 1/hz), polling the wakeup list: a full batch arriving then is flushed at once
+    coordinator = _coordinator_due_to_reap_in(redis_url, real_redis, 10.0)
+    real_redis.rpush(coordinator.keys.wakeup, "1")
+    coordinator.wait(60, threading.Event())
+    assert real_redis.llen(coordinator.keys.wakeup) == 0
