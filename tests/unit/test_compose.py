@@ -107,6 +107,7 @@ def test_batcher_services_share_redis_url_and_wait_for_healthy_redis(
     for name, service in compose["services"].items():
         if name == "redis":
             continue
+        # the compose network's own redis service, read from the file; nothing connects
         assert service["environment"]["BATCH_REDIS_URL"] == "redis://redis:6379/0", name
         assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
 
