@@ -11,6 +11,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from batcher import resp
 from batcher.config import BatchProcessingConfig
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import EnqueueResult, FlushReason
@@ -108,19 +109,36 @@ class Scripts:
     def enqueue(
         self, entries: Sequence[tuple[str, int, bytes]], now_ms: int | None = None
     ) -> EnqueueResult:
-        """Accept one chunk of (id, priority, envelope); one EVALSHA."""
+        """Accept one chunk of (id, priority, envelope); one EVALSHA, packed by hand.
+
+        Ids and priorities travel as one argument of ``id \\n digit \\n`` lines, envelopes one
+        argument each: the server then makes no copy of an envelope before its HSET (cutting
+        them out of one blob cost it ~2 µs an entry), and ``batcher.resp`` packs the command
+        without redis-py's per-argument cost.
+        """
         c, k = self.config, self.keys
-        args: list[str | bytes | int] = [
+        head: list[bytes] = []
+        for entry_id, priority, _ in entries:
+            line = b"%s\n%d\n" % (entry_id.encode(), priority)
+            if line.count(b"\n") != 2 or not 0 <= priority <= 2:  # the script's framing
+                raise ValueError(f"enqueue: id {entry_id!r} / priority {priority!r} unframeable")
+            head.append(line)
+        keys = [k.pending, k.payloads, k.seen, k.state, k.wakeup, k.stats, k.delayed]
+        script = self._scripts["enqueue"]
+        packed = resp.pack([
+            "EVALSHA", script.sha, str(len(keys)), *keys,
             _now(now_ms), *self._limits, str(c.early_flush_pressure),
             "1" if c.enable_adaptive_timeout else "0", *self._thresholds,
             str(int(c.dedupe_window_seconds * 1000)), str(c.dedupe_max_ids),
-        ]
-        for entry_id, priority, envelope in entries:
-            args += [entry_id, str(priority), envelope]
-        accepted, dups, rejected, _woke = self._run(
-            "enqueue", [k.pending, k.payloads, k.seen, k.state, k.wakeup, k.stats, k.delayed],
-            args
-        )
+            b"".join(head), *(envelope for _, _, envelope in entries),
+        ])
+        try:
+            reply = resp.execute_packed(self.client, packed)
+        except NoScriptError:
+            # SCRIPT FLUSH or a restarted server: nothing ran; load it and send again
+            self.client.script_load(script.script)
+            reply = resp.execute_packed(self.client, packed)
+        accepted, dups, rejected, _woke = reply
         return EnqueueResult(int(accepted), [_s(d) for d in dups], [_s(r) for r in rejected])
 
     def _flush_call(

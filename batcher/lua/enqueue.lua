@@ -14,7 +14,8 @@ ARGV[4]  default size threshold   ARGV[5]  early flush pressure (0..1)
 ARGV[6]  adaptive timeout (1/0)   ARGV[7..9] time thresholds ms: normal, high, urgent
 ARGV[10] dedupe window ms (0 = only pending/delayed ids are duplicates)
 ARGV[11] dedupe max ids (the seen set's cap)
-ARGV[12..] triples: id, priority (0..2), envelope
+ARGV[12] one line per entry: id '\n' priority-digit '\n' (ids are printable: no newline)
+ARGV[13..] the envelopes, in the same order (each its own argument: used as is, never copied)
 
 Returns {accepted_count, {duplicate ids}, {rejected ids}, woke (0/1)}.
 Every entry is written whole or not at all: ZADD, HSET and the byte gauge move together.
@@ -54,9 +55,15 @@ local function mscore(key, ids)
   return out
 end
 
-local ids = {}
-for i = 12, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
-if #ids == 0 then return {0, {}, {}, 0} end
+local ids, prio_of, n_ids = {}, {}, 0
+for id, prio in string.gmatch(ARGV[12], '([^\n]+)\n(%d)\n') do
+  n_ids = n_ids + 1
+  ids[n_ids], prio_of[n_ids] = id, tonumber(prio)
+end
+if n_ids ~= #ARGV - 12 then
+  return redis.error_reply('enqueue: ' .. n_ids .. ' id lines for ' .. (#ARGV - 12) .. ' envelopes')
+end
+if n_ids == 0 then return {0, {}, {}, 0} end
 local in_pending, in_delayed = mscore(pending, ids), mscore(delayed, ids)
 local seen_at = {}
 if window > 0 then seen_at = mscore(seen, ids) end
@@ -66,21 +73,22 @@ local now_s = string.format('%.0f', now)
 local score_s = {}
 for p = 0, 2 do score_s[p] = string.format('%.0f', (3 - p) * 1e13 + now) end
 local zadd, hset, seen_add, taken = {}, {}, {}, {}
-for k = 1, #ids do
-  local id, prio, env = ids[k], tonumber(ARGV[10 + 3 * k]), ARGV[11 + 3 * k]
+local oldest_seen = now - window
+local j = 0  -- zadd, hset and seen_add grow together: two slots per accepted entry
+for k = 1, n_ids do
+  local id, env = ids[k], ARGV[12 + k]
   local dup = in_pending[k] or in_delayed[k] or taken[id]
-    or (seen_at[k] and tonumber(seen_at[k]) >= now - window)
+    or (seen_at[k] and tonumber(seen_at[k]) >= oldest_seen)
   if dup then
     dups[#dups + 1] = id
   elseif count + 1 > max_count or bytes + #env > max_bytes then
     rejected[#rejected + 1] = id
   else
-    zadd[#zadd + 1] = score_s[prio]
-    zadd[#zadd + 1] = id
-    hset[#hset + 1] = id
-    hset[#hset + 1] = env
-    seen_add[#seen_add + 1] = now_s
-    seen_add[#seen_add + 1] = id
+    local prio = prio_of[k]
+    zadd[j + 1], zadd[j + 2] = score_s[prio], id
+    hset[j + 1], hset[j + 2] = id, env
+    seen_add[j + 1], seen_add[j + 2] = now_s, id
+    j = j + 2
     taken[id] = true
     count, bytes, accepted = count + 1, bytes + #env, accepted + 1
     prios[prio] = true

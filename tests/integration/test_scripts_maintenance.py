@@ -177,7 +177,7 @@ def test_scripts_still_run_after_script_flush(redis: redis_py.Redis) -> None:
     s = make_scripts(redis, size_threshold=2)
     s.preload()
     s.enqueue([entry("a")], now_ms=T0)
-    redis.script_flush()  # NOSCRIPT on the next EVALSHA; redis-py reloads and retries
+    redis.script_flush()  # NOSCRIPT on the next EVALSHA: enqueue loads the script, sends again
     assert s.enqueue([entry("b")], now_ms=T0 + 1).accepted == 1
     redis.script_flush()
     decision = s.flush("b1", now_ms=T0 + 2)
