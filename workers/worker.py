@@ -14,7 +14,11 @@ and has set the full TTL.
 
 The suspension flag (``rq suspend``) is read at most once a second too, as RQ itself polls it
 while suspended; ``BatchSimpleWorker`` also skips rewriting the state it last wrote (jobs run
-in its own process, so nothing else changes it).
+in its own process, so nothing else changes it) and sends the IDLE that ends a job with the
+heartbeat that follows it.
+
+A batch job (``_plain_batch_job``) also skips RQ's job heartbeat before the success commit
+and the WATCH and read of its dependents: 12.5 round trips a batch become 8.5.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ import time
 from typing import Any
 
 from rq import SimpleWorker, Worker
+from rq.job import JobStatus
+from rq.utils import now
+from rq.worker import WorkerStatus
+
+from workers.job import BatchJob
 
 PLAIN_HEARTBEAT_EVERY_SECONDS = 1.0
 SUSPENSION_CHECK_EVERY_SECONDS = 1.0
@@ -33,6 +42,7 @@ class LeanHeartbeats:
 
     _plain_heartbeat_due = 0.0
     _suspension_check_due = 0.0
+    _deferred_state: str | None = None  # written by the next plain heartbeat
     connection: Any
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
@@ -41,9 +51,12 @@ class LeanHeartbeats:
             parent.heartbeat(timeout, pipeline=pipeline)
             return
         now = time.monotonic()
-        if now < self._plain_heartbeat_due:
+        if now < self._plain_heartbeat_due and self._deferred_state is None:
             return
         with self.connection.pipeline(transaction=False) as pipe:
+            if self._deferred_state is not None:
+                parent.set_state(self._deferred_state, pipeline=pipe)
+                self._deferred_state = None
             parent.heartbeat(pipeline=pipe)
             pipe.execute()
         self._plain_heartbeat_due = now + PLAIN_HEARTBEAT_EVERY_SECONDS
@@ -55,6 +68,33 @@ class LeanHeartbeats:
         super().check_for_suspension(burst)  # type: ignore[misc]
         self._suspension_check_due = time.monotonic() + SUSPENSION_CHECK_EVERY_SECONDS
 
+    def handle_execution_ended(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> None:
+        if _plain_batch_job(job):
+            # RQ heartbeats the job here to cover its success callback; a batch job has none
+            # and its commit follows at once, inside the TTL its start set
+            job.ended_at = now()
+            return
+        super().handle_execution_ended(job, queue, *args, **kwargs)  # type: ignore[misc]
+
+    def handle_job_success(self, job: Any, queue: Any, started_job_registry: Any,
+                           *args: Any, **kwargs: Any) -> None:
+        execution = kwargs.get("execution", args[0] if args else None)
+        if execution is None or not _plain_batch_job(job):
+            super().handle_job_success(  # type: ignore[misc]
+                job, queue, started_job_registry, *args, **kwargs)
+            return
+        # RQ's commit without its WATCH and read of the job's dependents (two round trips):
+        # no job can depend on a batch job, whose id only the dispatcher knows
+        with self.connection.pipeline() as pipe:  # MULTI/EXEC, as RQ's own
+            self.increment_successful_job_count(pipeline=pipe)  # type: ignore[attr-defined]
+            self.increment_total_working_time(  # type: ignore[attr-defined]
+                job.ended_at - job.started_at, pipe)
+            job.cleanup(0, pipeline=pipe, remove_from_queue=False)
+            job._status = JobStatus.FINISHED
+            self.cleanup_execution(  # type: ignore[attr-defined]
+                job, pipeline=pipe, execution=execution)
+            pipe.execute()
+
     def execute_job(self, job: Any, queue: Any) -> Any:
         try:
             return super().execute_job(job, queue)  # type: ignore[misc]
@@ -62,14 +102,36 @@ class LeanHeartbeats:
             self._plain_heartbeat_due = 0.0
 
 
+def _plain_batch_job(job: Any) -> bool:
+    """A batch job as the dispatcher enqueues it: no result kept, no callbacks, no dependents
+    (nothing can depend on a job id the dispatcher makes), no repeat, group or rate limit."""
+    return (isinstance(job, BatchJob) and job._plain() and job.result_ttl == 0
+            and job.success_callback is None and job.failure_callback is None
+            and getattr(job, "repeats_left", None) is None)
+
+
 class BatchSimpleWorker(LeanHeartbeats, SimpleWorker):
     """RQ's ``SimpleWorker`` (jobs in the worker's own process)."""
+
+    _in_job = False
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         # no horse writes the state behind our back here: a repeated IDLE is a wasted trip
         if pipeline is None and state == self._state:
             return
+        if pipeline is None and self._in_job and state == WorkerStatus.IDLE:
+            # the job's last step; RQ's loop heartbeats next, and that round trip carries it
+            self._state = state
+            self._deferred_state = state
+            return
         super().set_state(state, pipeline=pipeline)
+
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        self._in_job = True
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            self._in_job = False
 
 
 class BatchWorker(LeanHeartbeats, Worker):

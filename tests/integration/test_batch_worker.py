@@ -11,18 +11,21 @@ from rq.suspension import resume, suspend
 
 from tests.support.spies import count_round_trips
 from workers import worker as lean
+from workers.job import BatchJob
 from workers.worker import BatchSimpleWorker
 
 QUEUE = "lean"
 
 
 def _round_trips_per_job(client: redis_py.Redis, worker_class: type[SimpleWorker],
-                         monkeypatch: pytest.MonkeyPatch, n: int = 30) -> float:
+                         monkeypatch: pytest.MonkeyPatch, n: int = 30,
+                         job_class: type = BatchJob) -> float:
     client.flushall()
-    queue = Queue(QUEUE, connection=client, serializer=JSONSerializer)
+    queue = Queue(QUEUE, connection=client, serializer=JSONSerializer, job_class=job_class)
     for i in range(n):
         queue.enqueue("builtins.len", args=([i],), result_ttl=0)
-    worker = worker_class([queue], connection=client, serializer=JSONSerializer)
+    worker = worker_class([queue], connection=client, serializer=JSONSerializer,
+                          job_class=job_class)
     with monkeypatch.context() as patch:
         sent = count_round_trips(patch)
         assert worker.work(burst=True, logging_level="WARNING")
@@ -39,6 +42,58 @@ def test_a_job_costs_fewer_round_trips(
     # flag and writes the state twice; ours: one pipelined heartbeat after each job, the
     # flag and the other heartbeats at most once a second, no repeated state write
     assert ours <= plain - 8, (plain, ours)
+
+
+def test_a_batch_job_commits_without_rqs_dependents_round_trips(
+    real_redis: redis_py.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 20
+    with monkeypatch.context() as patch:  # every job through RQ's own success path
+        patch.setattr(lean, "_plain_batch_job", lambda job: False)
+        generic = _round_trips_per_job(real_redis, BatchSimpleWorker, monkeypatch, n)
+        generic_keys = _bookkeeping(real_redis, n)
+    batch = _round_trips_per_job(real_redis, BatchSimpleWorker, monkeypatch, n)
+    # no job heartbeat before the commit, no WATCH and read of the (never) dependents
+    assert batch <= generic - 3, (generic, batch)
+    # and RQ's bookkeeping ends the same: counters, no job left, no registry entry
+    assert _bookkeeping(real_redis, n) == generic_keys, generic_keys
+
+
+def _bookkeeping(client: redis_py.Redis, n: int) -> dict[str, object]:
+    # the burst worker has registered its death; its hash outlives it for a minute
+    [key] = [k for k in client.keys("rq:worker:*") if client.type(k) == b"hash"]
+    worker = client.hgetall(key)
+    assert int(worker[b"successful_job_count"]) == n
+    assert float(worker[b"total_working_time"]) > 0
+    return {
+        "keys": sorted(k.decode().split(":")[1] for k in client.keys("rq:*")
+                       if not k.startswith(b"rq:worker") and b"pubsub" not in k),
+        "started": Queue(QUEUE, connection=client).started_job_registry.count,
+        "finished": Queue(QUEUE, connection=client).finished_job_registry.count,
+    }
+
+
+def test_the_state_is_busy_during_a_job_and_idle_once_its_heartbeat_went_out(
+    real_redis: redis_py.Redis,
+) -> None:
+    seen = []
+    queue = Queue(QUEUE, connection=real_redis, serializer=JSONSerializer, job_class=BatchJob)
+    worker = BatchSimpleWorker([queue], connection=real_redis, serializer=JSONSerializer,
+                               job_class=BatchJob)
+    worker.register_birth()
+    original = worker.perform_job
+
+    def perform(*args: object, **kwargs: object) -> object:
+        seen.append(real_redis.hget(worker.key, "state"))
+        return original(*args, **kwargs)
+
+    worker.perform_job = perform  # type: ignore[method-assign]
+    job = queue.enqueue("builtins.len", args=([1],), result_ttl=0)
+    worker.execute_job(job, queue)
+    assert seen == [b"busy"]
+    worker.heartbeat()  # RQ's loop sends it right after every job: it carries the idle state
+    assert real_redis.hget(worker.key, "state") == b"idle"
+    worker.register_death()
 
 
 def test_the_heartbeat_after_a_job_always_restores_the_full_ttl(
