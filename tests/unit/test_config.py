@@ -327,6 +327,21 @@ def test_connect_sets_the_project_options_without_a_server() -> None:
     client.close()
 
 
+def test_connections_do_not_read_package_metadata_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # redis-py 8 looks its own version up in the installed metadata for every new connection
+    # (~5 ms): once per job in a forking worker's work horse, whose pool starts empty
+    import redis.utils
+
+    client = connect("redis://localhost:1/0")
+    calls = []
+    monkeypatch.setattr(redis.utils, "get_lib_version", lambda: calls.append(1) or "x")
+    for _ in range(3):
+        client.connection_pool.make_connection()
+    assert calls == []
+
+
 def test_connect_for_blocking_calls_times_out_after_them() -> None:
     client = connect("redis://localhost:1/0", blocking_seconds=30)
     assert client.connection_pool.connection_kwargs["socket_timeout"] == 35
