@@ -74,25 +74,27 @@ def _bookkeeping(client: redis_py.Redis, n: int) -> dict[str, object]:
 
 
 def test_the_state_is_busy_during_a_job_and_idle_once_its_heartbeat_went_out(
-    real_redis: redis_py.Redis,
+    real_redis: redis_py.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = []
     queue = Queue(QUEUE, connection=real_redis, serializer=JSONSerializer, job_class=BatchJob)
     worker = BatchSimpleWorker([queue], connection=real_redis, serializer=JSONSerializer,
                                job_class=BatchJob)
     worker.register_birth()
-    original = worker.perform_job
+    original = BatchJob.perform
 
-    def perform(*args: object, **kwargs: object) -> object:
-        seen.append(real_redis.hget(worker.key, "state"))
-        return original(*args, **kwargs)
+    def perform(job: BatchJob) -> object:  # what Redis shows while the job runs
+        seen.append((real_redis.hget(worker.key, "state"), job.get_status(refresh=True),
+                     queue.started_job_registry.count))
+        return original(job)
 
-    worker.perform_job = perform  # type: ignore[method-assign]
+    monkeypatch.setattr(BatchJob, "perform", perform)
     job = queue.enqueue("builtins.len", args=([1],), result_ttl=0)
     worker.execute_job(job, queue)
-    assert seen == [b"busy"]
+    assert seen == [(b"busy", "started", 1)]
     worker.heartbeat()  # RQ's loop sends it right after every job: it carries the idle state
     assert real_redis.hget(worker.key, "state") == b"idle"
+    assert queue.started_job_registry.count == 0
     worker.register_death()
 
 
