@@ -123,6 +123,7 @@ class BatchSimpleWorker(LeanHeartbeats, SimpleWorker):
     _start_pipe: Any = None  # a batch job's execution record, sent with its start
 
     def prepare_execution(self, job: Any) -> Any:
+        self._start_pipe = None  # never carry a start over to another job
         if not (_MERGE_PREPARE and _plain_batch_job(job)):
             return super().prepare_execution(job)
         # RQ writes the execution record in one MULTI/EXEC and, first thing in perform_job,
