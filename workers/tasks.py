@@ -70,12 +70,11 @@ def build_batch(queue: str, batch_id: str, record: Mapping[bytes, bytes]) -> Bat
     attempt = int(record[b"attempt"])
     calls_before = attempt - int(record.get(b"free", b"0")) - 1
     rows: list[tuple[int, Entry]] = []
-    for key, value in record.items():
-        if not key.startswith(b"e:"):
-            continue
-        score_raw, prior_raw, envelope = value.split(b" ", 2)
+    # 'ix': one '<score> <prior attempts> <id>' line per entry, its envelope in 'e:<id>'
+    for line in record[b"ix"].split(b"\n"):
+        score_raw, prior_raw, entry_id = line.split(b" ", 2)
         score = int(float(score_raw))
-        env = orjson.loads(envelope)
+        env = orjson.loads(record[b"e:" + entry_id])
         rows.append((score, Entry(
             id=env["id"], source=env["source"], priority=env["priority"],
             enqueued_ms=score % 10**13, attempts=int(prior_raw) + calls_before,

@@ -65,8 +65,7 @@ for line in string.gmatch(ix, '[^\n]+') do
   local enq = tonumber(score) % 1e13
   local fail = failed[id]
   if fail then
-    local v = redis.call('HGET', batch, 'e:' .. id)
-    local env = string.sub(v, #score + #prior + 3)
+    local env = redis.call('HGET', batch, 'e:' .. id)
     local total = tonumber(prior) + calls
     if total >= max_attempts then
       n_purged = n_purged + redis.call('HEXISTS', dead_payloads, id)

@@ -52,7 +52,7 @@ for line in string.gmatch(redis.call('HGET', batch, 'ix'), '[^\n]+') do
   local score, prior, id = string.match(line, '^(%S+) (%S+) (.*)$')
   local total = tonumber(prior) + calls
   if total >= max_attempts then
-    local env = string.sub(redis.call('HGET', batch, 'e:' .. id), #score + #prior + 3)
+    local env = redis.call('HGET', batch, 'e:' .. id)
     n_purged = n_purged + redis.call('HEXISTS', dead_payloads, id)
     redis.call('ZADD', dead, fmt(now), id)
     redis.call('HSET', dead_payloads, id, '{"score":' .. score .. ',"attempts":' .. total ..

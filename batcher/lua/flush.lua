@@ -14,8 +14,8 @@ ARGV[15] max in-flight batches         ARGV[16] dispatch lease ms    ARGV[17] ev
 Returns {1, batch_id, reason, n, priority, attempt}  a batch was written and popped
         {0, wait_ms}                                 nothing due; -1 = until woken
 Errors  BATCH_EXISTS <id>                            the batch id is already in use
-The batch hash holds meta fields, one field per entry ('e:<id>' -> '<score> <prior attempts> <envelope>')
-and an index 'ix' of '<score> <prior attempts> <id>' lines.
+The batch hash holds meta fields, one field per entry ('e:<id>' -> the envelope, byte for byte as the
+producer sent it) and an index 'ix' of '<score> <prior attempts> <id>' lines.
 ]]
 local pending, payloads, state, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local stats, events, batch, room, attempts = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -124,17 +124,17 @@ local n = #ids
 local prior = redis.call('HMGET', attempts, unpack(ids))
 
 -- 4. write the batch record and pop; 'ix' lists '<score> <prior> <id>' lines so that ack
--- and fail need not read the envelopes back (ids are printable: no newline)
+-- and fail need not read the envelopes back (ids are printable: no newline). An envelope is
+-- stored as it came: prefixing it made a new kilobyte string per entry (~2.4 µs each)
 local best, fields, had_prior, ix = 3, {}, false, {}
 for i = 1, n do
   local score = picked[i][2]
   local klass = math.floor(tonumber(score) / 1e13)
   if klass < best then best = klass end
   if prior[i] then had_prior = true end
-  local head = score .. ' ' .. (prior[i] or '0') .. ' '
-  ix[i] = head .. ids[i]
+  ix[i] = score .. ' ' .. (prior[i] or '0') .. ' ' .. ids[i]
   fields[#fields + 1] = 'e:' .. ids[i]
-  fields[#fields + 1] = head .. env[i]
+  fields[#fields + 1] = env[i]
   if #fields >= 1000 then redis.call('HSET', batch, unpack(fields)); fields = {} end
 end
 if #fields > 0 then redis.call('HSET', batch, unpack(fields)) end

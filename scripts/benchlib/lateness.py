@@ -76,10 +76,9 @@ def _lateness(client: redis.Redis, config: BatchProcessingConfig, threshold_ms: 
         flushed_ms = int(fields[b"ms"])
         record = cast(dict[bytes, bytes], client.hgetall(config.keys.batch(
             fields[b"batch"].decode())))
-        for name, value in record.items():
-            if name.startswith(b"e:"):
-                _prio, enqueued_ms = split_score(int(float(value.split(b" ", 1)[0])))
-                lateness.append(flushed_ms - (enqueued_ms + threshold_ms))
+        for line in record[b"ix"].split(b"\n"):  # '<score> <prior attempts> <id>' lines
+            _prio, enqueued_ms = split_score(int(float(line.split(b" ", 1)[0])))
+            lateness.append(flushed_ms - (enqueued_ms + threshold_ms))
     if len(lateness) != count or set(reasons) != {b"deadline"}:
         raise RuntimeError(f"lateness: {len(lateness)} of {count} entries were flushed, "
                            f"reasons {reasons}")

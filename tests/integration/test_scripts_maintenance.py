@@ -126,7 +126,7 @@ def test_requeue_returns_dead_entries_byte_identical_with_their_score(
     record = s.claim("b2", 1, now_ms=T0 + 5)
     assert isinstance(record, dict)
     for entry_id, _prio, env in items:
-        assert record[f"e:{entry_id}".encode()].split(b" ", 2)[2] == env
+        assert record[f"e:{entry_id}".encode()] == env
 
 
 def test_requeue_of_expired_entries(redis: redis_py.Redis) -> None:
@@ -188,6 +188,12 @@ def test_scripts_still_run_after_script_flush(redis: redis_py.Redis) -> None:
     record = s.claim("b1", 1, now_ms=T0 + 3)
     assert isinstance(record, dict) and record[b"status"] == b"claimed"
     assert {key for key in record if key.startswith(b"e:")} == {b"e:a", b"e:b"}
+    # ack is packed by hand as well, results and all
+    redis.script_flush()
+    ack = s.ack("b1", 1, processing_ms=1.0, started_ms=T0 + 3,
+                results={"a": b'{"ok":1}', "b": b'{"ok":2}'}, now_ms=T0 + 4)
+    assert (ack.ok, ack.acked) == (True, 2)
+    assert redis.get(s.keys.result("b")) == b'{"ok":2}'
     assert_consistent(redis, s.keys)
 
 

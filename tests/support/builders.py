@@ -71,10 +71,10 @@ def score(priority: int, enqueued_ms: int) -> float:
 def batch_entries(record: dict[bytes, bytes]) -> dict[str, tuple[int, int, bytes]]:
     """A batch record's entries: id -> (score, prior attempts, envelope bytes)."""
     out: dict[str, tuple[int, int, bytes]] = {}
-    for field, value in record.items():
-        if field.startswith(b"e:"):
-            raw_score, prior, env = value.split(b" ", 2)
-            out[field[2:].decode()] = (int(raw_score), int(prior), env)
+    for line in record[b"ix"].split(b"\n"):
+        raw_score, prior, entry_id = line.split(b" ", 2)
+        out[entry_id.decode()] = (int(raw_score), int(prior), record[b"e:" + entry_id])
+    assert len(out) == sum(1 for f in record if f.startswith(b"e:")), "ix and e: fields differ"
     return out
 
 
