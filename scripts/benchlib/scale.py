@@ -69,10 +69,30 @@ class _Queue:
         self.manager = BatchStateManager(config=config)
         self.scripts = Scripts(self.manager.redis, config)
         self.scripts.preload()
+        self._filler = 0
 
     def fill(self, level: int) -> None:
         while (have := int(self.client.zcard(self.config.keys.pending))) < level:
             self.manager.queue_many(self.source.chunk(min(CHUNK_SIZE, level - have)))
+
+    def match_seen(self, other: _Queue) -> None:
+        """Grow this queue's seen set to the size of ``other``'s, with older ids of its own.
+
+        The seen set's size follows traffic, not the buffer: a day of it fills the set to
+        its cap whether 1k or 1M entries are pending. Held at the same size (and trimming at
+        the cap alike), the two queues of a round differ only in how many entries pend.
+        """
+        key = self.config.keys.seen
+        missing = int(self.client.zcard(other.config.keys.seen)) - int(self.client.zcard(key))
+        old_ms = int(time.time() * 1000) - 60_000  # inside the window, older than any new id
+        pipe = self.client.pipeline(transaction=False)
+        for start in range(0, max(missing, 0), 10_000):
+            pipe.zadd(key, {f"seen-{self._filler + i:031d}": old_ms
+                            for i in range(start, min(start + 10_000, missing))})
+            if len(pipe) >= 10:
+                pipe.execute()
+        pipe.execute()
+        self._filler += max(missing, 0)
 
     def round(self) -> tuple[float, float]:
         """Seconds of one queue_many of 500, and of 500/FLUSH_BATCH flush.lua calls."""
@@ -101,7 +121,8 @@ def flatness(config: BatchProcessingConfig, levels: list[int], repeat: int
     Every round at a level is paired with a round on a second queue of the same server held
     at REFERENCE_LEVEL pending ("…_ref_us"), so a level's cost and the 1k cost it is divided
     by are taken in the same seconds: measured one after the other, the machine's drift
-    over the minutes a 1M fill takes would land in the ratio.
+    over the minutes a 1M fill takes would land in the ratio. The second queue's seen set is
+    kept as large as the first's (see _Queue.match_seen), so only the pending count differs.
     """
     client = redis.Redis.from_url(config.redis_url)
     client.flushall()
@@ -114,6 +135,7 @@ def flatness(config: BatchProcessingConfig, levels: list[int], repeat: int
     n = ROUNDS_PER_LEVEL * CHUNK_SIZE
     for level in levels:
         main.fill(level)
+        ref.match_seen(main)
         for key in out:
             out[key][level] = []
         for _ in range(repeat):
