@@ -205,24 +205,31 @@ class Scripts:
         through Lua costs the server about 1.5 µs per hop, into Lua and out again. EVALSHA
         goes by hand: redis-py adds a SCRIPT EXISTS round trip to a pipeline holding a Script.
         """
-        k = self.keys
-        key = k.batch(batch_id)
-        keys = [key, k.inflight, k.stats]
-        args = [_now(now_ms), batch_id, str(attempt), str(self.config.job_lease_ms)]
-        script = self._scripts["claim"]
-
         def claim_and_read() -> list[Any]:
             pipe = self.client.pipeline(transaction=True)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            pipe.hgetall(key)
+            self.claim_into(pipe, batch_id, attempt, now_ms)
             return pipe.execute()
 
         try:
             reply, record = claim_and_read()
         except NoScriptError:
             # SCRIPT FLUSH or a restarted server: the script did not run, the HGETALL only read
-            self.client.script_load(script.script)
+            self.client.script_load(self._scripts["claim"].script)
             reply, record = claim_and_read()
+        return self.claim_outcome(reply, record)
+
+    def claim_into(self, pipe: Any, batch_id: str, attempt: int,
+                   now_ms: int | None = None) -> None:
+        """Queue the claim and the record's read on ``pipe``, a MULTI/EXEC pipeline; its two
+        replies go to :meth:`claim_outcome`. A NOSCRIPT reply means nothing was claimed."""
+        k = self.keys
+        key = k.batch(batch_id)
+        pipe.evalsha(self._scripts["claim"].sha, 3, key, k.inflight, k.stats,
+                     _now(now_ms), batch_id, str(attempt), str(self.config.job_lease_ms))
+        pipe.hgetall(key)
+
+    @staticmethod
+    def claim_outcome(reply: Any, record: Any) -> dict[bytes, bytes] | str:
         if int(reply[0]) == 0:
             return _s(reply[1])
         return cast(dict[bytes, bytes], record)

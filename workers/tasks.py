@@ -15,6 +15,7 @@ import structlog
 
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.connection import connect
+from batcher.dispatch import TASK
 from batcher.errors import RateLimited
 from batcher.models import Batch, BatchOutcome, Entry, FlushReason
 from batcher.scripts import Scripts
@@ -37,6 +38,10 @@ class WorkerContext:
 
 
 _CONTEXTS: dict[str, WorkerContext] = {}
+
+# A claim made in the worker's own start-of-job transaction (claim_with), for run_batch to use
+# instead of claiming again: (queue, batch id, attempt) and what the claim returned
+_early_claim: tuple[tuple[str, str, int], dict[bytes, bytes] | str] | None = None
 
 
 def load_handler(path: str) -> Handler:
@@ -125,6 +130,39 @@ def _with_retries(what: str, fn: Callable[[], Any]) -> Any:
             time.sleep(delay)
 
 
+def claim_with(pipe: Any, job: Any) -> Callable[[list[Any]], None] | None:
+    """Claim ``job``'s batch in ``pipe``, the MULTI/EXEC that starts the job in its worker.
+
+    The claim then costs no round trip of its own (``BatchSimpleWorker`` runs the job in this
+    process right after). Returns None for any other job; else a function to call with the
+    pipe's last two replies. A claim that failed there (NOSCRIPT) is simply made again by
+    run_batch.
+    """
+    if job.func_name != TASK or job.kwargs or len(job.args) != 3:
+        return None
+    queue, batch_id, attempt = job.args
+    if not (isinstance(queue, str) and isinstance(batch_id, str) and type(attempt) is int):
+        return None
+    scripts = context(queue, job.connection).scripts
+    scripts.claim_into(pipe, batch_id, attempt)
+
+    def keep(replies: list[Any]) -> None:
+        global _early_claim
+        reply, record = replies
+        if isinstance(reply, Exception) or isinstance(record, Exception):
+            _early_claim = None
+            return
+        _early_claim = ((queue, batch_id, attempt), scripts.claim_outcome(reply, record))
+
+    return keep
+
+
+def _take_early_claim(key: tuple[str, str, int]) -> dict[bytes, bytes] | str | None:
+    global _early_claim
+    held, _early_claim = _early_claim, None
+    return held[1] if held is not None and held[0] == key else None
+
+
 def process_batch(queue: str, batch_id: str, attempt: int) -> dict[str, Any]:
     """The RQ job: claim ``batch_id``'s ``attempt``, call the handler once, ack or fail it."""
     return run_batch(context(queue, _rq_connection()), batch_id, attempt)
@@ -140,7 +178,9 @@ def _rq_connection() -> redis.Redis | None:
 def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]:
     """One attempt of one batch with an explicit context (also used by ``batcher.testing``)."""
     queue = ctx.config.queue
-    record = _with_retries("claim", lambda: ctx.scripts.claim(batch_id, attempt))
+    record = _take_early_claim((queue, batch_id, attempt))
+    if record is None:
+        record = _with_retries("claim", lambda: ctx.scripts.claim(batch_id, attempt))
     if isinstance(record, str):
         log.info("batch.claim_refused", queue=queue, batch_id=batch_id, attempt=attempt,
                  why=record)

@@ -19,7 +19,8 @@ heartbeat that follows it.
 
 A batch job (``_plain_batch_job``) also skips RQ's job heartbeat before the success commit
 and the WATCH and read of its dependents, and ``BatchSimpleWorker`` sends its execution
-record with its start in one MULTI/EXEC: 12.5 round trips a batch become 7.5.
+record with its start, and the batch's claim, in one MULTI/EXEC: 12.5 round trips a batch
+become 6.5.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from workers.job import BatchJob
+from workers.tasks import claim_with
 
 # the merged start mirrors RQ 3's prepare_execution and prepare_job_execution
 _MERGE_PREPARE = int(rq.__version__.split(".")[0]) >= 3
@@ -152,7 +154,14 @@ class BatchSimpleWorker(LeanHeartbeats, SimpleWorker):
             if remove_from_intermediate_queue:
                 queue = self.queue_class(job.origin, connection=self.connection)
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-            pipe.execute()
+            # the batch's claim rides along (the job runs here, next): one round trip less
+            claimed = claim_with(pipe, job)
+            replies = pipe.execute(raise_on_error=claimed is None)
+            if claimed is not None:
+                for reply in replies[:-2]:
+                    if isinstance(reply, Exception):
+                        raise reply
+                claimed(replies[-2:])
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         # no horse writes the state behind our back here: a repeated IDLE is a wasted trip

@@ -14,8 +14,11 @@ from rq.serializers import JSONSerializer
 from batcher.config import BatchProcessingConfig
 from batcher.coordinator import Coordinator
 from batcher.producer import BatchStateManager
+from tests.support.spies import count_round_trips
 from workers import tasks
+from workers import worker as lean
 from workers.job import BatchJob
+from workers.worker import BatchSimpleWorker
 
 QUEUE = "jobclass"
 
@@ -75,3 +78,82 @@ def test_other_jobs_keep_rqs_clean_up(real_redis: redis_py.Redis) -> None:
     fetched: Any = BatchJob.fetch(job.id, connection=real_redis, serializer=JSONSerializer)
     assert fetched.get_status() == "finished"
     assert 0 < real_redis.ttl(fetched.key) <= 60
+
+
+# -- the claim in the job's start transaction (BatchSimpleWorker, RQ 3) ---------------------
+
+
+def _work_batches(client: redis_py.Redis, config: BatchProcessingConfig,
+                  monkeypatch: pytest.MonkeyPatch, before_work: Any = None) -> tuple[int, int]:
+    """30 entries in batches of 5 through BatchSimpleWorker; (batch jobs, round trips)."""
+    client.flushall()
+    tasks._CONTEXTS.clear()
+    cfg = config.with_overrides(size_threshold=5, min_batch_size=5, max_batch_size=5)
+    BatchStateManager(client, cfg).queue_many(
+        [{"id": f"e{i}", "source": "t", "payload": {"i": i}} for i in range(30)])
+    coordinator = Coordinator(client, cfg)
+    coordinator.start()
+    coordinator.drain(manual=True)
+    tasks.context(cfg.queue, client).scripts.preload()  # no NOSCRIPT reload in the count
+    if before_work is not None:
+        before_work()
+    worker = BatchSimpleWorker(cfg.keys.rq_queues_by_urgency(), connection=client,
+                               serializer=JSONSerializer, job_class=BatchJob)
+    with monkeypatch.context() as patch:
+        sent = count_round_trips(patch)
+        assert worker.work(burst=True, logging_level="WARNING")
+    return int(client.hget(cfg.keys.stats, "batches_flushed") or 0), sent[0]
+
+
+def _stat(client: redis_py.Redis, config: BatchProcessingConfig, name: str) -> int:
+    return int(client.hget(config.keys.stats, name) or 0)
+
+
+@pytest.mark.skipif(not lean._MERGE_PREPARE, reason="RQ 2.x keeps its own start")
+def test_a_batch_is_claimed_in_its_jobs_start_transaction(
+    real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _work_batches(real_redis, config, monkeypatch)  # connections and scripts made once
+    with monkeypatch.context() as patch:  # run_batch claims on its own, as in a forked horse
+        patch.setattr(lean, "claim_with", lambda pipe, job: None)
+        jobs, apart = _work_batches(real_redis, config, monkeypatch)
+    assert (jobs, _stat(real_redis, config, "acked")) == (6, 30)
+    jobs, merged = _work_batches(real_redis, config, monkeypatch)
+    assert (jobs, _stat(real_redis, config, "acked")) == (6, 30)
+    assert merged == apart - jobs, (apart, merged)
+    # claimed once per batch: a second claim of a claimed batch would be refused as stale
+    assert _stat(real_redis, config, "stale_claims") == 0
+    assert _stat(real_redis, config, "batches_processed") == 6
+
+
+@pytest.mark.skipif(not lean._MERGE_PREPARE, reason="RQ 2.x keeps its own start")
+def test_a_claim_that_failed_in_the_start_transaction_is_made_again(
+    real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NOSCRIPT inside the MULTI: the job still starts, and run_batch loads the script, claims
+    _work_batches(real_redis, config, monkeypatch, before_work=real_redis.script_flush)
+    assert _stat(real_redis, config, "acked") == 30
+    assert _stat(real_redis, config, "stale_claims") == 0
+
+
+@pytest.mark.skipif(not lean._MERGE_PREPARE, reason="RQ 2.x keeps its own start")
+def test_a_refused_early_claim_is_what_the_job_reports(
+    real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports: list[dict[str, Any]] = []
+    original = tasks.run_batch
+
+    def run_batch(ctx: tasks.WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]:
+        reports.append(original(ctx, batch_id, attempt))
+        return reports[-1]
+
+    monkeypatch.setattr(tasks, "run_batch", run_batch)
+
+    def lose_one_batch() -> None:  # as if acked meanwhile by an earlier attempt's worker
+        [first, *_] = real_redis.zrange(config.keys.inflight, 0, 0)
+        real_redis.delete(config.keys.batch(first.decode()))
+
+    _work_batches(real_redis, config, monkeypatch, before_work=lose_one_batch)
+    assert sorted(r["status"] for r in reports) == ["acked"] * 5 + ["gone"]
+    assert _stat(real_redis, config, "acked") == 25
+    assert _stat(real_redis, config, "stale_claims") == 1  # the one refusal, not one per claim
