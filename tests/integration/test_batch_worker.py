@@ -118,6 +118,27 @@ def test_the_heartbeat_after_a_job_always_restores_the_full_ttl(
     worker.register_death()
 
 
+def test_a_batch_jobs_commit_carries_the_heartbeat_and_idle_state_rqs_loop_sends_next(
+    real_redis: redis_py.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = Queue(QUEUE, connection=real_redis, serializer=JSONSerializer, job_class=BatchJob)
+    worker = BatchSimpleWorker([queue], connection=real_redis, serializer=JSONSerializer,
+                               job_class=BatchJob)
+    worker.register_birth()
+    full = worker.worker_ttl + 60
+    real_redis.expire(worker.key, 90)  # as a job's start leaves it (its heartbeat TTL)
+    job = queue.enqueue("builtins.len", args=([1],), result_ttl=0)
+    worker.execute_job(job, queue)
+    # restored and idle when the job's commit returns, before RQ's loop heartbeats
+    assert real_redis.ttl(worker.key) > full - 5
+    assert real_redis.hget(worker.key, "state") == b"idle"
+    with monkeypatch.context() as patch:
+        sent = count_round_trips(patch)
+        worker.heartbeat()  # the loop's heartbeat after the job: already sent
+    assert sent[0] == 0
+    worker.register_death()
+
+
 def test_a_suspension_is_seen_within_a_second(
     real_redis: redis_py.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
