@@ -14,11 +14,12 @@ from rq.serializers import JSONSerializer
 from batcher.config import BatchProcessingConfig
 from batcher.coordinator import Coordinator
 from batcher.producer import BatchStateManager
+from batcher.scripts import Scripts
 from tests.support.spies import count_round_trips
 from workers import tasks
 from workers import worker as lean
 from workers.job import BatchJob
-from workers.worker import BatchSimpleWorker
+from workers.worker import BatchSimpleWorker, BatchWorker
 
 QUEUE = "jobclass"
 
@@ -157,3 +158,27 @@ def test_a_refused_early_claim_is_what_the_job_reports(
     assert sorted(r["status"] for r in reports) == ["acked"] * 5 + ["gone"]
     assert _stat(real_redis, config, "acked") == 25
     assert _stat(real_redis, config, "stale_claims") == 1  # the one refusal, not one per claim
+
+
+@pytest.mark.skipif(not lean._MERGE_PREPARE, reason="RQ 2.x keeps its own start")
+def test_a_forked_work_horse_claims_in_its_jobs_start_transaction(
+    real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_redis.flushall()
+    cfg = config.with_overrides(size_threshold=5, min_batch_size=5, max_batch_size=5)
+    BatchStateManager(real_redis, cfg).queue_many(
+        [{"id": f"e{i}", "source": "t", "payload": {"i": i}} for i in range(30)])
+    coordinator = Coordinator(real_redis, cfg)
+    coordinator.start()
+    coordinator.drain(manual=True)
+
+    def claim_again(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("run_batch claimed on its own")
+
+    # the horses inherit this: a job that claims apart from its start fails, and is not acked
+    monkeypatch.setattr(Scripts, "claim", claim_again)
+    worker = BatchWorker(cfg.keys.rq_queues_by_urgency(), connection=real_redis,
+                         serializer=JSONSerializer, job_class=BatchJob)
+    assert worker.work(burst=True, logging_level="WARNING")
+    assert _stat(real_redis, cfg, "acked") == 30
+    assert _stat(real_redis, cfg, "stale_claims") == 0
