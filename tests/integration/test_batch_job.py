@@ -81,12 +81,14 @@ def test_other_jobs_keep_rqs_clean_up(real_redis: redis_py.Redis) -> None:
     assert 0 < real_redis.ttl(fetched.key) <= 60
 
 
-# -- the claim in the job's start transaction (BatchSimpleWorker, RQ 3) ---------------------
+# -- the claim in the job's start transaction (RQ 3) ----------------------------------------
+
+needs_rq3 = pytest.mark.skipif(not lean._MERGE_PREPARE, reason="RQ 2.x keeps its own start")
 
 
-def _work_batches(client: redis_py.Redis, config: BatchProcessingConfig,
-                  monkeypatch: pytest.MonkeyPatch, before_work: Any = None) -> tuple[int, int]:
-    """30 entries in batches of 5 through BatchSimpleWorker; (batch jobs, round trips)."""
+def _flush_batches_of_5(client: redis_py.Redis, config: BatchProcessingConfig
+                        ) -> BatchProcessingConfig:
+    """30 entries flushed and dispatched as 6 batch jobs of 5; the settings used."""
     client.flushall()
     tasks._CONTEXTS.clear()
     cfg = config.with_overrides(size_threshold=5, min_batch_size=5, max_batch_size=5)
@@ -95,6 +97,13 @@ def _work_batches(client: redis_py.Redis, config: BatchProcessingConfig,
     coordinator = Coordinator(client, cfg)
     coordinator.start()
     coordinator.drain(manual=True)
+    return cfg
+
+
+def _work_batches(client: redis_py.Redis, config: BatchProcessingConfig,
+                  monkeypatch: pytest.MonkeyPatch, before_work: Any = None) -> tuple[int, int]:
+    """6 batch jobs through BatchSimpleWorker; (batch jobs, round trips)."""
+    cfg = _flush_batches_of_5(client, config)
     tasks.context(cfg.queue, client).scripts.preload()  # no NOSCRIPT reload in the count
     if before_work is not None:
         before_work()
@@ -110,7 +119,7 @@ def _stat(client: redis_py.Redis, config: BatchProcessingConfig, name: str) -> i
     return int(client.hget(config.keys.stats, name) or 0)
 
 
-@pytest.mark.skipif(not lean._MERGE_PREPARE, reason="RQ 2.x keeps its own start")
+@needs_rq3
 def test_a_batch_is_claimed_in_its_jobs_start_transaction(
     real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -127,7 +136,7 @@ def test_a_batch_is_claimed_in_its_jobs_start_transaction(
     assert _stat(real_redis, config, "batches_processed") == 6
 
 
-@pytest.mark.skipif(not lean._MERGE_PREPARE, reason="RQ 2.x keeps its own start")
+@needs_rq3
 def test_a_claim_that_failed_in_the_start_transaction_is_made_again(
     real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -137,7 +146,7 @@ def test_a_claim_that_failed_in_the_start_transaction_is_made_again(
     assert _stat(real_redis, config, "stale_claims") == 0
 
 
-@pytest.mark.skipif(not lean._MERGE_PREPARE, reason="RQ 2.x keeps its own start")
+@needs_rq3
 def test_a_refused_early_claim_is_what_the_job_reports(
     real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -160,17 +169,11 @@ def test_a_refused_early_claim_is_what_the_job_reports(
     assert _stat(real_redis, config, "stale_claims") == 1  # the one refusal, not one per claim
 
 
-@pytest.mark.skipif(not lean._MERGE_PREPARE, reason="RQ 2.x keeps its own start")
+@needs_rq3
 def test_a_forked_work_horse_claims_in_its_jobs_start_transaction(
     real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_redis.flushall()
-    cfg = config.with_overrides(size_threshold=5, min_batch_size=5, max_batch_size=5)
-    BatchStateManager(real_redis, cfg).queue_many(
-        [{"id": f"e{i}", "source": "t", "payload": {"i": i}} for i in range(30)])
-    coordinator = Coordinator(real_redis, cfg)
-    coordinator.start()
-    coordinator.drain(manual=True)
+    cfg = _flush_batches_of_5(real_redis, config)
 
     def claim_again(*_args: Any, **_kwargs: Any) -> Any:
         raise AssertionError("run_batch claimed on its own")
