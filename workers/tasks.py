@@ -133,10 +133,10 @@ def _with_retries(what: str, fn: Callable[[], Any]) -> Any:
 def claim_with(pipe: Any, job: Any) -> Callable[[list[Any]], None] | None:
     """Claim ``job``'s batch in ``pipe``, the MULTI/EXEC that starts the job in its worker.
 
-    The claim then costs no round trip of its own (``BatchSimpleWorker`` runs the job in this
-    process right after). Returns None for any other job; else a function to call with the
-    pipe's last two replies. A claim that failed there (NOSCRIPT) is simply made again by
-    run_batch.
+    The claim then costs no round trip of its own: the process that sends it (a
+    ``BatchSimpleWorker``, or a ``BatchWorker``'s work horse) runs the job right after.
+    Returns None for any other job; else a function to call with the pipe's last two
+    replies. A claim that failed there (NOSCRIPT) is simply made again by run_batch.
     """
     if job.func_name != TASK or job.kwargs or len(job.args) != 3:
         return None
