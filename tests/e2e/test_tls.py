@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from batcher.keys import QueueKeys
 from batcher.producer import BatchStateManager
 from tests.e2e.test_cli_processes import Batcher, _env, procs  # noqa: F401 - fixture
 from tests.support.tls import Certificates, TlsRedisServer, make_certificates
+from tests.support.waiting import wait_until
 
 QUEUE = "proc"
 KEYS = QueueKeys(QUEUE)
@@ -65,12 +65,13 @@ def test_the_pipeline_runs_end_to_end_over_tls(
     coordinator = procs.start("coordinator", env=env)
     worker = procs.start("worker", env=env)  # the forking worker: each horse connects anew
     observer = tls_server.client()
-    deadline = time.monotonic() + 60
-    while int(observer.hget(KEYS.stats, "acked") or 0) < 5:
+
+    def all_acked() -> bool:
         assert coordinator.poll() is None, procs.stderr(coordinator)
         assert worker.poll() is None, procs.stderr(worker)
-        assert time.monotonic() < deadline, procs.stderr(worker)
-        time.sleep(0.1)
+        return int(observer.hget(KEYS.stats, "acked") or 0) >= 5
+
+    wait_until(all_acked, "5 entries acked over TLS")
     assert manager.get_result("api-3") == {"i": 3}
     stats = _cli(env, "stats", "--json")
     assert stats.returncode == 0, stats.stderr
