@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from batcher.redaction import scrub, scrub_processor, scrub_value
 
 
