@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from batcher.fetch import (
     payload_of,
 )
 from batcher.models import EnqueueResult
+from tests.support.waiting import HANG_GUARD_SECONDS, wait_until
 
 MALFORMED = "malformed_wire.xml"
 GOOD_FEEDS = sorted(
@@ -291,11 +291,27 @@ def test_entries_are_sent_in_chunks_of_500(tmp_path: Path) -> None:
 
 def test_per_host_delay_spaces_requests_to_one_host(feed_server: tuple[FeedServer, str]) -> None:
     _, base_url = feed_server
-    feeds = [_feed(base_url, "atom_dev_blog.xml"), _feed(base_url, "rss20_tech_daily.xml")]
-    with _fetcher(ListSink(), feeds, per_host_delay_seconds=0.3) as fetcher:
-        started = time.monotonic()
-        fetcher.run(threading.Event(), max_rounds=1)
-    assert time.monotonic() - started >= 0.3
+    feeds = [_feed(base_url, "atom_dev_blog.xml", source="dev"),
+             _feed(base_url, "rss20_tech_daily.xml", source="tech")]
+    stop = RecordingEvent()
+    with _fetcher(ListSink(), feeds, per_host_delay_seconds=30) as fetcher:
+        fetcher.run(stop, max_rounds=1)
+    # the second request to the host waited out the rest of the delay (the stop event's wait,
+    # recorded here instead of slept), the first none
+    assert len(stop.waits) == 1 and 0 < stop.waits[0] <= 30
+    assert fetcher.counters["dev"].fetched == fetcher.counters["tech"].fetched == 1
+
+
+class RecordingEvent(threading.Event):
+    """A stop event whose waits return at once and are recorded (seconds asked for)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(0.0 if timeout is None else timeout)
+        return self.is_set()
 
 
 def test_run_returns_when_stopped(feed_server: tuple[FeedServer, str]) -> None:
@@ -305,9 +321,9 @@ def test_run_returns_when_stopped(feed_server: tuple[FeedServer, str]) -> None:
     with _fetcher(ListSink(), [feed]) as fetcher:
         thread = threading.Thread(target=fetcher.run, args=(stop,))
         thread.start()
-        time.sleep(0.2)
-        stop.set()
-        thread.join(timeout=2)
+        wait_until(lambda: fetcher.counters["dev"].fetched == 1, "the first fetch")
+        stop.set()  # the loop now waits 60 s for the next round: the stop ends that wait
+        thread.join(HANG_GUARD_SECONDS)
     assert not thread.is_alive() and fetcher.counters["dev"].fetched == 1
 
 
