@@ -16,7 +16,6 @@ from batcher.cli.common import (
     queue_options,
     stop_on_signals,
 )
-from batcher.connection import connect
 from batcher.coordinator import MAX_BLOCK_SECONDS, Coordinator
 
 log = structlog.stdlib.get_logger(__name__)
@@ -44,7 +43,7 @@ def coordinator(allow_eviction: bool, queue: str | None, redis_url: str | None) 
     config, client = open_queue_waiting(queue, redis_url)
     check_eviction(client, allow_eviction)
     # a dedicated connection for BLPOP, whose socket timeout outlasts the longest block
-    blocking = connect(config.redis_url, blocking_seconds=MAX_BLOCK_SECONDS)
+    blocking = config.redis_client(blocking_seconds=MAX_BLOCK_SECONDS)
     stop = stop_on_signals("coordinator.stopping")
     Coordinator(client, config, blocking_client=blocking).run(stop)
 
