@@ -6,6 +6,7 @@ one Cluster slot and every Lua script touches a single slot.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -49,6 +50,13 @@ class QueueKeys:
     samples: str = field(init=False)
     events: str = field(init=False)
     throughput: str = field(init=False)
+    # the shared feed schedule of `batcher fetch` (fetch_schedule.py)
+    fetch_due: str = field(init=False)
+    fetch_claims: str = field(init=False)
+    fetch_totals: str = field(init=False)
+    fetch_failing: str = field(init=False)
+    fetch_host_until: str = field(init=False)
+    fetch_host_failures: str = field(init=False)
 
     def __post_init__(self) -> None:
         validate_queue_name(self.queue)
@@ -62,12 +70,18 @@ class QueueKeys:
             set_(self, kind, f"{base}:{kind}")
         set_(self, "delayed_score", f"{base}:delayed:score")
         set_(self, "dead_payloads", f"{base}:dead:payloads")
+        for kind in ("due", "claims", "totals", "failing", "host_until", "host_failures"):
+            set_(self, f"fetch_{kind}", f"{base}:fetch:{kind.replace('_', ':')}")
 
     def batch(self, batch_id: str) -> str:
         return f"{self.base}:batch:{batch_id}"
 
     def result(self, entry_id: str) -> str:
         return f"{self.base}:result:{entry_id}"
+
+    def fetch_feed(self, url: str) -> str:
+        """One feed's HASH: its config, validators, counters and last outcome."""
+        return f"{self.base}:fetch:feed:{hashlib.sha256(url.encode()).hexdigest()[:24]}"
 
     def hist(self, name: str) -> str:
         return f"{self.base}:hist:{name}"
