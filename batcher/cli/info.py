@@ -163,6 +163,8 @@ def check(queue: str | None, redis_url: str | None) -> None:
 
 def _kind(config: BatchProcessingConfig, key: str) -> str | None:
     rest = key[len(config.keys.base) + 1:]
+    if rest.startswith("fetch:feed:"):  # one per scheduled feed: thousands
+        return "fetch:feed"
     head = rest.split(":", 1)[0]
     return head if head in PER_ID_KINDS and ":" in rest else None
 
