@@ -76,8 +76,9 @@ def inflight_batches(client: redis.Redis, keys: QueueKeys,
 
 
 def batch_detail(client: redis.Redis, keys: QueueKeys, batch_id: str) -> dict[str, Any] | None:
-    """One batch's record: meta fields, lease, and its entries (best score first) with the
-    calls each had before this batch; None when the batch is gone (acked or never existed)."""
+    """One batch's record: meta fields, lease, and its entries (best score first, as the
+    handler gets them) with the calls each had before this batch; None when the batch is
+    gone (acked or never existed)."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.batch(batch_id))
     pipe.zscore(keys.inflight, batch_id)
@@ -85,11 +86,10 @@ def batch_detail(client: redis.Redis, keys: QueueKeys, batch_id: str) -> dict[st
     if not record:
         return None
     entries = []
-    for line in record.get(b"ix", b"").split(b"\n"):
-        if not line:
-            continue
-        score_raw, prior, entry_id = line.split(b" ", 2)
-        priority, enqueued_ms = split_score(int(float(score_raw)))
+    lines = [line.split(b" ", 2) for line in record.get(b"ix", b"").split(b"\n") if line]
+    # best score first: the order the handler gets them in (workers.tasks.build_batch)
+    for score, prior, entry_id in sorted((int(float(s)), p, i) for s, p, i in lines):
+        priority, enqueued_ms = split_score(score)
         envelope: Any = record.get(b"e:" + entry_id, b"").decode(errors="replace")
         try:
             envelope = orjson.loads(envelope)
