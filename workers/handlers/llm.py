@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import structlog
 
+from batcher import tracing
 from batcher.errors import ConfigError, RateLimited
 from batcher.models import Batch, BatchOutcome, Entry
 
@@ -354,7 +355,8 @@ def complete(settings: LLMSettings, messages: list[dict[str, str]]) -> str:
 
 
 def _summarize_chunk(settings: LLMSettings, entries: list[Entry]) -> BatchOutcome:
-    content = complete(settings, build_prompt(entries, json_mode=settings.json_mode))
+    with tracing.client_span(settings.model, server_address=settings.base_url):
+        content = complete(settings, build_prompt(entries, json_mode=settings.json_mode))
     ids = [e.id for e in entries]
     try:
         items = parse_reply(content)
