@@ -15,10 +15,13 @@ import orjson
 import redis
 from rq import Queue, Worker
 
+from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig
+from batcher.fetch_status import fetch_summary
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import PRIORITIES, PRIORITY_SCORE_BASE, FlushReason
 from batcher.monitoring import figures
+from batcher.redaction import scrub_value
 from batcher.sizing import FIELD_FIT_A, FIELD_FIT_B, effective_thresholds_seconds
 
 COUNTERS = ("accepted", "duplicates", "rejected", "acked", "redeliveries", "dead", "expired",
@@ -269,7 +272,8 @@ def detailed_stats(
         dead_last_minute=snap.dead_last_minute,
         live_workers=None if workers is None else len(workers),
         in_flight_batches=buffer["in_flight_batches"]))
-    return {
+    # scrubbed: events and health carry error text a handler raised (batcher.redaction)
+    stats: dict[str, Any] = scrub_value({
         "queue": config.queue, "now_ms": snap.now_ms, "buffer": buffer,
         "performance": performance, "latency": latency, "counters": counters,
         "sizing": sizing_stats, "health": health,
@@ -281,5 +285,10 @@ def detailed_stats(
         "workers": workers,
         "events": [_decode_event(eid, e) for eid, e in snap.events[:EVENTS_SHOWN]],
         "histograms": snap.histograms,
-    }
+        # the shared feed schedule of `batcher fetch`, None when no fetcher used this queue
+        "fetch": fetch_summary(client, keys, now_ms=snap.now_ms),
+        # the shared LLM budget this queue's workers draw from (issue 17), when one is set
+        "budget": Budget(client, config.budget).show() if config.budget else None,
+    })
+    return stats
 

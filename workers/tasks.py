@@ -14,11 +14,14 @@ import redis
 import structlog
 
 from batcher import tracing
+from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.dispatch import TASK
 from batcher.errors import RateLimited
 from batcher.models import Batch, BatchOutcome, Entry, FlushReason
+from batcher.redaction import scrub
 from batcher.scripts import Scripts
+from workers import budget_guard
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -67,6 +70,8 @@ def context(queue: str, client: redis.Redis | None = None) -> WorkerContext:
         client = client if client is not None else config.redis_client()
         ctx = WorkerContext(config, client, Scripts(client, config), load_handler(config.handler))
         _CONTEXTS[queue] = ctx
+        if config.budget:
+            budget_guard.bind(Budget(client, config.budget))
     return ctx
 
 
@@ -107,7 +112,7 @@ def _split_outcome(
     ids = {e.id: e for e in batch.entries}
     encoded = {k: orjson.dumps(v) for k, v in results.items() if k in ids}
     failed = {
-        k: (str(err), backoff_ms(config, ids[k].attempts + 1))
+        k: (scrub(str(err)), backoff_ms(config, ids[k].attempts + 1))
         for k, err in failed_in.items() if k in ids
     }
     return encoded, failed
@@ -203,7 +208,7 @@ def _run_claimed(ctx: WorkerContext, batch: Batch, record: Mapping[bytes, bytes]
     except RateLimited as exc:
         elapsed_ms = (time.perf_counter() - t0) * 1000
         until = started_ms + int(elapsed_ms + exc.retry_after_seconds * 1000)
-        message = str(exc)
+        message = scrub(str(exc))
         _with_retries("fail", lambda: ctx.scripts.fail(
             batch_id, attempt, message, backoff_ms=0, rate_limited_until_ms=until))
         log.warning("batch.rate_limited", queue=queue, batch_id=batch_id,
@@ -211,7 +216,8 @@ def _run_claimed(ctx: WorkerContext, batch: Batch, record: Mapping[bytes, bytes]
         return {"status": "rate_limited"}
     except Exception as exc:  # noqa: BLE001 - any handler error is recorded, never lost
         calls = attempt - int(record.get(b"free", b"0"))
-        error = f"{type(exc).__name__}: {exc}"
+        # stored in the batch, its events and dead letters: never a key or password
+        error = scrub(f"{type(exc).__name__}: {exc}")
         result = _with_retries("fail", lambda: ctx.scripts.fail(
             batch_id, attempt, error, backoff_ms=backoff_ms(ctx.config, calls)))
         log.warning("batch.failed", queue=queue, batch_id=batch_id, attempt=attempt,

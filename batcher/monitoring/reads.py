@@ -14,6 +14,7 @@ import redis
 from batcher.config import BatchProcessingConfig
 from batcher.keys import PREFIX, QUEUE_NAME_RE, QueueKeys
 from batcher.models import split_score
+from batcher.redaction import scrub
 
 CHUNK = 500
 SCAN_COUNT = 1000
@@ -51,9 +52,14 @@ def dead_records(client: redis.Redis, config: BatchProcessingConfig,
                 except orjson.JSONDecodeError:
                     parsed = {"error": "(unreadable dead record)"}
             yield {"id": entry_id.decode(), "reason": parsed.get("reason"),
-                   "error": parsed.get("error"), "attempts": parsed.get("attempts"),
+                   "error": _scrubbed(parsed.get("error")), "attempts": parsed.get("attempts"),
                    "died_at_ms": int(died_ms), "envelope": parsed.get("envelope")}
         start += CHUNK
+
+
+def _scrubbed(error: Any) -> Any:
+    # worker-side errors are scrubbed when stored; this covers records written before that
+    return scrub(error) if isinstance(error, str) else error
 
 
 def inflight_batches(client: redis.Redis, keys: QueueKeys,
