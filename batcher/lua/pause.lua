@@ -28,8 +28,10 @@ if meta[1] ~= attempt or meta[2] ~= 'claimed' then
 end
 local untl = now + probe_ms
 local paused = tonumber(redis.call('HGET', state, 'paused_until_ms') or '0')
-if untl > paused then redis.call('HSET', state, 'paused_until_ms', fmt(untl)) end
-redis.call('HSET', state, 'paused_reason', reason)
+-- a longer pause (an operator's `batcher pause`) is kept, and so is its lack of a reason
+if untl >= paused then
+  redis.call('HSET', state, 'paused_until_ms', fmt(untl), 'paused_reason', reason)
+end
 redis.call('HINCRBY', batch, 'free', 1)
 redis.call('HSET', batch, 'status', 'retrying', 'last_error', err)
 redis.call('ZADD', inflight, fmt(untl), batch_id)
