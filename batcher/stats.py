@@ -19,6 +19,7 @@ from batcher.config import BatchProcessingConfig
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import PRIORITIES, PRIORITY_SCORE_BASE, FlushReason
 from batcher.monitoring import figures
+from batcher.redaction import scrub_value
 from batcher.sizing import FIELD_FIT_A, FIELD_FIT_B, effective_thresholds_seconds
 
 COUNTERS = ("accepted", "duplicates", "rejected", "acked", "redeliveries", "dead", "expired",
@@ -280,7 +281,8 @@ def detailed_stats(
         in_flight_batches=buffer["in_flight_batches"],
         paused_reason=buffer["paused_reason"],
         paused_for_ms=max(0, buffer["paused_until_ms"] - snap.now_ms)))
-    return {
+    # scrubbed: events and health carry error text a handler raised (batcher.redaction)
+    stats: dict[str, Any] = scrub_value({
         "queue": config.queue, "now_ms": snap.now_ms, "buffer": buffer,
         "performance": performance, "latency": latency, "counters": counters,
         "sizing": sizing_stats, "health": health, "llm": figures.llm_figures(snap.stats),
@@ -292,5 +294,6 @@ def detailed_stats(
         "workers": workers,
         "events": [_decode_event(eid, e) for eid, e in snap.events[:EVENTS_SHOWN]],
         "histograms": snap.histograms,
-    }
+    })
+    return stats
 
