@@ -170,6 +170,17 @@ def _other_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
         for direction in _TRENDS:
             f.gauge("batcher_trend", "1 for the current trend (last minute vs the ten before).",
                     int(t["trend"] == direction), q, figure=figure, direction=direction)
+    budget = stats.get("budget")
+    if budget:
+        for bucket in ("req", "in", "out"):
+            b = budget[bucket]
+            f.gauge("batcher_budget_limit_per_minute", "A shared budget's limit per minute "
+                    "(req: requests, in/out: tokens; 0 = none).", b["limit_per_minute"], q,
+                    budget=budget["name"], bucket=bucket)
+            f.gauge("batcher_budget_left", "What a shared budget has left now.", b["left"], q,
+                    budget=budget["name"], bucket=bucket)
+        f.counter("batcher_budget_waits", "Calls that waited for a budget's refill.",
+                  budget["waits"], q, budget=budget["name"])
     if stats.get("workers") is not None:
         f.gauge("batcher_workers_live", "RQ workers registered on the queue's RQ queues.",
                 len(stats["workers"]), q)

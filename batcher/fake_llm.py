@@ -33,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from batcher.provider_limits import ProviderLimits
 from workers.handlers.llm_format import parse_entry_lines
 
 log = structlog.stdlib.get_logger(__name__)
@@ -72,6 +73,7 @@ class FakeLLMOptions:
     outage_every: int = 60
     outage_seconds: float = 1.0
     slow_ms: float = 1500
+    limits: ProviderLimits | None = None  # RPM / TPM of its own (issue 17)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> FakeLLMOptions:
@@ -312,6 +314,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "Invalid prompt: your prompt was flagged as potentially violating our usage "
                 "policy.", "invalid_request_error", "invalid_prompt", "messages"))
             return
+        limits = self.server.options.limits
+        if limits is not None:
+            admitted, limit_headers = limits.admit(len(prompt) // 4)
+            if not admitted:
+                self._send_json(429, error_body("Rate limit reached for requests", "requests",
+                                                "rate_limit_exceeded"), limit_headers)
+                return
         decision = self.server.decide(len(entries))
         if self._error(decision):
             return
@@ -321,11 +330,13 @@ class _Handler(BaseHTTPRequestHandler):
         headers = _rate_headers(max(0, 500 - self.server.requests))
         if REFUSE_MARK in titles:
             refusal = "I'm sorry, I can't help with that request."
-            self._send_json(200, completion(None, prompt, refusal=refusal,
-                                            system_chars=system_chars), headers)
-            return
-        self._send_json(200, self._content(body, entries, fmt, decision, prompt, system_chars),
-                        headers)
+            reply = completion(None, prompt, refusal=refusal, system_chars=system_chars)
+        else:
+            reply = self._content(body, entries, fmt, decision, prompt, system_chars)
+        if limits is not None:
+            # its own limits' headers, not the canned ones
+            headers = limits.charge_output(reply["usage"]["completion_tokens"])
+        self._send_json(200, reply, headers)
 
     def _content(self, body: dict[str, Any], entries: list[tuple[str, str]], fmt: str,
                  decision: str, prompt: str, system_chars: int) -> dict[str, Any]:
@@ -361,6 +372,7 @@ def serve_fake_llm(
     seed: int | None = None,
     retry_after_seconds: float = 1,
     junk_rate: float = 0.0,
+    limits: ProviderLimits | None = None,
     options: FakeLLMOptions | None = None,
 ) -> tuple[FakeLLMServer, str]:
     """Start the fake in a daemon thread; returns (server, base URL without ``/v1``).
@@ -372,7 +384,7 @@ def serve_fake_llm(
         options = FakeLLMOptions(
             base_latency_ms=base_latency_ms, per_entry_ms=per_entry_ms, omit_rate=omit_rate,
             rate_limit_every=rate_limit_every, retry_after_seconds=retry_after_seconds,
-            junk_rate=junk_rate, seed=seed, rng=random.Random(seed))
+            junk_rate=junk_rate, seed=seed, rng=random.Random(seed), limits=limits)
     server = FakeLLMServer((host, port), options)
     # A short poll interval so shutdown() returns fast in tests.
     thread = threading.Thread(
@@ -394,11 +406,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-limit-every", type=int, default=0)
     parser.add_argument("--retry-after-seconds", type=float, default=1)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--rpm", type=float, default=0, help="requests per minute (0 = none)")
+    parser.add_argument("--itpm", type=float, default=0, help="input tokens per minute")
+    parser.add_argument("--otpm", type=float, default=0, help="output tokens per minute")
     args = parser.parse_args(argv)
+    limited = args.rpm > 0 or args.itpm > 0 or args.otpm > 0
     options = FakeLLMOptions.from_env(
         base_latency_ms=args.base_latency_ms, per_entry_ms=args.per_entry_ms,
         omit_rate=args.omit_rate, rate_limit_every=args.rate_limit_every,
-        retry_after_seconds=args.retry_after_seconds, seed=args.seed)
+        retry_after_seconds=args.retry_after_seconds, seed=args.seed,
+        limits=ProviderLimits(args.rpm, args.itpm, args.otpm) if limited else None)
     server, base_url = serve_fake_llm(args.host, args.port, options=options)
     print(f"fake LLM listening on {base_url} (LLM_BASE_URL={base_url})", flush=True)
     try:

@@ -20,6 +20,21 @@ _RQ_SUFFIX = {0: "", 1: ".high", 2: ".urgent"}
 HISTOGRAMS = ("processing_ms", "queue_wait_ms", "end_to_end_ms")
 
 
+BUDGET_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def validate_budget_name(name: str) -> str:
+    """Return ``name`` unchanged, or raise ``ValueError`` naming the rule."""
+    if not BUDGET_NAME_RE.match(name):
+        raise ValueError(f"budget name {name!r} must match [A-Za-z0-9_.-]{{1,64}}")
+    return name
+
+
+def budget_key(name: str) -> str:
+    """The HASH of one budget (token buckets shared by every queue and worker using it)."""
+    return f"{PREFIX}:budget:{{{name}}}"
+
+
 def validate_queue_name(queue: str) -> str:
     """Return ``queue`` unchanged, or raise ``ValueError`` naming the rule."""
     if not QUEUE_NAME_RE.match(queue):

@@ -15,6 +15,7 @@ import orjson
 import redis
 from rq import Queue, Worker
 
+from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import PRIORITIES, PRIORITY_SCORE_BASE, FlushReason
@@ -294,6 +295,8 @@ def detailed_stats(
         "workers": workers,
         "events": [_decode_event(eid, e) for eid, e in snap.events[:EVENTS_SHOWN]],
         "histograms": snap.histograms,
+        # the shared LLM budget this queue's workers draw from (issue 17), when one is set
+        "budget": Budget(client, config.budget).show() if config.budget else None,
     })
     return stats
 

@@ -52,7 +52,8 @@ from workers.handlers.llm_format import (
 )
 
 __all__ = ["CATEGORIES", "LLMError", "LLMRejected", "LLMSettings", "LLMTimeoutError",
-           "api_base_url", "build_prompt", "estimate_tokens", "map_results",
+           "api_base_url", "build_prompt", "estimate_tokens", "expected_output_tokens",
+           "map_results",
            "parse_entry_lines", "parse_reply", "retry_after_seconds", "split_entries",
            "summarize", "validate_result"]
 
@@ -67,6 +68,7 @@ RESPONSE_FORMATS = ("json_schema", "json_object", "text")
 # a split leaves this share of the output limit as headroom over the learned tokens per entry
 OUTPUT_HEADROOM = 0.8
 REFUSED_PREFIX = "refused by the model: "
+OUTPUT_TOKENS_PER_ENTRY = 40  # a result object (id, summary, category, importance), unlearned
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +223,14 @@ def split_entries(
 # --- one batch ------------------------------------------------------------------------------
 
 
+def expected_output_tokens(settings: LLMSettings, n_entries: int) -> int:
+    """What a budget reserves for the reply: the learned tokens per entry (40 before any
+    reply), capped by ``LLM_MAX_TOKENS``; the settle step corrects it with the real usage."""
+    per_entry = OUTPUT.tokens_per_entry or OUTPUT_TOKENS_PER_ENTRY
+    guess = int(per_entry * max(1, n_entries)) + 1
+    return min(guess, settings.max_tokens) if settings.max_tokens else guess
+
+
 def request_body(settings: LLMSettings, entries: Sequence[Entry]) -> dict[str, Any]:
     """The chat-completion request for ``entries`` (its JSON body's fields)."""
     body: dict[str, Any] = {
@@ -305,7 +315,9 @@ def _one_request(settings: LLMSettings, run: _Run, chunk: list[Entry],
                  queue: deque[list[Entry]]) -> None:
     """Send ``chunk``; a rejected or refused request of several entries is bisected."""
     try:
-        reply = complete(settings.client, request_body(settings, chunk))
+        body = request_body(settings, chunk)
+        reply = complete(settings.client, body, input_tokens=estimate_tokens(body["messages"]),
+                         expected_output_tokens=expected_output_tokens(settings, len(chunk)))
     except LLMRejected as exc:
         run.requests += 1
         if len(chunk) > 1:

@@ -28,6 +28,7 @@ import openai
 import structlog
 
 from batcher.errors import QueuePaused, RateLimited
+from workers import budget_guard
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -245,27 +246,43 @@ def _usage(raw: Any) -> Usage:
     return Usage(int(raw.prompt_tokens or 0), int(raw.completion_tokens or 0), int(cached or 0))
 
 
-def complete(settings: ClientSettings, request: Mapping[str, Any]) -> Completion:
+def complete(settings: ClientSettings, request: Mapping[str, Any], *, input_tokens: int = 0,
+             expected_output_tokens: int = 0) -> Completion:
     """Send one chat completion (``request`` holds its body's fields) and return its first choice.
 
+    With a shared budget bound (``BATCH_BUDGET``, issue 17) the call first reserves
+    ``input_tokens`` and ``expected_output_tokens`` (RateLimited when it must wait) and settles
+    them afterwards with the real usage and the provider's rate-limit headers.
     Raises what :func:`classify` makes of a failure: RateLimited, QueuePaused, LLMRejected,
     LLMTimeoutError or LLMError.
     """
     client = get_client(settings)
+    budget_guard.reserve_call(input_tokens, expected_output_tokens)
     started = time.monotonic()
     model = str(request.get("model", ""))
     try:
         raw = client.chat.completions.with_raw_response.create(**request)
         completion = raw.parse()
     except openai.APIStatusError as exc:
-        _notify(ResponseInfo(model, exc.status_code, dict(exc.response.headers), None,
+        headers = dict(exc.response.headers)
+        budget_guard.report_usage(0, 0, headers)  # refused: its tokens come back
+        _notify(ResponseInfo(model, exc.status_code, headers, None,
                              time.monotonic() - started))
         raise classify(exc, settings.pause_probe_seconds) from exc
+    except openai.APITimeoutError as exc:
+        budget_guard.report_usage(None, None, None)  # it may have run: keep the estimate
+        raise classify(exc, settings.pause_probe_seconds) from exc
     except openai.OpenAIError as exc:
+        budget_guard.report_usage(0, 0, None)
         raise classify(exc, settings.pause_probe_seconds) from exc
     elapsed = time.monotonic() - started
     headers = dict(raw.headers)
-    usage = _usage(getattr(completion, "usage", None))
+    raw_usage = getattr(completion, "usage", None)
+    usage = _usage(raw_usage)
+    if raw_usage is None:
+        budget_guard.report_usage(None, None, headers)
+    else:
+        budget_guard.report_usage(usage.prompt_tokens, usage.completion_tokens, headers)
     _notify(ResponseInfo(model, raw.status_code, headers, usage, elapsed))
     if not getattr(completion, "choices", None):
         raise LLMError(f"completion without choices from {settings.base_url}")
