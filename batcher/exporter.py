@@ -186,6 +186,24 @@ def _other_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
                 len(stats["workers"]), q)
 
 
+def _fetch_metrics(f: _Families, q: str, fetch: Mapping[str, Any] | None) -> None:
+    if not fetch:
+        return
+    for name in ("feeds", "due_now", "fetching", "failing", "hosts_backed_off"):
+        f.gauge(f"batcher_fetch_{name}", f"Feed schedule: {name.replace('_', ' ')}.",
+                fetch[name], q)
+    for name, n in fetch["totals"].items():
+        f.counter(f"batcher_fetch_{name}", f"Over every feed: {name.replace('_', ' ')}.", n, q)
+    # per feed: only the feeds `fetch_summary` shows (failing first, at most FEEDS_SHOWN),
+    # so 10,000 feeds never make 10,000 series
+    for feed in fetch["feeds_shown"]:
+        f.gauge("batcher_fetch_feed_failures", "Failures in a row, per feed (capped set).",
+                feed["failures"], q, feed=feed["source"])
+        for name in ("fetched", "accepted", "duplicates", "faults", "errors"):
+            f.counter(f"batcher_fetch_feed_{name}", f"Per feed (capped set): {name}.",
+                      feed[name], q, feed=feed["source"])
+
+
 def metric_families(stats: Mapping[str, Any]) -> list[Metric]:
     """Every metric of one ``detailed_stats`` dict."""
     q = stats["queue"]
@@ -195,6 +213,7 @@ def metric_families(stats: Mapping[str, Any]) -> list[Metric]:
     _performance_metrics(f, q, stats)
     _other_metrics(f, q, stats)
     _llm_metrics(f, q, stats)
+    _fetch_metrics(f, q, stats.get("fetch"))
     hists = [histogram(name, doc, q, stats["histograms"][key], stats["latency"][key]["sum_ms"])
              for key, (name, doc) in HISTOGRAM_METRICS.items()]
     return [*f.all.values(), *hists]
