@@ -18,6 +18,7 @@ from batcher.models import EnqueueResult, FlushReason
 
 SCRIPT_NAMES = (
     "enqueue", "flush", "claim", "ack", "fail", "redispatch", "promote", "expire", "requeue",
+    "budget",
 )
 EVENTS_MAXLEN = 10_000
 SAMPLES_CAP = 500
