@@ -12,7 +12,7 @@ import click
 import orjson
 import structlog
 
-from batcher.cli.common import open_queue, queue_options
+from batcher.cli.common import open_queue, open_queue_waiting, queue_options
 from batcher.fetch import FeedFetcher, load_feeds
 from batcher.fetch_runner import ScheduledFetcher
 from batcher.fetch_schedule import FetchSchedule
@@ -51,8 +51,10 @@ def fetch(feeds_path: Path, once: bool, base_url: str | None, concurrency: int,
     if lease_seconds <= timeout_seconds * 2:
         raise click.BadParameter(f"must exceed twice --timeout ({timeout_seconds}s)",
                                  param_hint="--lease")
-    config, client = open_queue(queue, redis_url)
     feeds = load_feeds(feeds_path, base_url=base_url)
+    # a daemon waits for Redis (no crash loop under a supervisor); --once is a command
+    config, client = (open_queue(queue, redis_url) if once
+                      else open_queue_waiting(queue, redis_url))
     stop = threading.Event()
 
     def handle(signum: int, _frame: FrameType | None) -> None:

@@ -171,3 +171,24 @@ def test_a_killed_fetchers_feeds_are_fetched_by_another(
 
 def test_unused_schedule_has_no_summary(redis: redis_py.Redis) -> None:
     assert fetch_summary(redis, FetchSchedule(redis, "q").keys) is None
+
+
+@pytest.mark.real
+def test_a_429_backs_off_its_host_for_every_fetcher(
+    real_redis: redis_py.Redis, feed_server: tuple[FeedServer, str],
+) -> None:
+    server, base_url = feed_server
+    feeds = [FeedConfig(url=f"{base_url}/status/429", source="busy", interval_seconds=60),
+             FeedConfig(url=f"{base_url}/atom_dev_blog.xml", source="dev", interval_seconds=60)]
+    runner, fetcher = _runner(real_redis, ListSink(), feeds[:1])
+    runner.run(threading.Event(), once=True)
+    fetcher.close()
+    keys = QueueKeys("q")
+    until = int(real_redis.hget(keys.fetch_host_until, host_of(base_url + "/")))
+    assert until >= int(real_redis.time()[0]) * 1000 + 25_000  # 30 s base > Retry-After 7
+    # another fetcher, another feed of that host: not requested, due again at the host's time
+    runner, fetcher = _runner(real_redis, ListSink(), feeds[1:])
+    runner.run(threading.Event(), once=True)
+    fetcher.close()
+    assert [path for path, _ in server.requests] == ["/status/429"]
+    assert real_redis.zscore(keys.fetch_due, feeds[1].url) >= until - 1000
