@@ -83,8 +83,9 @@ def fetch(feeds_path: Path, once: bool, base_url: str | None, concurrency: int,
 
 
 def _row(f: dict[str, Any]) -> str:
-    due = "fetching" if f["fetching"] else (
-        "-" if f["next_due_in_s"] is None else f"{f['next_due_in_s']:.0f}s")
+    due_in = f["next_due_in_s"]
+    due = ("fetching" if f["fetching"] else "-" if due_in is None
+           else "now" if due_in <= 0 else f"{due_in:.0f}s")
     error = f"  {f['last_error']}" if f["last_error"] else ""
     return (f"{f['source'][:32]:32} {f['last_status']:12} {f['last_http_status'] or '-':>4} "
             f"{due:>9} {f['failures']:>4} {f['fetched']:>6} {f['not_modified']:>6} "

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis as redis_py
+from click.testing import CliRunner
 
+from batcher.cli import cli
 from batcher.config import BatchProcessingConfig
 from batcher.exporter import metric_families
 from batcher.feed_server import SAMPLE_FEEDS_DIR, FeedServer, serve_feeds
@@ -192,3 +194,22 @@ def test_a_429_backs_off_its_host_for_every_fetcher(
     fetcher.close()
     assert [path for path, _ in server.requests] == ["/status/429"]
     assert real_redis.zscore(keys.fetch_due, feeds[1].url) >= until - 1000
+
+
+@pytest.mark.real
+def test_keys_and_fetch_status_commands_with_many_feeds(
+    real_redis: redis_py.Redis, redis_url: str,
+) -> None:
+    FetchSchedule(real_redis, "q").register(
+        [FeedConfig(url=f"http://h.example/{i}", source=f"s{i}") for i in range(30)])
+    keys = CliRunner().invoke(cli, ["keys", "--queue", "q", "--redis-url", redis_url],
+                              catch_exceptions=False)
+    assert keys.exit_code == 0
+    assert "... and 10 more fetch:feed:* keys (30 in all" in keys.stdout
+    status = CliRunner().invoke(
+        cli, ["fetch-status", "--limit", "5", "--queue", "q", "--redis-url", redis_url],
+        catch_exceptions=False)
+    assert status.exit_code == 0
+    assert "30 feeds scheduled on queue 'q', 5 shown" in status.stdout
+    rows = status.stdout.splitlines()[2:]
+    assert len(rows) == 5 and all(" never " in r and " now " in r for r in rows)
