@@ -21,7 +21,8 @@ from batcher.models import PRIORITY_NAMES
 from batcher.redaction import scrub
 from batcher.stats import detailed_stats
 
-PER_ID_KINDS = ("batch", "result")  # key kinds with one key per batch or entry
+# key kinds with one key per batch, entry or scheduled feed
+PER_ID_KINDS = ("batch", "result", "fetch:feed")
 KEYS_SHOWN_PER_KIND = 20
 _INSPECT = {
     "zset": "ZRANGE {key} 0 9 WITHSCORES",
