@@ -18,7 +18,7 @@ from batcher.models import EnqueueResult, FlushReason
 
 SCRIPT_NAMES = (
     "enqueue", "flush", "claim", "ack", "fail", "redispatch", "promote", "expire", "requeue",
-    "budget",
+    "pause", "budget",
 )
 EVENTS_MAXLEN = 10_000
 SAMPLES_CAP = 500
@@ -135,13 +135,14 @@ class Scripts:
             if line.count(b"\n") != 2 or not 0 <= priority <= 2:  # the script's framing
                 raise ValueError(f"enqueue: id {entry_id!r} / priority {priority!r} unframeable")
             head.append(line)
-        keys = [k.pending, k.payloads, k.seen, k.state, k.wakeup, k.stats, k.delayed,
-                *k.actives(), k.source_prefix]
+        # payloads is an ARGV, not a KEY: see enqueue.lua's header (ACL write-only producers)
+        keys = [k.pending, k.seen, k.state, k.wakeup, k.stats, k.delayed, *k.actives(),
+                k.source_prefix]
         reply = self._run_packed("enqueue", keys, [
             _now(now_ms), *self._limits, str(c.early_flush_pressure),
             "1" if c.enable_adaptive_timeout else "0", *self._thresholds,
             str(int(c.dedupe_window_seconds * 1000)), str(c.dedupe_max_ids),
-            str(c.max_pending_per_source),
+            str(c.max_pending_per_source), k.payloads,
             b"".join(head), *(envelope for _, _, envelope in entries),
         ])
         accepted, dups, rejected, _woke, capped = reply
@@ -294,6 +295,19 @@ class Scripts:
             [_now(now_ms), batch_id, str(attempt), error[:2000], str(int(backoff_ms)),
              str(c.max_attempts), str(int(rate_limited_until_ms)), str(EVENTS_MAXLEN),
              str(c.max_inflight_batches)],
+        )
+        return _s(reply[1])
+
+    def pause(
+        self, batch_id: str, attempt: int, reason: str, error: str, *, probe_ms: int,
+        now_ms: int | None = None,
+    ) -> str:
+        """Pause the queue with ``reason`` until a probe in ``probe_ms``: 'paused' or 'stale'."""
+        k = self.keys
+        reply = self._run(
+            "pause", [k.batch(batch_id), k.inflight, k.stats, k.events, k.state],
+            [_now(now_ms), batch_id, str(attempt), reason[:200], error[:2000],
+             str(max(0, int(probe_ms))), str(EVENTS_MAXLEN)],
         )
         return _s(reply[1])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,10 +14,11 @@ import orjson
 import redis
 import structlog
 
+from batcher import tracing
 from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.dispatch import TASK
-from batcher.errors import RateLimited
+from batcher.errors import QueuePaused, RateLimited
 from batcher.models import Batch, BatchOutcome, Entry, FlushReason
 from batcher.redaction import scrub
 from batcher.scripts import Scripts
@@ -87,11 +89,16 @@ def build_batch(queue: str, batch_id: str, record: Mapping[bytes, bytes]) -> Bat
         rows.append((score, Entry(
             id=env["id"], source=env["source"], priority=env["priority"],
             enqueued_ms=score % 10**13, attempts=int(prior_raw) + calls_before,
-            payload=env["payload"])))
+            payload=env["payload"], traceparent=env.get("tp"))))
     rows.sort(key=lambda r: r[0])
     return Batch(queue=queue, id=batch_id, attempt=attempt,
                  reason=FlushReason(record[b"reason"].decode()),
                  created_ms=int(record[b"created_ms"]), entries=[e for _, e in rows])
+
+
+# ack.lua's back-off for an entry that goes to the dead set at once (BatchOutcome.rejected)
+DEAD_NOW_BACKOFF_MS = -1
+_USAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def _split_outcome(
@@ -99,10 +106,11 @@ def _split_outcome(
 ) -> tuple[dict[str, bytes], dict[str, tuple[str, int]]]:
     results: Mapping[str, Any]
     failed_in: Mapping[str, str] = {}
+    rejected: Mapping[str, str] = {}
     if outcome is None:
         results = {}
     elif isinstance(outcome, BatchOutcome):
-        results, failed_in = outcome.results, outcome.failed
+        results, failed_in, rejected = outcome.results, outcome.failed, outcome.rejected
     elif isinstance(outcome, Mapping):
         results = outcome
     else:
@@ -114,7 +122,24 @@ def _split_outcome(
         k: (scrub(str(err)), backoff_ms(config, ids[k].attempts + 1))
         for k, err in failed_in.items() if k in ids
     }
+    failed.update({k: (scrub(str(err)), DEAD_NOW_BACKOFF_MS)
+                   for k, err in rejected.items() if k in ids})
     return encoded, failed
+
+
+def _record_usage(ctx: WorkerContext, outcome: Any) -> None:
+    """Add a handler's usage figures (LLM tokens, cost) to the stats hash; advisory."""
+    usage = outcome.usage if isinstance(outcome, BatchOutcome) else None
+    if not usage:
+        return
+    pipe = ctx.client.pipeline(transaction=False)
+    for name, value in usage.items():
+        if _USAGE_NAME.fullmatch(name) and value:
+            pipe.hincrbyfloat(ctx.config.keys.stats, name, float(value))
+    try:
+        pipe.execute()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("batch.usage_not_recorded", queue=ctx.config.queue, error=str(exc))
 
 
 def backoff_ms(config: BatchProcessingConfig, calls: int) -> int:
@@ -191,10 +216,18 @@ def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]
         return {"status": record}
     _warn_handler_mismatch(ctx)
     batch = build_batch(queue, batch_id, record)
+    with tracing.batch_span(batch):
+        return _run_claimed(ctx, batch, record)
+
+
+def _run_claimed(ctx: WorkerContext, batch: Batch, record: Mapping[bytes, bytes],
+                 ) -> dict[str, Any]:
+    queue, batch_id, attempt = batch.queue, batch.id, batch.attempt
     started_ms = int(record[b"claimed_ms"])
     t0 = time.perf_counter()
     try:
-        outcome = ctx.handler(batch)
+        with tracing.handler_span(queue, ctx.config.handler):
+            outcome = ctx.handler(batch)
         results, failed = _split_outcome(batch, outcome, ctx.config)
     except RateLimited as exc:
         elapsed_ms = (time.perf_counter() - t0) * 1000
@@ -205,6 +238,14 @@ def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]
         log.warning("batch.rate_limited", queue=queue, batch_id=batch_id,
                     retry_after_s=exc.retry_after_seconds)
         return {"status": "rate_limited"}
+    except QueuePaused as exc:
+        reason, paused = exc.reason, scrub(str(exc))
+        probe_ms = int(exc.probe_after_seconds * 1000)
+        _with_retries("pause", lambda: ctx.scripts.pause(
+            batch_id, attempt, reason, paused, probe_ms=probe_ms))
+        log.warning("batch.queue_paused", queue=queue, batch_id=batch_id, reason=exc.reason,
+                    probe_after_s=exc.probe_after_seconds, error=scrub(exc.detail))
+        return {"status": "paused"}
     except Exception as exc:  # noqa: BLE001 - any handler error is recorded, never lost
         calls = attempt - int(record.get(b"free", b"0"))
         # stored in the batch, its events and dead letters: never a key or password
@@ -224,6 +265,7 @@ def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]
         log.warning("batch.ack_refused", queue=queue, batch_id=batch_id, attempt=attempt,
                     why="stale")
         return {"status": "stale", "acked": 0}
+    _record_usage(ctx, outcome)
     log.info("batch.acked", queue=queue, batch_id=batch_id, attempt=attempt, size=len(batch),
              acked=ack.acked, delayed=ack.delayed, dead=ack.dead,
              processing_ms=round(processing_ms, 1), reason=str(batch.reason))

@@ -21,7 +21,8 @@ from batcher.models import PRIORITY_NAMES
 from batcher.redaction import scrub
 from batcher.stats import detailed_stats
 
-PER_ID_KINDS = ("batch", "result")  # key kinds with one key per batch or entry
+# key kinds with one key per batch, entry or scheduled feed
+PER_ID_KINDS = ("batch", "result", "fetch:feed")
 KEYS_SHOWN_PER_KIND = 20
 _INSPECT = {
     "zset": "ZRANGE {key} 0 9 WITHSCORES",
@@ -57,7 +58,9 @@ def _rows(stats: Mapping[str, Any]) -> dict[str, list[tuple[str, str]]]:
                           f"{b['in_flight_entries']:,} entries"),
             ("dead", f"{b['dead']:,}"),
             ("paused until", str(paused) if paused and paused > stats["now_ms"] else "-"),
+            ("paused because", b.get("paused_reason") or "-"),
         ],
+        "llm": _llm_rows(stats.get("llm")),
         "performance": [
             ("throughput", f"{p['throughput_eps']:,.2f} entries/s"),
             ("processing avg / p50", f"{_ms(p['avg_processing_time_ms'])} / "
@@ -81,6 +84,22 @@ def _rows(stats: Mapping[str, Any]) -> dict[str, list[tuple[str, str]]]:
         "health": [("status", h["status"])] + [("", reason) for reason in h["reasons"]],
         **_fetch_rows(stats.get("fetch")),
     }
+
+
+def _llm_rows(llm: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    if not llm or not llm["requests"]:
+        return [("requests", "0")]
+    per_s, per_entry = llm["tokens_per_second"], llm["tokens_per_entry"]
+    return [
+        ("requests", f"{llm['requests']:,} ({llm['truncated']:,} truncated, "
+                     f"{llm['refusals']:,} refusals, {llm['bisections']:,} bisections)"),
+        ("tokens prompt / completion", f"{llm['prompt_tokens']:,} / "
+                                       f"{llm['completion_tokens']:,}"),
+        ("tokens cached", f"{llm['cached_tokens']:,}"),
+        ("tokens/s, tokens/entry", f"{'-' if per_s is None else per_s}, "
+                                   f"{'-' if per_entry is None else per_entry}"),
+        ("estimated cost", f"${llm['cost_usd']:,.4f}"),
+    ]
 
 
 def _fetch_rows(fetch: Mapping[str, Any] | None) -> dict[str, list[tuple[str, str]]]:
@@ -197,7 +216,9 @@ def keys(limit: int, queue: str | None, redis_url: str | None) -> None:
         name = cast(bytes, raw).decode()
         kind = _kind(config, name)
         if kind is not None:
-            per_kind[kind] += 1
+            # fetch:feed keys are counted too (a KeyError here once broke `keys` on a
+            # queue with a fetch schedule)
+            per_kind[kind] = per_kind.get(kind, 0) + 1
             if limit and per_kind[kind] > limit:
                 continue
         shown.append(name)
