@@ -18,7 +18,7 @@ from batcher.models import EnqueueResult, FlushReason
 
 SCRIPT_NAMES = (
     "enqueue", "flush", "claim", "ack", "fail", "redispatch", "promote", "expire", "requeue",
-    "budget",
+    "pause", "budget",
 )
 EVENTS_MAXLEN = 10_000
 SAMPLES_CAP = 500
@@ -296,6 +296,19 @@ class Scripts:
             [_now(now_ms), batch_id, str(attempt), error[:2000], str(int(backoff_ms)),
              str(c.max_attempts), str(int(rate_limited_until_ms)), str(EVENTS_MAXLEN),
              str(c.max_inflight_batches)],
+        )
+        return _s(reply[1])
+
+    def pause(
+        self, batch_id: str, attempt: int, reason: str, error: str, *, probe_ms: int,
+        now_ms: int | None = None,
+    ) -> str:
+        """Pause the queue with ``reason`` until a probe in ``probe_ms``: 'paused' or 'stale'."""
+        k = self.keys
+        reply = self._run(
+            "pause", [k.batch(batch_id), k.inflight, k.stats, k.events, k.state],
+            [_now(now_ms), batch_id, str(attempt), reason[:200], error[:2000],
+             str(max(0, int(probe_ms))), str(EVENTS_MAXLEN)],
         )
         return _s(reply[1])
 
