@@ -12,6 +12,7 @@ import orjson
 import redis
 import structlog
 
+from batcher import tracing
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.errors import (
     BatcherUnavailableError,
@@ -121,11 +122,13 @@ BATCH_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 def build_envelope(
     entry_id: object, source: object, priority: object, payload: object, *, index: int,
-    max_entry_bytes: int, batch_key: object = None,
+    max_entry_bytes: int, batch_key: object = None, traceparent: str | None = None,
 ) -> tuple[str, int, bytes]:
     """Validate one entry and return (id, priority, envelope bytes); raise InvalidEntryError.
 
-    ``batch_key`` (optional): entries with different keys never share a batch."""
+    ``batch_key`` (optional): entries with different keys never share a batch.
+    ``traceparent`` (the caller's current span, batcher.tracing) goes last as ``"tp"``;
+    without it the envelope is unchanged."""
     eid = _check_id(entry_id, index)
     if batch_key is not None and (not isinstance(batch_key, str)
                                   or not BATCH_KEY_RE.match(batch_key)):
@@ -151,11 +154,13 @@ def build_envelope(
     try:
         # "g" (and "k") first: the scripts read an entry's source group and batch key from
         # this fixed prefix
-        head: dict[str, Any] = {"g": source_group(source)}
+        body: dict[str, Any] = {"g": source_group(source)}
         if batch_key is not None:
-            head["k"] = batch_key
-        envelope = orjson.dumps({**head, "id": eid, "source": source, "priority": priority,
-                                 "payload": payload})
+            body["k"] = batch_key
+        body.update(id=eid, source=source, priority=priority, payload=payload)
+        if traceparent is not None:
+            body["tp"] = traceparent
+        envelope = orjson.dumps(body)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise InvalidEntryError(f"entry {eid!r}: payload is not JSON-serialisable: {exc}",
                                 entry_id=eid, index=index) from None
@@ -200,7 +205,7 @@ class BatchStateManager:
         BatcherUnavailableError."""
         return self._enqueue([build_envelope(
             uuid, source, priority, entry, index=0, max_entry_bytes=self.config.max_entry_bytes,
-            batch_key=batch_key)])
+            batch_key=batch_key, traceparent=tracing.current_traceparent())])
 
     def queue_many(self, entries: Iterable[Mapping[str, Any]]) -> EnqueueResult:
         """Enqueue ``{"id", "source", "priority", "payload"}`` mappings (and an optional
@@ -209,6 +214,10 @@ class BatchStateManager:
         The whole call is validated before anything is sent: one bad entry raises
         InvalidEntryError and writes nothing. Duplicates are success (``duplicate_ids``).
         """
+        return self._enqueue(self._prepare(entries, tracing.current_traceparent()))
+
+    def _prepare(self, entries: Iterable[Mapping[str, Any]],
+                 tp: str | None) -> list[tuple[str, int, bytes]]:
         limit = self.config.max_entry_bytes
         prepared: list[tuple[str, int, bytes]] = []
         for index, item in enumerate(entries):
@@ -217,9 +226,9 @@ class BatchStateManager:
                                         f"priority and payload", index=index)
             prepared.append(build_envelope(
                 item.get("id"), item.get("source", "default"), item.get("priority", 0),
-                item.get("payload"), index=index, max_entry_bytes=limit,
+                item.get("payload"), index=index, max_entry_bytes=limit, traceparent=tp,
                 batch_key=item.get("batch_key")))
-        return self._enqueue(prepared)
+        return prepared
 
     def _enqueue(self, prepared: Sequence[tuple[str, int, bytes]]) -> EnqueueResult:
         self._record_handler()
