@@ -117,6 +117,38 @@ def test_the_reaper_redispatches_a_batch_whose_job_a_dead_worker_popped(
     assert_consistent(real_redis, config.keys)
 
 
+def test_the_reaper_leaves_a_lease_that_has_not_ended_alone(
+    real_redis: redis_py.Redis, redis_url: str
+) -> None:
+    # mutation survivors: a reap whose "now" was off (ms x 1001) took every lease as ended
+    config = _config(redis_url, dispatch_lease_seconds=60)
+    batch_id = _dispatched(real_redis, config)
+    real_redis.lpop(f"rq:queue:{config.keys.rq_queue(0)}")  # even with its job gone
+    assert Coordinator(real_redis, config).reap() == 0
+    assert real_redis.hget(config.keys.batch(batch_id), "attempt") == b"1"
+    assert real_redis.hget(config.keys.stats, "lost_dispatches") is None
+
+
+def test_one_reap_redispatches_every_ended_lease(
+    real_redis: redis_py.Redis, redis_url: str
+) -> None:
+    config = _config(redis_url, dispatch_lease_seconds=0.2, size_threshold=2,
+                     min_batch_size=1)
+    BatchStateManager(real_redis, config).queue_many(
+        [{"id": f"m{i}", "source": "t", "payload": {}} for i in range(4)])
+    coordinator = Coordinator(real_redis, config)
+    coordinator.start()
+    coordinator.drain(manual=True)
+    real_redis.delete(f"rq:queue:{config.keys.rq_queue(0)}")  # both jobs lost
+    leases = [score for _, score in real_redis.zrange(config.keys.inflight, 0, -1,
+                                                     withscores=True)]
+    assert len(leases) == 2
+    wait_until(lambda: _redis_ms(real_redis) > max(leases), "both leases to end")
+    assert Coordinator(real_redis, config).reap() == 2
+    assert real_redis.hget(config.keys.stats, "lost_dispatches") == b"2"
+    assert_consistent(real_redis, config.keys)
+
+
 # -- late and retried acks ---------------------------------------------------------------------
 
 
