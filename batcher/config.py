@@ -94,6 +94,9 @@ class BatchProcessingConfig(BaseSettings):
     urgent_time_threshold_seconds: Pos = 60.0
     early_flush_pressure: Pressure = 0.85
     emergency_flush_pressure: Pressure = 0.95
+    # Redis's used_memory / maxmemory at which the coordinator flushes as under early pressure
+    # (the coordinator reads INFO memory once per reap); 0 turns it off
+    redis_memory_flush_pressure: Annotated[float, Field(ge=0), Field(le=1)] = 0.8
     max_buffer_age_seconds: Pos = 3600.0
 
     max_inflight_batches: PosInt = 100

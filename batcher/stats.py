@@ -15,6 +15,7 @@ import orjson
 import redis
 from rq import Queue, Worker
 
+from batcher.backoff import describe_fault
 from batcher.config import BatchProcessingConfig
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import PRIORITIES, PRIORITY_SCORE_BASE, FlushReason
@@ -24,7 +25,7 @@ from batcher.sizing import FIELD_FIT_A, FIELD_FIT_B, effective_thresholds_second
 COUNTERS = ("accepted", "duplicates", "rejected", "acked", "redeliveries", "dead", "expired",
             "requeued", "purged", "batches_flushed", "entries_flushed", "retried_entries",
             "retries", "rate_limited", "lost_dispatches", "stale_acks", "stale_claims",
-            "stale_fails")
+            "stale_fails", "results_dropped")
 EVENTS_SHOWN = 20
 # events read per call: enough to find the latest sizing events among acks and flushes
 EVENTS_SCANNED = 500
@@ -268,7 +269,8 @@ def detailed_stats(
         backlog=snap.pending + snap.delayed, size_threshold=sizing_stats["size_threshold"],
         dead_last_minute=snap.dead_last_minute,
         live_workers=None if workers is None else len(workers),
-        in_flight_batches=buffer["in_flight_batches"]))
+        in_flight_batches=buffer["in_flight_batches"],
+        redis_fault=describe_fault(snap.state.get(b"redis_fault"), snap.now_ms)))
     return {
         "queue": config.queue, "now_ms": snap.now_ms, "buffer": buffer,
         "performance": performance, "latency": latency, "counters": counters,

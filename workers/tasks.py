@@ -13,6 +13,7 @@ import orjson
 import redis
 import structlog
 
+from batcher.backoff import fault_kind
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.connection import connect
 from batcher.dispatch import TASK
@@ -123,10 +124,13 @@ def _with_retries(what: str, fn: Callable[[], Any]) -> Any:
     for delay in (*ACK_RETRY_DELAYS_SECONDS, None):
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if delay is None:
+        except redis.RedisError as exc:
+            # a lost connection, a restart (LOADING), a long script (BUSY), a failover
+            # (READONLY, MASTERDOWN): the batch's lease outlasts these retries
+            kind = fault_kind(exc)
+            if delay is None or kind is None:
                 raise
-            log.warning("redis.retrying", what=what, delay_s=delay, error=str(exc))
+            log.warning("redis.retrying", what=what, delay_s=delay, fault=kind, error=str(exc))
             time.sleep(delay)
 
 
@@ -219,6 +223,9 @@ def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]
         log.warning("batch.ack_refused", queue=queue, batch_id=batch_id, attempt=attempt,
                     why="stale")
         return {"status": "stale", "acked": 0}
+    if ack.results_dropped:
+        log.warning("batch.results_dropped", queue=queue, batch_id=batch_id, attempt=attempt,
+                    results=ack.results_dropped, why="Redis over maxmemory refused them")
     log.info("batch.acked", queue=queue, batch_id=batch_id, attempt=attempt, size=len(batch),
              acked=ack.acked, delayed=ack.delayed, dead=ack.dead,
              processing_ms=round(processing_ms, 1), reason=str(batch.reason))
