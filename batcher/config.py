@@ -8,14 +8,16 @@ whose error is one line naming the variable, the value and the rule.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Annotated, Any, Literal, Self
 
+import redis
 from pydantic import AliasGenerator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from batcher.connection import redact
+from batcher.connection import connect, redact
 from batcher.errors import ConfigError
 from batcher.keys import QueueKeys, validate_queue_name
 
@@ -33,6 +35,15 @@ _RULE_WORDS = {
     "job_timeout_seconds": "must be a whole number >= 1 (RQ truncates fractions)",
     "overflow_policy": "must be 'reject' or 'block'",
     "log_format": "must be 'json' or 'console'",
+    "redis_tls_ca_file": "must be a readable file",
+    "redis_tls_cert_file": "must be a readable file",
+    "redis_tls_key_file": "must be a readable file",
+}
+# field -> redis-py's keyword for it (an ssl.SSLContext setting of a rediss:// client)
+_TLS_KWARGS = {
+    "redis_tls_ca_file": "ssl_ca_certs",
+    "redis_tls_cert_file": "ssl_certfile",
+    "redis_tls_key_file": "ssl_keyfile",
 }
 
 
@@ -78,6 +89,11 @@ class BatchProcessingConfig(BaseSettings):
     )
 
     redis_url: str = "redis://localhost:6379/0"
+    # TLS for a rediss:// URL: the CA that signed the server's certificate (else the
+    # system's), and a client certificate and key when the server asks for one
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
     queue: str = "default"
     handler: str = "workers.handlers.echo:handle"
 
@@ -133,6 +149,16 @@ class BatchProcessingConfig(BaseSettings):
             raise ValueError(_RULE_WORDS["redis_url"])
         return value
 
+    @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file",
+                     mode="before")
+    @classmethod
+    def _check_file(cls, value: object) -> object:
+        if value == "":
+            return None  # an empty variable is an unset one (compose files, CI matrices)
+        if isinstance(value, str) and not (os.path.isfile(value) and os.access(value, os.R_OK)):
+            raise ValueError("must be a readable file")
+        return value
+
     @field_validator("queue")
     @classmethod
     def _check_queue(cls, value: str) -> str:
@@ -165,6 +191,18 @@ class BatchProcessingConfig(BaseSettings):
             return normal, normal, normal
         high = _ms(self.high_time_threshold_seconds)
         return normal, high, _ms(self.urgent_time_threshold_seconds)
+
+    def tls(self) -> dict[str, str]:
+        """redis-py's TLS keywords for the configured files (empty when none is set)."""
+        return {kw: value for field, kw in _TLS_KWARGS.items()
+                if (value := getattr(self, field)) is not None}
+
+    def redis_client(self, *, blocking_seconds: float | None = None,
+                     oom_tolerant: bool = False) -> redis.Redis:
+        """A client for ``redis_url`` with the TLS files; every process builds its own here.
+        ``oom_tolerant``: a daemon's, whose bookkeeping passes a full Redis (batcher.oom)."""
+        return connect(self.redis_url, blocking_seconds=blocking_seconds, tls=self.tls(),
+                       oom_tolerant=oom_tolerant)
 
     @property
     def keys(self) -> QueueKeys:
@@ -289,6 +327,13 @@ def _cross_field_problems(cfg: BatchProcessingConfig) -> list[str]:
           f"must be <= BATCH_HIGH_TIME_THRESHOLD_SEC ({_number(cfg.high_time_threshold_seconds)})")
     check(cfg.early_flush_pressure < cfg.emergency_flush_pressure, "early_flush_pressure",
           f"must be < BATCH_EMERGENCY_FLUSH_PRESSURE ({_number(cfg.emergency_flush_pressure)})")
+    tls_set = [f for f in _TLS_KWARGS if getattr(cfg, f) is not None]
+    if tls_set and not cfg.redis_url.lower().startswith("rediss://"):
+        problems.append(f"{env_name(tls_set[0])} is set: BATCH_REDIS_URL must be a rediss:// "
+                        f"URL, not {_shown('redis_url', cfg.redis_url)}")
+    check((cfg.redis_tls_cert_file is None) == (cfg.redis_tls_key_file is None),
+          "redis_tls_cert_file", "BATCH_REDIS_TLS_CERT_FILE and BATCH_REDIS_TLS_KEY_FILE "
+          "go together")
     check(cfg.max_buffer_age_seconds >= cfg.time_threshold_seconds, "max_buffer_age_seconds",
           f"must be >= BATCH_TIME_THRESHOLD_SEC ({_number(cfg.time_threshold_seconds)})")
     return problems

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import redis
@@ -42,17 +43,18 @@ def _driver_options() -> dict[str, object]:
 _QUERY_PASSWORD = re.compile(r"(?i)(^|&)(password=)[^&]*")
 
 
-def connect(
-    url: str, *, blocking_seconds: float | None = None, oom_tolerant: bool = False
-) -> redis.Redis:
+def connect(url: str, *, blocking_seconds: float | None = None,
+            tls: Mapping[str, str] | None = None, oom_tolerant: bool = False) -> redis.Redis:
     """A client for ``url`` with the project's options; no connection is made yet.
 
     ``oom_tolerant``: the coordinator's and workers' client, whose bookkeeping writes go
     through on a Redis over maxmemory (``batcher.oom``); never a producer's.
 
     ``blocking_seconds`` is the longest blocking call (BLPOP timeout) the client will
-    make; its socket timeout is that plus a margin. Raises ``ConfigError`` for a URL
-    redis-py cannot parse.
+    make; its socket timeout is that plus a margin. ``tls`` holds the CA, certificate and
+    key files of a ``rediss://`` URL (``BatchProcessingConfig.tls()``; entry points build
+    clients with ``config.redis_client()``, which passes them). Raises ``ConfigError`` for
+    a URL redis-py cannot parse.
     """
     if blocking_seconds is None:
         socket_timeout = SOCKET_TIMEOUT_SECONDS
@@ -75,6 +77,7 @@ def connect(
             retry_on_error=[],
             health_check_interval=HEALTH_CHECK_INTERVAL_SECONDS,
             **_driver_options(),
+            **(tls or {}),
         )
     except ValueError as exc:
         raise ConfigError(f"BATCH_REDIS_URL={redact(url)!r}: {exc}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -67,7 +68,11 @@ class Coordinator:
         config: BatchProcessingConfig,
         *,
         blocking_client: redis.Redis | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        # ``clock`` (seconds, monotonic) times the reap, the report and local waits; tests
+        # inject one to step through them without sleeping. Flush deadlines use Redis's TIME.
+        self.clock = clock
         self.client = client
         self.blocking = blocking_client or client
         self.config = config
@@ -76,7 +81,7 @@ class Coordinator:
         self.dispatcher = Dispatcher(client, config)
         self.stats = CoordinatorStats()
         self._next_reap = 0.0
-        self._next_report = time.monotonic() + config.report_interval_seconds
+        self._next_report = clock() + config.report_interval_seconds
         self._last_sizing_sample = b""
         self._memory_hot = False
 
@@ -266,7 +271,7 @@ class Coordinator:
                  batches=self.stats.flushed_batches, entries=self.stats.flushed_entries)
 
     def step(self) -> int:
-        now = time.monotonic()
+        now = self.clock()
         if now >= self._next_reap:
             self.reap()
             self.adjust_size()
@@ -292,12 +297,12 @@ class Coordinator:
         deadline (the in-flight cap, an empty buffer) blocks until the reap, whose timing
         needs no such precision.
         """
-        until_reap = max(0.0, self._next_reap - time.monotonic())
+        until_reap = max(0.0, self._next_reap - self.clock())
         precise = 0 <= wait_ms / 1000 < until_reap
-        deadline = time.monotonic() + (wait_ms / 1000 if precise else until_reap)
+        deadline = self.clock() + (wait_ms / 1000 if precise else until_reap)
         margin = BLPOP_MARGIN_SECONDS if precise else 0.0
         while not stop.is_set():
-            left = deadline - time.monotonic()
+            left = deadline - self.clock()
             if left <= 0:
                 return
             if left > margin + MIN_BLPOP_SECONDS:

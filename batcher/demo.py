@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from batcher.config import BatchProcessingConfig, load_config
-from batcher.connection import connect
 
 DEMO_QUEUE = "demo"
 DEMO_ENV = {
@@ -149,7 +148,7 @@ def run_demo(
                "LLM_BASE_URL": llm_base_url}
         os.environ.update({k: v for k, v in env.items() if k.startswith("BATCH_")})
         config = load_config()
-        client = connect(redis_url)
+        client = config.redis_client()
         for key in client.scan_iter(match=config.keys.scan_pattern(), count=1000):
             client.delete(key)  # a fresh run on a reused server
         log_path = Path(tempfile.mkdtemp(prefix="batcher-demo-")) / "processes.log"

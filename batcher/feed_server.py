@@ -28,6 +28,7 @@ _CONTENT_TYPES = {
     ".rss": "application/rss+xml",
     ".rdf": "application/rdf+xml",
     ".atom": "application/atom+xml",
+    ".json": "application/feed+json",
 }
 
 

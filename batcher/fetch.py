@@ -1,42 +1,36 @@
-"""RSS/Atom feed fetcher: a producer that turns feed entries into batcher entries.
+"""RSS/Atom/JSON Feed fetcher: a producer that turns feed entries into batcher entries.
 
 Feeds are fetched with httpx (timeouts, redirects, gzip, conditional GET, a
-per-host delay) and parsed with feedparser (RSS 0.9x, 1.0, 2.0 and Atom).
-Entry ids are derived deterministically from the entry, so any number of
-fetcher processes over the same feeds enqueue each entry once: the producer's
-de-duplication by id does the rest.
+per-host delay) and parsed by ``fetch_parse`` (feedparser for RSS 0.9x, 1.0, 2.0
+and Atom, with chardet for undeclared legacy encodings; JSON Feed 1.x). Entry ids
+and payloads come from ``fetch_entries``: ids are stable, so any number of fetcher
+processes enqueue each entry once, and a fault in one entry degrades that entry only.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-import feedparser  # type: ignore[import-untyped]
 import httpx
 import structlog
 
 from batcher.backoff import Backoff
 from batcher.errors import BatcherError, BatcherUnavailableError, ConfigError, RedisFullError
+from batcher.fetch_entries import EntryFaults, entry_id, merge_faults, payload_of
+from batcher.fetch_parse import parse_feed
 from batcher.models import PRIORITIES, EnqueueResult
 
 log = structlog.stdlib.get_logger(__name__)
 
 CHUNK_SIZE = 500  # the producer's queue_many limit per script call
-MAX_ID_CHARS = 200
-# Full-content feeds can carry tens of KB per entry; the LLM needs a summary, and an
-# oversized envelope would make the producer refuse the whole chunk.
-MAX_SUMMARY_CHARS = 4000
-MAX_TITLE_CHARS = 1000
-MAX_TAGS = 50
 USER_AGENT = "redis-batcher-fetcher/0.1 (+https://github.com/redis-batcher)"
 _FEED_KEYS = frozenset({"url", "source", "priority", "interval_seconds"})
 
@@ -111,66 +105,6 @@ def _feed_from_table(path: Path, index: int, table: object, base_url: str | None
     return FeedConfig(url=url, source=source, priority=priority, interval_seconds=float(interval))
 
 
-def _clean_id(value: object) -> str | None:
-    if not isinstance(value, str):
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    if len(value) > MAX_ID_CHARS or not value.isprintable():
-        # Still deterministic, and within the producer's 1-200 printable characters.
-        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
-    return value
-
-
-def entry_id(parsed_entry: Mapping[str, Any]) -> str:
-    """The entry's id: its GUID, else its link, else a hash of title and date.
-
-    Always 1-200 printable characters; longer or unprintable values are hashed.
-    """
-    for key in ("id", "link"):
-        found = _clean_id(parsed_entry.get(key))
-        if found is not None:
-            return found
-    title = str(parsed_entry.get("title") or "").strip()
-    date = str(parsed_entry.get("published") or parsed_entry.get("updated") or "").strip()
-    return "sha256:" + hashlib.sha256(f"{title}\x1f{date}".encode()).hexdigest()
-
-
-def _iso_date(parsed_entry: Mapping[str, Any]) -> str | None:
-    for key in ("published_parsed", "updated_parsed", "created_parsed"):
-        value = parsed_entry.get(key)
-        if isinstance(value, time.struct_time):
-            return datetime(*value[:6], tzinfo=UTC).isoformat()
-    return None
-
-
-def _summary(parsed_entry: Mapping[str, Any]) -> str:
-    text = parsed_entry.get("summary") or parsed_entry.get("description")
-    if not text:
-        contents = parsed_entry.get("content") or []
-        text = contents[0].get("value") if contents else ""
-    return str(text or "").strip()[:MAX_SUMMARY_CHARS]
-
-
-def payload_of(parsed_entry: Mapping[str, Any], feed: FeedConfig) -> dict[str, object]:
-    """The entry's payload: title, link, summary, published (ISO 8601 or None), feed, tags."""
-    tags = [
-        str(tag.get("term")).strip()
-        for tag in parsed_entry.get("tags") or []
-        if tag.get("term") and str(tag.get("term")).strip()
-    ]
-    link = parsed_entry.get("link")
-    return {
-        "title": str(parsed_entry.get("title") or "").strip()[:MAX_TITLE_CHARS],
-        "link": link.strip() if isinstance(link, str) and link.strip() else None,
-        "summary": _summary(parsed_entry),
-        "published": _iso_date(parsed_entry),
-        "feed": feed.source,
-        "tags": tags[:MAX_TAGS],
-    }
-
-
 @dataclass(slots=True)
 class FeedCounters:
     """Cumulative figures for one feed."""
@@ -181,16 +115,22 @@ class FeedCounters:
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
+    faults: int = 0
     errors: int = 0
 
 
 FetchStatus = Literal["fetched", "not_modified", "failed"]
-_REPORTED_COUNTS = ("entries_seen", "accepted", "duplicates", "rejected")
+Validators = tuple[str | None, str | None]  # (ETag, Last-Modified)
+COUNTED = ("entries_seen", "accepted", "duplicates", "rejected", "faults")
 
 
 @dataclass(slots=True)
 class FetchReport:
-    """What one fetch of one feed did."""
+    """What one fetch of one feed did.
+
+    ``validators`` are what the next request should send (both None: unconditional);
+    ``retry_after_seconds`` is the server's Retry-After on a 429 or 503.
+    """
 
     source: str
     url: str
@@ -200,13 +140,33 @@ class FetchReport:
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
+    faults: int = 0
+    fault_kinds: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     elapsed_ms: int = 0
     rejected_ids: list[str] = field(default_factory=list)
+    validators: Validators = (None, None)
+    retry_after_seconds: float | None = None
 
 
 class _FeedFailed(Exception):
     """Internal: a fetch failed in a way that is logged and counted, never raised."""
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header (seconds or an HTTP date) as seconds from now, or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 class FeedFetcher:
@@ -214,6 +174,8 @@ class FeedFetcher:
 
     A malformed feed, an HTTP error, a timeout or a connection error is logged
     (``feed.failed``) and counted; ``fetch_once`` and ``run`` never raise for them.
+    A fault inside an entry degrades that entry (``feed.entry_faults``, logged once
+    per feed). ``fetch_once`` is safe to call from several threads.
     """
 
     def __init__(
@@ -234,9 +196,11 @@ class FeedFetcher:
             timeout=timeout_seconds, follow_redirects=True, headers={"User-Agent": USER_AGENT}
         )
         self.counters: dict[str, FeedCounters] = {f.source: FeedCounters() for f in self.feeds}
-        # url -> (ETag, Last-Modified) of its last complete fetch, for conditional GET.
-        self._validators: dict[str, tuple[str | None, str | None]] = {}
-        self._last_request: dict[str, float] = {}  # host -> monotonic time of last request
+        # url -> validators of its last complete fetch, when no caller keeps them (run()).
+        self._validators: dict[str, Validators] = {}
+        self._next_request: dict[str, float] = {}  # host -> monotonic time of its next slot
+        self._faults_logged: set[str] = set()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         # a Redis that refused the last enqueue (full, failing over, down): the feed is
         # fetched again after a back-off, not its interval, and its entries offered again
@@ -254,24 +218,36 @@ class FeedFetcher:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def fetch_once(self, feed: FeedConfig) -> FetchReport:
-        """Fetch, parse and enqueue one feed; failures are logged and counted, not raised."""
-        counters = self.counters.setdefault(feed.source, FeedCounters())
+    def fetch_once(self, feed: FeedConfig, validators: Validators | None = None) -> FetchReport:
+        """Fetch, parse and enqueue one feed; failures are logged and counted, not raised.
+
+        ``validators`` are sent as If-None-Match / If-Modified-Since; without them the
+        fetcher uses (and keeps) its own, in memory.
+        """
+        remembered = validators is None
+        sent = self._validators.get(feed.url, (None, None)) if validators is None else validators
         started = time.monotonic()
-        report = FetchReport(source=feed.source, url=feed.url, status="failed")
+        report = FetchReport(source=feed.source, url=feed.url, status="failed", validators=sent)
         try:
-            self._fetch_into(feed, report)
+            self._fetch_into(feed, report, sent)
         except _FeedFailed as exc:
             report.error = str(exc)
         report.elapsed_ms = int((time.monotonic() - started) * 1000)
-        self._count(counters, report)
-        self._log(feed, report)
+        with self._lock:
+            if remembered:
+                self._validators[feed.url] = report.validators
+            self._count(self.counters.setdefault(feed.source, FeedCounters()), report)
+            first_faults = report.faults > 0 and feed.url not in self._faults_logged
+            if first_faults:
+                self._faults_logged.add(feed.url)
+        self._log(feed, report, log_faults=first_faults)
         return report
 
     def run(
         self, stop_event: threading.Event, max_rounds: int | None = None
     ) -> dict[str, FeedCounters]:
-        """Fetch every feed on its interval until ``stop_event`` is set.
+        """Fetch every feed on its interval until ``stop_event`` is set (one process's own
+        schedule, in memory; ``fetch_schedule.ScheduledFetcher`` shares one in Redis).
 
         With ``max_rounds``, return once every feed has been fetched that many times.
         Returns the per-feed counters.
@@ -285,7 +261,7 @@ class FeedFetcher:
                 if stop_event.is_set() or next_due[i] > now:
                     break
                 feed = self.feeds[i]
-                self._fetch_guarded(feed)
+                self.fetch_guarded(feed)
                 rounds[i] += 1
                 if max_rounds is not None and rounds[i] >= max_rounds:
                     del next_due[i]
@@ -304,29 +280,39 @@ class FeedFetcher:
             return None
         return self._backoff.failed(fault, wait=False)
 
-    def _fetch_guarded(self, feed: FeedConfig) -> None:
-        # A bug in one feed's handling (say, an entry shape feedparser never produced
-        # before) must not stop the other feeds: log it with its traceback and move on.
+    def fetch_guarded(
+        self, feed: FeedConfig, validators: Validators | None = None
+    ) -> FetchReport:
+        """``fetch_once``, and a bug in one feed's handling (an entry shape feedparser never
+        produced before) is logged with its traceback as a failed fetch, never raised."""
         try:
-            self.fetch_once(feed)
-        except Exception:
-            self.counters.setdefault(feed.source, FeedCounters()).errors += 1
+            return self.fetch_once(feed, validators)
+        except Exception as exc:
+            with self._lock:
+                self.counters.setdefault(feed.source, FeedCounters()).errors += 1
             log.exception("feed.crashed", feed=feed.source, url=feed.url)
+            return FetchReport(source=feed.source, url=feed.url, status="failed",
+                               error=f"crashed: {type(exc).__name__}: {exc}",
+                               validators=validators or (None, None))
 
-    def _fetch_into(self, feed: FeedConfig, report: FetchReport) -> None:
-        response = self._get(feed.url)
+    def _fetch_into(self, feed: FeedConfig, report: FetchReport, sent: Validators) -> None:
+        response = self._get(feed.url, sent)
         report.http_status = response.status_code
         if response.status_code == 304:
             report.status = "not_modified"
+            report.validators = (response.headers.get("etag") or sent[0], sent[1])
             return
         if not response.is_success:
+            if response.status_code in (429, 503):
+                report.retry_after_seconds = retry_after_seconds(
+                    response.headers.get("retry-after"))
             raise _FeedFailed(f"HTTP {response.status_code} {response.reason_phrase}".strip())
-        parsed = feedparser.parse(
-            response.content, response_headers={k.lower(): v for k, v in response.headers.items()}
+        parsed = parse_feed(
+            response.content, {k.lower(): v for k, v in response.headers.items()}
         )
-        if parsed.bozo and not parsed.entries:
-            raise _FeedFailed(f"malformed feed: {parsed.get('bozo_exception')!s}")
-        envelopes = self._envelopes(parsed.entries, feed)
+        if parsed.error is not None:
+            raise _FeedFailed(parsed.error)
+        envelopes = self._envelopes(parsed.entries, feed, report)
         report.entries_seen = len(parsed.entries)
         report.duplicates = len(parsed.entries) - len(envelopes)  # repeated within the feed
         result = self._enqueue(envelopes)
@@ -337,16 +323,14 @@ class FeedFetcher:
         report.status = "fetched"
         # Rejected entries (buffer full) must be offered again, so only a complete
         # hand-off lets the next fetch be conditional.
+        report.validators = (None, None)
         if not result.rejected_ids:
-            etag, modified = response.headers.get("etag"), response.headers.get("last-modified")
-            if etag or modified:
-                self._validators[feed.url] = (etag, modified)
-        else:
-            self._validators.pop(feed.url, None)
+            report.validators = (response.headers.get("etag"),
+                                 response.headers.get("last-modified"))
 
-    def _get(self, url: str) -> httpx.Response:
+    def _get(self, url: str, validators: Validators) -> httpx.Response:
         headers: dict[str, str] = {}
-        etag, modified = self._validators.get(url, (None, None))
+        etag, modified = validators
         if etag:
             headers["If-None-Match"] = etag
         if modified:
@@ -362,28 +346,33 @@ class FeedFetcher:
             ) from exc
         except httpx.HTTPError as exc:
             raise _FeedFailed(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self._last_request[urlsplit(url).netloc.lower()] = time.monotonic()
 
     def _wait_for_host(self, url: str) -> None:
-        last = self._last_request.get(urlsplit(url).netloc.lower())
-        if last is not None:
-            remaining = last + self.per_host_delay_seconds - time.monotonic()
-            if remaining > 0:
-                self._stop.wait(remaining)
+        if self.per_host_delay_seconds <= 0:
+            return
+        host = urlsplit(url).netloc.lower()
+        with self._lock:  # reserve the host's next slot, so threads space out too
+            now = time.monotonic()
+            slot = max(now, self._next_request.get(host, now))
+            self._next_request[host] = slot + self.per_host_delay_seconds
+        if slot > now:
+            self._stop.wait(slot - now)
 
-    def _envelopes(self, entries: Sequence[Any], feed: FeedConfig) -> list[dict[str, object]]:
+    @staticmethod
+    def _envelopes(
+        entries: Sequence[Any], feed: FeedConfig, report: FetchReport
+    ) -> list[dict[str, object]]:
         envelopes: dict[str, dict[str, object]] = {}
         for parsed_entry in entries:
-            eid = entry_id(parsed_entry)
+            faults = EntryFaults()
+            eid = entry_id(parsed_entry, feed.url)
+            payload = payload_of(parsed_entry, feed.source, faults, base_url=feed.url)
+            if faults.kinds:
+                report.faults += sum(faults.kinds.values())
+                merge_faults(report.fault_kinds, faults.kinds.items())
             envelopes.setdefault(
-                eid,
-                {
-                    "id": eid,
-                    "source": feed.source,
-                    "priority": feed.priority,
-                    "payload": payload_of(parsed_entry, feed),
-                },
+                eid, {"id": eid, "source": feed.source, "priority": feed.priority,
+                      "payload": payload},
             )
         return list(envelopes.values())
 
@@ -410,17 +399,20 @@ class FeedFetcher:
             counters.not_modified += 1
         else:
             counters.fetched += 1
-            for name in _REPORTED_COUNTS:
+            for name in COUNTED:
                 setattr(counters, name, getattr(counters, name) + getattr(report, name))
 
     @staticmethod
-    def _log(feed: FeedConfig, report: FetchReport) -> None:
+    def _log(feed: FeedConfig, report: FetchReport, *, log_faults: bool) -> None:
         common = {"feed": feed.source, "url": feed.url, "http_status": report.http_status}
         common["elapsed_ms"] = report.elapsed_ms
+        if log_faults:
+            log.warning("feed.entry_faults", feed=feed.source, url=feed.url,
+                        faults=report.faults, kinds=report.fault_kinds, logged="once per feed")
         if report.status == "failed":
             log.warning("feed.failed", error=report.error, **common)
         else:
-            counts = {name: getattr(report, name) for name in _REPORTED_COUNTS}
+            counts = {name: getattr(report, name) for name in COUNTED}
             log.info(
                 "feed.fetched", not_modified=report.status == "not_modified", **counts, **common
             )

@@ -13,7 +13,6 @@ import structlog
 
 from batcher.backoff import fault_kind
 from batcher.config import BatchProcessingConfig, load_config
-from batcher.connection import connect
 from batcher.errors import (
     BatcherUnavailableError,
     BufferFullError,
@@ -168,7 +167,7 @@ class BatchStateManager:
         flush_callback: str | Callable[..., Any] | None = None,
     ):
         self.config = config or load_config()
-        self.redis = redis if redis is not None else connect(self.config.redis_url)
+        self.redis = redis if redis is not None else self.config.redis_client()
         self.scripts = Scripts(self.redis, self.config)
         self.keys = self.scripts.keys
         self.expected_handler = handler_path(flush_callback) if flush_callback else None

@@ -15,7 +15,6 @@ import structlog
 
 from batcher.backoff import fault_kind
 from batcher.config import BatchProcessingConfig, load_config
-from batcher.connection import connect
 from batcher.dispatch import TASK
 from batcher.errors import RateLimited
 from batcher.models import Batch, BatchOutcome, Entry, FlushReason
@@ -65,7 +64,7 @@ def context(queue: str, client: redis.Redis | None = None) -> WorkerContext:
     ctx = _CONTEXTS.get(queue)
     if ctx is None:
         config = load_config(queue=queue)
-        client = client if client is not None else connect(config.redis_url)
+        client = client if client is not None else config.redis_client()
         ctx = WorkerContext(config, client, Scripts(client, config), load_handler(config.handler))
         _CONTEXTS[queue] = ctx
     return ctx

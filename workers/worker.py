@@ -36,6 +36,7 @@ from rq.job import JobStatus
 from rq.utils import now
 from rq.worker import WorkerStatus
 
+from workers import guard
 from workers.job import BatchJob
 from workers.tasks import claim_with
 
@@ -52,6 +53,7 @@ class LeanHeartbeats:
     _plain_heartbeat_due = 0.0
     _suspension_check_due = 0.0
     _deferred_state: str | None = None  # written by the next plain heartbeat
+    allowed_functions = guard.ALLOWED_FUNCTIONS  # any other job is refused (workers/guard.py)
     # the job ran in this process: its commit can carry the heartbeat that follows a job
     _heartbeat_in_commit = False
     _heartbeat_sent_with_commit = False
@@ -117,6 +119,11 @@ class LeanHeartbeats:
             self._heartbeat_sent_with_commit = True
 
     def execute_job(self, job: Any, queue: Any) -> Any:
+        # only batch jobs: checked before RQ prepares, forks for or imports anything
+        reason = guard.refusal(job, self.allowed_functions)
+        if reason is not None:
+            guard.refuse(self, job, queue, reason)
+            return None
         try:
             return super().execute_job(job, queue)  # type: ignore[misc]
         finally:

@@ -23,7 +23,7 @@ from batcher.cli.common import translate
 COMMAND_MODULES = (
     "enqueue", "coordinator", "worker", "info", "dead", "fetch",
     # owned by others: observe (top, exporter); demo is registered once cli/demo.py exists
-    "observe", "demo",
+    "observe", "demo", "control", "dashboard",
 )
 
 

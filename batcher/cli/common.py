@@ -14,7 +14,7 @@ import structlog
 
 from batcher import logs
 from batcher.config import BatchProcessingConfig, load_config
-from batcher.connection import connect, ping_or_raise
+from batcher.connection import ping_or_raise
 from batcher.errors import (
     BatcherUnavailableError,
     BufferFullError,
@@ -86,7 +86,7 @@ def open_queue(
 ) -> tuple[BatchProcessingConfig, redis.Redis]:
     """Settings and a client that answered PING (else exit 4 naming the server)."""
     config = settings(queue, redis_url, **overrides)
-    client = connect(config.redis_url)
+    client = config.redis_client()
     ping_or_raise(client)
     return config, client
 
@@ -102,7 +102,7 @@ def open_queue_waiting(
     SIGTERM/SIGINT while waiting end the command with exit 0, as for a running daemon.
     """
     config = settings(queue, redis_url)
-    client = connect(config.redis_url, oom_tolerant=oom_tolerant)
+    client = config.redis_client(oom_tolerant=oom_tolerant)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
                                                                        signal.SIGINT)}

@@ -6,6 +6,7 @@ import click
 import redis
 import structlog
 
+from batcher import control
 from batcher.check import eviction_policy
 from batcher.cli.common import (
     EXIT_CHECK_FAILED,
@@ -15,7 +16,6 @@ from batcher.cli.common import (
     queue_options,
     stop_on_signals,
 )
-from batcher.connection import connect
 from batcher.coordinator import MAX_BLOCK_SECONDS, Coordinator
 
 log = structlog.stdlib.get_logger(__name__)
@@ -43,7 +43,7 @@ def coordinator(allow_eviction: bool, queue: str | None, redis_url: str | None) 
     config, client = open_queue_waiting(queue, redis_url)
     check_eviction(client, allow_eviction)
     # a dedicated connection for BLPOP, whose socket timeout outlasts the longest block
-    blocking = connect(config.redis_url, blocking_seconds=MAX_BLOCK_SECONDS)
+    blocking = config.redis_client(blocking_seconds=MAX_BLOCK_SECONDS)
     stop = stop_on_signals("coordinator.stopping")
     Coordinator(client, config, blocking_client=blocking).run(stop)
 
@@ -53,12 +53,9 @@ def coordinator(allow_eviction: bool, queue: str | None, redis_url: str | None) 
 def flush(queue: str | None, redis_url: str | None) -> None:
     """Flush everything pending now (reason 'manual') and dispatch it to the workers."""
     config, client = open_queue(queue, redis_url)
-    runner = Coordinator(client, config)
-    runner.start()
-    runner.drain(manual=True)
-    left = client.zcard(config.keys.pending)
-    click.echo(f"flushed batches={runner.stats.flushed_batches} "
-               f"entries={runner.stats.flushed_entries}")
+    done = control.flush_now(client, config)
+    left = done.still_pending
+    click.echo(f"flushed batches={done.batches} entries={done.entries}")
     if left:
         # a manual flush ignores the pause and the in-flight cap, so these arrived meanwhile
         click.echo(f"batcher: {left} entries arrived while flushing and are still pending",

@@ -2,67 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, cast
 
 import click
 import orjson
-import redis
 from rich.console import Console
 from rich.table import Table
 
+from batcher import control
 from batcher.cli.common import open_queue, queue_options
-from batcher.config import BatchProcessingConfig
-from batcher.scripts import Scripts
+from batcher.monitoring.reads import dead_records
 
-CHUNK = 500
 LIST_LIMIT = 100
-
-
-def dead_records(client: redis.Redis, config: BatchProcessingConfig,
-                 limit: int) -> Iterator[dict[str, Any]]:
-    """Dead entries, oldest death first: id, reason, error, attempts, died_at_ms, envelope."""
-    k = config.keys
-    start = 0
-    while not limit or start < limit:
-        stop = start + CHUNK - 1 if not limit else min(start + CHUNK, limit) - 1
-        rows = cast(list[tuple[bytes, float]],
-                    client.zrange(k.dead, start, stop, withscores=True))
-        if not rows:
-            return
-        raw = cast(list[bytes | None], client.hmget(k.dead_payloads, [i for i, _ in rows]))
-        for (entry_id, died_ms), record in zip(rows, raw, strict=True):
-            parsed: dict[str, Any] = {}
-            if record is not None:
-                try:
-                    parsed = orjson.loads(record)
-                except orjson.JSONDecodeError:
-                    parsed = {"error": "(unreadable dead record)"}
-            yield {"id": entry_id.decode(), "reason": parsed.get("reason"),
-                   "error": parsed.get("error"), "attempts": parsed.get("attempts"),
-                   "died_at_ms": int(died_ms), "envelope": parsed.get("envelope")}
-        start += CHUNK
 
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
-
-
-def _all_dead_in_chunks(client: redis.Redis, config: BatchProcessingConfig,
-                        scripts: Scripts, purge: bool) -> tuple[int, int, int]:
-    # each pass removes what it took from the dead set, so the next chunk is again at rank 0
-    totals = (0, 0, 0)
-    while True:
-        ids = [i.decode() for i in cast(list[bytes], client.zrange(config.keys.dead, 0,
-                                                                   CHUNK - 1))]
-        if not ids:
-            return totals
-        done = scripts.requeue(ids, purge=purge)
-        totals = cast(tuple[int, int, int], tuple(a + b for a, b in zip(totals, done,
-                                                                         strict=True)))
-        if done[0] + done[1] == 0:  # pragma: no cover - nothing moved: do not spin
-            return totals
 
 
 @click.group("dead")
@@ -100,13 +55,9 @@ def list_dead(as_json: bool, limit: int, queue: str | None, redis_url: str | Non
 def requeue(ids: tuple[str, ...], queue: str | None, redis_url: str | None) -> None:
     """Back to pending with their original score; no ids = every dead entry."""
     config, client = open_queue(queue, redis_url)
-    scripts = Scripts(client, config)
-    if ids:
-        moved, purged, missing = scripts.requeue(list(ids))
-    else:
-        moved, purged, missing = _all_dead_in_chunks(client, config, scripts, purge=False)
+    done = control.requeue_dead(client, config, list(ids) or None)
     # 'purged' here: ids a producer re-sent meanwhile, already pending again
-    click.echo(f"requeued={moved} already_pending={purged} missing={missing}")
+    click.echo(f"requeued={done.moved} already_pending={done.purged} missing={done.missing}")
 
 
 @dead.command("purge")
@@ -115,12 +66,8 @@ def requeue(ids: tuple[str, ...], queue: str | None, redis_url: str | None) -> N
 def purge(ids: tuple[str, ...], queue: str | None, redis_url: str | None) -> None:
     """Delete dead entries for good (counted in counters.purged); no ids = all of them."""
     config, client = open_queue(queue, redis_url)
-    scripts = Scripts(client, config)
-    if ids:
-        _moved, purged, missing = scripts.requeue(list(ids), purge=True)
-    else:
-        _moved, purged, missing = _all_dead_in_chunks(client, config, scripts, purge=True)
-    click.echo(f"purged={purged} missing={missing}")
+    done = control.purge_dead(client, config, list(ids) or None)
+    click.echo(f"purged={done.purged} missing={done.missing}")
 
 
 commands = [dead]

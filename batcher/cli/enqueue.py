@@ -16,7 +16,7 @@ from batcher.cli.common import (
     settings,
 )
 from batcher.config import BatchProcessingConfig
-from batcher.connection import connect, ping_or_raise
+from batcher.connection import ping_or_raise
 from batcher.errors import BufferFullError, InvalidEntryError, RedisFullError
 from batcher.models import EnqueueResult
 from batcher.producer import BatchStateManager, build_envelope
@@ -132,7 +132,7 @@ def enqueue(payload: str | None, file: IO[bytes] | None, entry_id: str | None,
         name, numbered = None, [(1, _one_entry(str(payload), entry_id, source, level))]
     validate(numbered, name, config)
     entries = [item for _, item in numbered]
-    client = connect(config.redis_url)
+    client = config.redis_client()
     ping_or_raise(client)
     manager = BatchStateManager(client, config)
     sent_ids = [str(item["id"]) for item in entries]

@@ -29,7 +29,7 @@ log = structlog.stdlib.get_logger(__name__)
 @queue_options
 def fetch(feeds_path: Path, once: bool, base_url: str | None, per_host_delay: float,
           queue: str | None, redis_url: str | None) -> None:
-    """Fetch RSS/Atom feeds on their intervals and enqueue their entries (ids are stable, so
+    """Fetch RSS/Atom/JSON feeds on their intervals and enqueue their entries (ids are stable, so
     re-fetched entries are duplicates). Prints per-feed counts when it stops."""
     config, client = open_queue(queue, redis_url)
     feeds = load_feeds(feeds_path, base_url=base_url)
@@ -51,7 +51,7 @@ def fetch(feeds_path: Path, once: bool, base_url: str | None, per_host_delay: fl
     for source, c in counters.items():
         click.echo(f"{source}: fetched={c.fetched} not_modified={c.not_modified} "
                    f"entries={c.entries_seen} accepted={c.accepted} duplicates={c.duplicates} "
-                   f"rejected={c.rejected} errors={c.errors}")
+                   f"rejected={c.rejected} faults={c.faults} errors={c.errors}")
 
 
 commands = [fetch]

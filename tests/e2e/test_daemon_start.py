@@ -6,23 +6,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _wait_for(path: Path, text: str, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if text in path.read_text():
-            return True
-        time.sleep(0.1)
-    return False
+def _wait_for(path: Path, text: str) -> None:
+    wait_until(lambda: text in path.read_text(), f"{text!r} in the log:\n{path.read_text()}")
 
 
 @pytest.mark.parametrize("command", [["coordinator"], ["worker", "--simple"]])
@@ -37,11 +32,11 @@ def test_daemon_waits_for_redis_then_runs_and_stops_cleanly(
         proc = subprocess.Popen([sys.executable, "-m", "batcher", *command], env=env, cwd=ROOT,
                                 stdout=out, stderr=out)
     try:
-        assert _wait_for(log, "redis.waiting", 15), log.read_text()
+        _wait_for(log, "redis.waiting")
         assert proc.poll() is None, "the daemon exited while Redis was down"
         with RedisServer(port=port):
             started = "coordinator.started" if command[0] == "coordinator" else "worker.starting"
-            assert _wait_for(log, started, 20), log.read_text()
+            _wait_for(log, started)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(10) == 0, log.read_text()
     finally:

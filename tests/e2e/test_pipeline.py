@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 
 from tests.support.recording import HANDLED_KEY
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCERS, PER_PRODUCER = 3, 2000
@@ -64,13 +65,8 @@ def test_every_entry_is_handled_exactly_once(
                                       env=env, cwd=ROOT) for i in range(PRODUCERS)]
         assert all(p.wait(120) == 0 for p in producers)
         total = PRODUCERS * PER_PRODUCER
-        deadline = time.monotonic() + 120
-        acked = 0
-        while time.monotonic() < deadline:
-            acked = int(real_redis.hget("batcher:{e2e}:stats", "acked") or 0)
-            if acked >= total:
-                break
-            time.sleep(0.2)
+        wait_until(lambda: int(real_redis.hget("batcher:{e2e}:stats", "acked") or 0) >= total,
+                   f"{total} entries acked", guard_seconds=240)
         elapsed = time.monotonic() - started
         print(f"end-to-end: {total} entries in {elapsed:.2f} s = {total / elapsed:.0f} entries/s")
     finally:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from batcher.coordinator import Coordinator
 from batcher.producer import BatchStateManager
 from tests.support.invariants import assert_consistent
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import HANG_GUARD_SECONDS, wait_blocked, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "sig"
@@ -40,13 +40,11 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def _wait_for(what: str, ready: Callable[[], bool], log: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}; log:\n{log.read_text()[-3000:]}")
+def _wait_for(what: str, ready: Callable[[], bool], log: Path) -> None:
+    try:
+        wait_until(ready, what)
+    except AssertionError:
+        pytest.fail(f"timed out waiting for {what}; log:\n{log.read_text()[-3000:]}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -96,19 +94,19 @@ def test_sigterm_mid_batch_lets_the_worker_finish_and_ack_it(
     assert_consistent(real_redis, config.keys)
 
 
-def test_sigterm_stops_an_idle_coordinator_within_seconds(
-    redis_url: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+def test_sigterm_stops_a_coordinator_blocked_in_its_wait(
+    redis_url: str, real_redis: redis_py.Redis, tmp_path: Path,
+    procs: list[subprocess.Popen[bytes]],
 ) -> None:
     log = tmp_path / "coordinator.log"
     coordinator = _spawn(["coordinator"], _env(redis_url), log)
     procs.append(coordinator)
-    _wait_for("the coordinator to start", lambda: b"coordinator.started" in log.read_bytes(), log)
+    # idle and blocked in BLPOP on its wakeup list: the signal must end that wait
+    wait_blocked(real_redis, "blpop")
 
-    sent = time.monotonic()
     coordinator.send_signal(signal.SIGTERM)
 
-    assert coordinator.wait(timeout=10) == 0, log.read_text()[-3000:]
-    assert time.monotonic() - sent < 3.0
+    assert coordinator.wait(timeout=HANG_GUARD_SECONDS) == 0, log.read_text()[-3000:]
     assert b"coordinator.stopped" in log.read_bytes()
 
 
@@ -125,7 +123,9 @@ def test_coordinator_waits_out_a_redis_outage_and_then_flushes(
         server.kill()
         _wait_for("the outage to be noticed",
                   lambda: b"coordinator.redis_unavailable" in log.read_bytes(), log)
-        time.sleep(1.5)
+        # it keeps retrying (a second attempt logged) instead of exiting
+        _wait_for("a retry during the outage",
+                  lambda: log.read_bytes().count(b"coordinator.redis_unavailable") >= 2, log)
         assert coordinator.poll() is None, log.read_text()[-3000:]
         server.start()
         _wait_for("the reconnection",

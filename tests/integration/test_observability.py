@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rich.console import Console
 
+from batcher import top as top_module
 from batcher.cli import BatcherGroup
 from batcher.cli.observe import top
 from batcher.exporter import serve_exporter
@@ -121,13 +122,32 @@ def test_top_renders_the_figures_once(real_redis: redis_py.Redis, known: Scripts
     assert "manual" in text and "(not checked)" in text
 
 
-def test_run_top_redraws_until_stopped(real_redis: redis_py.Redis, known: Scripts) -> None:
+class StopAfter(threading.Event):
+    """A stop event that is set on its ``n``-th wait, recording each wait's timeout."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.waits = n, list[float | None]()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        if len(self.waits) >= self.n:
+            self.set()
+        return self.is_set()
+
+
+def test_run_top_redraws_every_refresh_until_stopped(
+    real_redis: redis_py.Redis, known: Scripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = []
+    real_read = top_module.detailed_stats
+    monkeypatch.setattr(top_module, "detailed_stats",
+                        lambda *a: reads.append(1) or real_read(*a))
     out = io.StringIO()
-    stop = threading.Event()
-    timer = threading.Timer(0.5, stop.set)
-    timer.start()
+    stop = StopAfter(3)
     run_top(real_redis, known.config, 0.1, stop=stop, console=Console(file=out, width=100))
-    timer.join()
+    assert stop.waits == [0.1, 0.1, 0.1]
+    assert len(reads) == 3  # the first frame, then one per refresh until the stop
     assert "batcher top" in out.getvalue()
 
 

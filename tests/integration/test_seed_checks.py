@@ -6,7 +6,6 @@ pressure, performance monitoring, timeout optimisation and the global manager.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -305,13 +304,17 @@ def test_coordinator_logs_the_performance_summary_every_report_interval(
     redis_url: str, real_redis: redis_py.Redis
 ) -> None:
     config = BatchProcessingConfig(redis_url=redis_url, queue="report",
-                                   report_interval_seconds=0.05)
-    coordinator = Coordinator(real_redis, config)
+                                   report_interval_seconds=30)
+    now = [1000.0]
+    coordinator = Coordinator(real_redis, config, clock=lambda: now[0])
     coordinator.start()
     with capture_logs() as logs:
+        coordinator.step()  # the first interval has not passed
+        now[0] += 29.9
         coordinator.step()
-        time.sleep(0.06)
-        coordinator.step()
+        now[0] += 0.1
+        coordinator.step()  # 30 s after start: one report
+        coordinator.step()  # the next is 30 s away again
     summaries = [e for e in logs if e["event"] == "performance.summary"]
     assert len(summaries) == 1
     assert summaries[0]["queue"] == "report"

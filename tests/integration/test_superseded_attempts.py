@@ -18,6 +18,7 @@ from batcher.models import Batch
 from batcher.producer import BatchStateManager
 from batcher.scripts import Scripts
 from tests.support.invariants import assert_consistent
+from tests.support.waiting import wait_until
 from workers import tasks
 
 QUEUE = "late"
@@ -26,6 +27,11 @@ FAR_FUTURE_MS = 10**15
 
 def _config(url: str, **overrides: Any) -> BatchProcessingConfig:
     return BatchProcessingConfig(queue=QUEUE, redis_url=url, log_format="json", **overrides)
+
+
+def _redis_ms(client: redis_py.Redis) -> int:
+    sec, usec = client.time()
+    return int(sec) * 1000 + int(usec) // 1000
 
 
 def _dispatched(client: redis_py.Redis, config: BatchProcessingConfig, n: int = 3) -> str:
@@ -99,7 +105,8 @@ def test_the_reaper_redispatches_a_batch_whose_job_a_dead_worker_popped(
     config = _config(redis_url, dispatch_lease_seconds=0.2)
     batch_id = _dispatched(real_redis, config)
     real_redis.lpop(f"rq:queue:{config.keys.rq_queue(0)}")
-    time.sleep(0.3)
+    lease_ms = real_redis.zscore(config.keys.inflight, batch_id) or 0
+    wait_until(lambda: _redis_ms(real_redis) > lease_ms, "the lease to expire on Redis's clock")
 
     assert Coordinator(real_redis, config).reap() == 1
 

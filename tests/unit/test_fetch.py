@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from batcher.fetch import (
     payload_of,
 )
 from batcher.models import EnqueueResult
+from tests.support.list_sink import ListSink
+from tests.support.waiting import HANG_GUARD_SECONDS, wait_until
 
 MALFORMED = "malformed_wire.xml"
 GOOD_FEEDS = sorted(
@@ -31,33 +32,6 @@ GOOD_FEEDS = sorted(
     for p in SAMPLE_FEEDS_DIR.iterdir()
     if p.suffix in (".xml", ".rdf") and p.name != MALFORMED
 )
-
-
-class ListSink:
-    """Collects every call; de-duplicates by id like the producer does."""
-
-    def __init__(self, reject_ids: frozenset[str] = frozenset()) -> None:
-        self.calls: list[list[dict[str, object]]] = []
-        self.seen: set[str] = set()
-        self.reject_ids = reject_ids
-
-    def queue_many(self, entries: list[dict[str, object]]) -> EnqueueResult:
-        self.calls.append(list(entries))
-        accepted, duplicates, rejected = 0, [], []
-        for entry in entries:
-            eid = str(entry["id"])
-            if eid in self.reject_ids:
-                rejected.append(eid)
-            elif eid in self.seen:
-                duplicates.append(eid)
-            else:
-                self.seen.add(eid)
-                accepted += 1
-        return EnqueueResult(accepted, duplicates, rejected)
-
-    @property
-    def entries(self) -> list[dict[str, object]]:
-        return [e for call in self.calls for e in call]
 
 
 @pytest.fixture
@@ -94,7 +68,8 @@ def test_every_sample_feed_parses_into_entries(
         assert isinstance(eid, str) and 1 <= len(eid) <= 200 and eid.isprintable()
         payload = envelope["payload"]
         assert isinstance(payload, dict)
-        assert set(payload) == {"title", "link", "summary", "published", "feed", "tags"}
+        assert set(payload) == {"title", "link", "summary", "summary_html", "published",
+                                "feed", "tags"}
         assert payload["title"] and payload["feed"] == name
         assert isinstance(payload["tags"], list)
 
@@ -138,22 +113,23 @@ def test_ids_are_deterministic_and_unique_across_two_fetchers(
     assert len(shared.seen) == len(ids)
 
 
-def test_entry_id_prefers_guid_then_link_then_hash() -> None:
-    assert entry_id({"id": " https://a.example/1 ", "link": "https://a.example/x"}) == (
+def test_entry_id_prefers_url_guid_then_link_then_hash() -> None:
+    feed = "https://a.example/feed"
+    assert entry_id({"id": " https://a.example/1 ", "link": "https://a.example/x"}, feed) == (
         "https://a.example/1"
     )
-    assert entry_id({"id": "", "link": "https://a.example/2"}) == "https://a.example/2"
-    hashed = entry_id({"title": "Outage", "published": "Fri, 14 Mar 2025 09:00:00 GMT"})
+    assert entry_id({"id": "", "link": "https://a.example/2"}, feed) == "https://a.example/2"
+    dated = {"title": "Outage", "published": "Fri, 14 Mar 2025 09:00:00 GMT"}
+    hashed = entry_id(dated, feed)
     assert hashed.startswith("sha256:") and len(hashed) == 71
-    assert hashed == entry_id({"title": "Outage", "published": "Fri, 14 Mar 2025 09:00:00 GMT"})
-    assert hashed != entry_id({"title": "Outage", "published": "Sat, 15 Mar 2025 09:00:00 GMT"})
+    assert hashed == entry_id(dict(dated), feed)
+    assert hashed != entry_id({**dated, "published": "Sat, 15 Mar 2025 09:00:00 GMT"}, feed)
 
 
-def test_entry_id_hashes_long_or_unprintable_values() -> None:
+def test_entry_id_hashes_long_values() -> None:
     long_guid = "https://a.example/" + "x" * 300
-    assert entry_id({"id": long_guid}).startswith("sha256:")
-    assert entry_id({"id": long_guid}) == entry_id({"id": long_guid})
-    assert entry_id({"id": "a\nb"}).startswith("sha256:")
+    assert entry_id({"id": long_guid}, "http://f/").startswith("sha256:")
+    assert entry_id({"id": long_guid}, "http://f/") == entry_id({"id": long_guid}, "http://g/")
 
 
 def test_entry_without_guid_or_link_gets_a_hash_id(feed_server: tuple[FeedServer, str]) -> None:
@@ -170,7 +146,7 @@ def test_entry_without_guid_or_link_gets_a_hash_id(feed_server: tuple[FeedServer
 
 def test_payload_has_iso_date_tags_and_feed_name() -> None:
     parsed = feedparser.parse((SAMPLE_FEEDS_DIR / "atom_ai_research.xml").read_bytes())
-    payload = payload_of(parsed.entries[0], FeedConfig(url="http://x/", source="ai"))
+    payload = payload_of(parsed.entries[0], "ai")
     assert payload["published"] == "2025-03-14T09:00:00+00:00"
     assert payload["tags"] == ["llm", "scaling"] and payload["feed"] == "ai"
     assert str(payload["link"]).startswith("https://airesearch.example.ai/blog/")
@@ -291,11 +267,27 @@ def test_entries_are_sent_in_chunks_of_500(tmp_path: Path) -> None:
 
 def test_per_host_delay_spaces_requests_to_one_host(feed_server: tuple[FeedServer, str]) -> None:
     _, base_url = feed_server
-    feeds = [_feed(base_url, "atom_dev_blog.xml"), _feed(base_url, "rss20_tech_daily.xml")]
-    with _fetcher(ListSink(), feeds, per_host_delay_seconds=0.3) as fetcher:
-        started = time.monotonic()
-        fetcher.run(threading.Event(), max_rounds=1)
-    assert time.monotonic() - started >= 0.3
+    feeds = [_feed(base_url, "atom_dev_blog.xml", source="dev"),
+             _feed(base_url, "rss20_tech_daily.xml", source="tech")]
+    stop = RecordingEvent()
+    with _fetcher(ListSink(), feeds, per_host_delay_seconds=30) as fetcher:
+        fetcher.run(stop, max_rounds=1)
+    # the second request to the host waited out the rest of the delay (the stop event's wait,
+    # recorded here instead of slept), the first none
+    assert len(stop.waits) == 1 and 0 < stop.waits[0] <= 30
+    assert fetcher.counters["dev"].fetched == fetcher.counters["tech"].fetched == 1
+
+
+class RecordingEvent(threading.Event):
+    """A stop event whose waits return at once and are recorded (seconds asked for)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(0.0 if timeout is None else timeout)
+        return self.is_set()
 
 
 def test_run_returns_when_stopped(feed_server: tuple[FeedServer, str]) -> None:
@@ -305,9 +297,9 @@ def test_run_returns_when_stopped(feed_server: tuple[FeedServer, str]) -> None:
     with _fetcher(ListSink(), [feed]) as fetcher:
         thread = threading.Thread(target=fetcher.run, args=(stop,))
         thread.start()
-        time.sleep(0.2)
-        stop.set()
-        thread.join(timeout=2)
+        wait_until(lambda: fetcher.counters["dev"].fetched == 1, "the first fetch")
+        stop.set()  # the loop now waits 60 s for the next round: the stop ends that wait
+        thread.join(HANG_GUARD_SECONDS)
     assert not thread.is_alive() and fetcher.counters["dev"].fetched == 1
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from batcher.models import Batch, Entry, FlushReason
@@ -53,10 +51,11 @@ def test_simulated_sleeps_base_plus_per_entry(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SIM_BASE_MS", "40")
     monkeypatch.setenv("SIM_PER_ENTRY_MS", "10")
     monkeypatch.setenv("SIM_JITTER_MS", "5")
-    started = time.monotonic()
+    slept: list[float] = []
+    monkeypatch.setattr(simulated.time, "sleep", slept.append)
     simulated.handle(_batch(4))
-    # expected 80 ms, at least 75 with jitter; only a lower bound, so a slow host cannot fail it
-    assert time.monotonic() - started >= 0.07
+    # 40 + 4 x 10 = 80 ms, +- 5 ms of jitter, slept once before the results
+    assert len(slept) == 1 and 0.075 <= slept[0] <= 0.085
 
 
 def test_simulated_latency_stays_within_jitter(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,123 @@
+"""Operator actions on a queue, shared by the CLI and the dashboard: pause, resume, flush now,
+requeue and purge dead entries. One implementation, so a button and a command do the same.
+
+A pause is ``paused_until_ms`` in the queue's state hash set far in the future: the field
+flush.lua already honours for a handler's rate limit, so no script changes and a pause
+survives coordinator restarts. As with a rate limit, an emergency-level buffer still
+flushes (a pause must not overflow the buffer and lose entries).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from batcher.config import BatchProcessingConfig
+from batcher.scripts import EVENTS_MAXLEN, Scripts
+
+# far enough to be "until resumed" (year 2286), small enough for flush.lua's float maths
+PAUSED_FOREVER_MS = 10**13 - 1
+CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class FlushSummary:
+    """What one manual flush did."""
+
+    batches: int
+    entries: int
+    still_pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueSummary:
+    """What a requeue or purge did; ``already_pending`` were re-sent by a producer meanwhile."""
+
+    moved: int
+    purged: int
+    missing: int
+
+
+def _event(pipe: redis.client.Pipeline, config: BatchProcessingConfig, kind: str,
+           **fields: str) -> None:
+    entry: dict[Any, Any] = {"type": kind}
+    entry.update(fields)
+    pipe.xadd(config.keys.events, entry, maxlen=EVENTS_MAXLEN, approximate=True)
+
+
+def pause(client: redis.Redis, config: BatchProcessingConfig,
+          seconds: float | None = None) -> int:
+    """Stop flushing the queue until :func:`resume` (or for ``seconds``); return the
+    paused-until ms. Producers keep enqueueing; batches in flight finish."""
+    sec, usec = client.time()
+    now_ms = int(sec) * 1000 + int(usec) // 1000
+    until = PAUSED_FOREVER_MS if seconds is None else now_ms + int(seconds * 1000)
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(config.keys.state, "paused_until_ms", str(until))
+    _event(pipe, config, "pause", until_ms=str(until))
+    pipe.execute()
+    return until
+
+
+def resume(client: redis.Redis, config: BatchProcessingConfig) -> None:
+    """Flush again at once: clears an operator pause and any rate-limit pause, and wakes the
+    coordinator (one wakeup token, as the scripts keep it)."""
+    k = config.keys
+    pipe = client.pipeline(transaction=True)
+    pipe.hdel(k.state, "paused_until_ms")
+    pipe.delete(k.wakeup)
+    pipe.rpush(k.wakeup, "1")
+    _event(pipe, config, "resume")
+    pipe.execute()
+
+
+def paused_until_ms(client: redis.Redis, config: BatchProcessingConfig) -> int:
+    """The ms the queue is paused until (0: not paused; may be in the past)."""
+    raw = cast(bytes | None, client.hget(config.keys.state, "paused_until_ms"))
+    return int(float(raw)) if raw else 0
+
+
+def flush_now(client: redis.Redis, config: BatchProcessingConfig) -> FlushSummary:
+    """Flush everything pending (reason ``manual``, ignoring a pause) and dispatch it to RQ."""
+    from batcher.coordinator import Coordinator  # the coordinator imports RQ: only when used
+
+    runner = Coordinator(client, config)
+    runner.start()
+    runner.drain(manual=True)
+    return FlushSummary(runner.stats.flushed_batches, runner.stats.flushed_entries,
+                        int(client.zcard(config.keys.pending)))
+
+
+def _all_dead(client: redis.Redis, config: BatchProcessingConfig, scripts: Scripts,
+              purge: bool) -> tuple[int, int, int]:
+    # each pass removes what it took from the dead set, so the next chunk is again at rank 0
+    moved = purged = missing = 0
+    while True:
+        ids = [i.decode() for i in cast(list[bytes],
+                                        client.zrange(config.keys.dead, 0, CHUNK - 1))]
+        if not ids:
+            return moved, purged, missing
+        m, p, x = scripts.requeue(ids, purge=purge)
+        moved, purged, missing = moved + m, purged + p, missing + x
+        if m + p == 0:  # pragma: no cover - nothing moved: do not spin
+            return moved, purged, missing
+
+
+def requeue_dead(client: redis.Redis, config: BatchProcessingConfig,
+                 ids: list[str] | None = None) -> RequeueSummary:
+    """Dead entries back to pending with their original score; ``None`` = all of them.
+    ``purged`` counts ids a producer re-sent meanwhile (already pending again)."""
+    scripts = Scripts(client, config)
+    done = scripts.requeue(ids) if ids else _all_dead(client, config, scripts, purge=False)
+    return RequeueSummary(*done)
+
+
+def purge_dead(client: redis.Redis, config: BatchProcessingConfig,
+               ids: list[str] | None = None) -> RequeueSummary:
+    """Delete dead entries for good (counted in ``counters.purged``); ``None`` = all."""
+    scripts = Scripts(client, config)
+    done = (scripts.requeue(ids, purge=True) if ids
+            else _all_dead(client, config, scripts, purge=True))
+    return RequeueSummary(*done)
