@@ -164,3 +164,18 @@ def test_scripts_carry_redis_7_flags_only_where_the_server_takes_them(
     stripped = lua_source("flush", flags=False)
     assert not stripped.startswith("#!")
     assert stripped.count("\n") == lua_source("flush").count("\n")  # line numbers kept
+
+
+def test_batcher_enqueue_exits_5_on_a_full_redis(client: redis_py.Redis,
+                                                 server: RedisServer) -> None:
+    from click.testing import CliRunner
+
+    from batcher.cli import cli
+
+    _fill_up(client)
+    args = ["enqueue", '{"title": "hello"}', "--queue", QUEUE, "--redis-url", server.url]
+    refused = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert refused.exit_code == 5, refused.output
+    assert "maxmemory" in refused.output
+    client.config_set("maxmemory", 0)
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
