@@ -127,6 +127,7 @@ class BatchProcessingConfig(BaseSettings):
     dedupe_max_ids: NonNegInt = 1_000_000
     overflow_policy: Literal["reject", "block"] = "reject"
     block_timeout_seconds: Pos = 10.0
+    max_pending_per_source: NonNegInt = 0
 
     enable_adaptive_sizing: bool = True
     enable_adaptive_timeout: bool = True

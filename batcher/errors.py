@@ -42,6 +42,11 @@ class RedisFullError(BufferFullError):
     """
 
 
+class SourceFullError(BufferFullError):
+    """A source already holds ``max_pending_per_source`` pending entries (at that priority):
+    its entries were rejected, other sources' were not."""
+
+
 class BatcherUnavailableError(BatcherError):
     """Redis could not be reached; ``unconfirmed_ids`` were not confirmed written."""
 

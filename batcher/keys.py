@@ -49,6 +49,8 @@ class QueueKeys:
     samples: str = field(init=False)
     events: str = field(init=False)
     throughput: str = field(init=False)
+    weights: str = field(init=False)
+    source_prefix: str = field(init=False)
 
     def __post_init__(self) -> None:
         validate_queue_name(self.queue)
@@ -57,12 +59,24 @@ class QueueKeys:
         set_(self, "base", base)
         for kind in (
             "pending", "payloads", "attempts", "delayed", "state", "wakeup", "room",
-            "inflight", "seen", "dead", "stats", "samples", "events", "throughput",
+            "inflight", "seen", "dead", "stats", "samples", "events", "throughput", "weights",
         ):
             set_(self, kind, f"{base}:{kind}")
         set_(self, "delayed_score", f"{base}:delayed:score")
         set_(self, "dead_payloads", f"{base}:dead:payloads")
+        set_(self, "source_prefix", f"{base}:src:")
 
+    def active(self, priority: int) -> str:
+        """ZSET of the source groups with entries pending at ``priority``: group -> tag."""
+        return f"{self.base}:active:{priority}"
+
+    def actives(self) -> list[str]:
+        return [self.active(0), self.active(1), self.active(2)]
+
+    def source_list(self, priority: int, group: str) -> str:
+        """LIST of one source group's pending ids at ``priority``, oldest first. The scripts
+        build this name from :attr:`source_prefix` (one key per source cannot be in KEYS)."""
+        return f"{self.source_prefix}{priority}:{group}"
     def batch(self, batch_id: str) -> str:
         return f"{self.base}:batch:{batch_id}"
 
@@ -78,6 +92,7 @@ class QueueKeys:
             self.pending, self.payloads, self.attempts, self.delayed, self.delayed_score,
             self.state, self.wakeup, self.room, self.inflight, self.seen, self.dead,
             self.dead_payloads, self.stats, self.samples, self.events, self.throughput,
+            self.weights, *self.actives(),
         ]
 
     def scan_pattern(self) -> str:

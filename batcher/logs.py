@@ -17,6 +17,8 @@ import orjson
 import structlog
 from structlog.typing import Processor
 
+from batcher.redaction import scrub_processor
+
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is when a record is emitted.
@@ -65,10 +67,11 @@ def configure(json: bool | None = None, level: str = "INFO") -> None:
     renderer: Processor
     if as_json:
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-        tail: list[Processor] = [structlog.processors.format_exc_info, renderer]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        tail = [renderer]
+    # exceptions become text first, so that no secret in a traceback or message escapes the
+    # scrub (batcher.redaction), which runs last before rendering
+    tail: list[Processor] = [structlog.processors.format_exc_info, scrub_processor, renderer]
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

@@ -80,12 +80,15 @@ class EnqueueResult:
     accepted: int = 0
     duplicate_ids: list[str] = field(default_factory=list)
     rejected_ids: list[str] = field(default_factory=list)
+    # the rejected ids whose source was at max_pending_per_source (a subset of rejected_ids)
+    source_capped_ids: list[str] = field(default_factory=list)
 
     def __add__(self, other: EnqueueResult) -> EnqueueResult:
         return EnqueueResult(
             self.accepted + other.accepted,
             self.duplicate_ids + other.duplicate_ids,
             self.rejected_ids + other.rejected_ids,
+            self.source_capped_ids + other.source_capped_ids,
         )
 
     @property

@@ -18,7 +18,9 @@ from batcher.errors import (
     BufferFullError,
     InvalidEntryError,
     RedisFullError,
+    SourceFullError,
 )
+from batcher.fairness import source_group
 from batcher.models import EnqueueResult
 from batcher.scripts import Scripts
 
@@ -138,8 +140,9 @@ def build_envelope(
             f"entry {eid!r}: {bad} is not a JSON value (str, int, finite float, bool, None, "
             "list or object with string keys)", entry_id=eid, index=index)
     try:
-        envelope = orjson.dumps(
-            {"id": eid, "source": source, "priority": priority, "payload": payload})
+        # "g" first: the scripts read an entry's source group from this fixed prefix
+        envelope = orjson.dumps({"g": source_group(source), "id": eid, "source": source,
+                                 "priority": priority, "payload": payload})
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise InvalidEntryError(f"entry {eid!r}: payload is not JSON-serialisable: {exc}",
                                 entry_id=eid, index=index) from None
@@ -216,13 +219,19 @@ class BatchStateManager:
             total = self._wait_for_room(prepared, total)
         if total.rejected_ids:
             log.warning("entries.rejected", queue=self.config.queue, rejected=total.rejected,
-                        accepted=total.accepted, redis_full=self._redis_full)
+                        accepted=total.accepted, redis_full=self._redis_full,
+                        source_capped=len(total.source_capped_ids))
             if self._redis_full:
                 raise RedisFullError(
                     f"Redis is full: {total.rejected} of {len(prepared)} entries refused "
                     f"because Redis's used memory is over its maxmemory{self._memory_figures()}"
                     " (maxmemory-policy noeviction); nothing refused was written: retry once "
                     "the workers have drained the buffer, or raise maxmemory", total)
+            if total.source_capped_ids:
+                raise SourceFullError(
+                    f"source full: {total.rejected} of {len(prepared)} entries rejected, "
+                    f"{len(total.source_capped_ids)} of them by max_pending_per_source="
+                    f"{self.config.max_pending_per_source}", total)
             raise BufferFullError(
                 f"buffer full: {total.rejected} of {len(prepared)} entries rejected "
                 f"(max_buffer_size={self.config.max_buffer_size}, "
@@ -269,6 +278,7 @@ class BatchStateManager:
         waiting = set(total.rejected_ids)
         accepted, dups = total.accepted, list(total.duplicate_ids)
         todo = [e for e in prepared if e[0] in waiting]
+        capped = set(total.source_capped_ids)
         while todo and (left := deadline - time.monotonic()) > 0:
             try:
                 self.redis.blpop([self.keys.room], timeout=max(0.01, min(left, 1.0)))
@@ -282,8 +292,11 @@ class BatchStateManager:
             accepted += got.accepted
             dups += got.duplicate_ids
             still = set(got.rejected_ids)
+            capped = (capped - {e[0] for e in todo[:CHUNK_SIZE]}) | set(got.source_capped_ids)
             todo = [e for e in todo[:CHUNK_SIZE] if e[0] in still] + todo[CHUNK_SIZE:]
-        return EnqueueResult(accepted, dups, [e[0] for e in todo])
+        still_rejected = [e[0] for e in todo]
+        return EnqueueResult(accepted, dups, still_rejected,
+                             [i for i in still_rejected if i in capped])
 
     def _record_handler(self) -> None:
         if self.expected_handler and not self._handler_recorded:

@@ -182,22 +182,25 @@ class Scripts:
             if line.count(b"\n") != 2 or not 0 <= priority <= 2:  # the script's framing
                 raise ValueError(f"enqueue: id {entry_id!r} / priority {priority!r} unframeable")
             head.append(line)
-        keys = [k.pending, k.payloads, k.seen, k.state, k.wakeup, k.stats, k.delayed]
+        keys = [k.pending, k.payloads, k.seen, k.state, k.wakeup, k.stats, k.delayed,
+                *k.actives(), k.source_prefix]
         reply = self._run_packed("enqueue", keys, [
             _now(now_ms), *self._limits, str(c.early_flush_pressure),
             "1" if c.enable_adaptive_timeout else "0", *self._thresholds,
             str(int(c.dedupe_window_seconds * 1000)), str(c.dedupe_max_ids),
+            str(c.max_pending_per_source),
             b"".join(head), *(envelope for _, _, envelope in entries),
         ])
-        accepted, dups, rejected, _woke = reply
-        return EnqueueResult(int(accepted), [_s(d) for d in dups], [_s(r) for r in rejected])
+        accepted, dups, rejected, _woke, capped = reply
+        return EnqueueResult(int(accepted), [_s(d) for d in dups], [_s(r) for r in rejected],
+                             [_s(r) for r in capped])
 
     def _flush_call(
         self, batch_id: str, manual: bool, now_ms: int | None
     ) -> tuple[list[str], list[str]]:
         c, k = self.config, self.keys
         keys = [k.pending, k.payloads, k.state, k.inflight, k.stats, k.events, k.batch(batch_id),
-                k.room, k.attempts]
+                k.room, k.attempts, *k.actives(), k.weights, k.source_prefix]
         args = [_now(now_ms), batch_id, "1" if manual else "0", *self._limits,
                 str(c.max_batch_size), str(c.max_batch_bytes), str(c.early_flush_pressure),
                 str(c.emergency_flush_pressure), "1" if c.enable_adaptive_timeout else "0",
@@ -379,7 +382,8 @@ class Scripts:
     def promote(self, limit: int = 1000, now_ms: int | None = None) -> int:
         k = self.keys
         return int(self._run(
-            "promote", [k.pending, k.payloads, k.delayed, k.delayed_score, k.state],
+            "promote", [k.pending, k.payloads, k.delayed, k.delayed_score, k.state,
+                        *k.actives(), k.source_prefix],
             [_now(now_ms), str(limit)],
         ))
 
@@ -388,7 +392,7 @@ class Scripts:
         return int(self._run(
             "expire",
             [k.pending, k.payloads, k.state, k.dead, k.dead_payloads, k.stats, k.attempts,
-             k.events],
+             k.events, *k.actives(), k.source_prefix],
             [_now(now_ms), str(int(self.config.max_buffer_age_seconds * 1000)), str(limit),
              str(EVENTS_MAXLEN)],
         ))
@@ -400,7 +404,8 @@ class Scripts:
         for start in range(0, len(ids), 500):
             m, p, x = self._run(
                 "requeue",
-                [k.pending, k.payloads, k.state, k.dead, k.dead_payloads, k.stats, k.events],
+                [k.pending, k.payloads, k.state, k.dead, k.dead_payloads, k.stats, k.events,
+                 *k.actives(), k.source_prefix],
                 ["purge" if purge else "requeue", str(EVENTS_MAXLEN), *ids[start:start + 500]],
             )
             moved, purged, missing = moved + int(m), purged + int(p), missing + int(x)

@@ -20,6 +20,7 @@ from batcher.config import BatchProcessingConfig
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import PRIORITIES, PRIORITY_SCORE_BASE, FlushReason
 from batcher.monitoring import figures
+from batcher.redaction import scrub_value
 from batcher.sizing import FIELD_FIT_A, FIELD_FIT_B, effective_thresholds_seconds
 
 COUNTERS = ("accepted", "duplicates", "rejected", "acked", "redeliveries", "dead", "expired",
@@ -271,7 +272,8 @@ def detailed_stats(
         live_workers=None if workers is None else len(workers),
         in_flight_batches=buffer["in_flight_batches"],
         redis_fault=describe_fault(snap.state.get(b"redis_fault"), snap.now_ms)))
-    return {
+    # scrubbed: events and health carry error text a handler raised (batcher.redaction)
+    stats: dict[str, Any] = scrub_value({
         "queue": config.queue, "now_ms": snap.now_ms, "buffer": buffer,
         "performance": performance, "latency": latency, "counters": counters,
         "sizing": sizing_stats, "health": health,
@@ -283,5 +285,6 @@ def detailed_stats(
         "workers": workers,
         "events": [_decode_event(eid, e) for eid, e in snap.events[:EVENTS_SHOWN]],
         "histograms": snap.histograms,
-    }
+    })
+    return stats
 

@@ -18,6 +18,7 @@ from batcher.config import BatchProcessingConfig, load_config
 from batcher.dispatch import TASK
 from batcher.errors import RateLimited
 from batcher.models import Batch, BatchOutcome, Entry, FlushReason
+from batcher.redaction import scrub
 from batcher.scripts import Scripts
 
 log = structlog.stdlib.get_logger(__name__)
@@ -107,7 +108,7 @@ def _split_outcome(
     ids = {e.id: e for e in batch.entries}
     encoded = {k: orjson.dumps(v) for k, v in results.items() if k in ids}
     failed = {
-        k: (str(err), backoff_ms(config, ids[k].attempts + 1))
+        k: (scrub(str(err)), backoff_ms(config, ids[k].attempts + 1))
         for k, err in failed_in.items() if k in ids
     }
     return encoded, failed
@@ -198,7 +199,7 @@ def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]
     except RateLimited as exc:
         elapsed_ms = (time.perf_counter() - t0) * 1000
         until = started_ms + int(elapsed_ms + exc.retry_after_seconds * 1000)
-        message = str(exc)
+        message = scrub(str(exc))
         _with_retries("fail", lambda: ctx.scripts.fail(
             batch_id, attempt, message, backoff_ms=0, rate_limited_until_ms=until))
         log.warning("batch.rate_limited", queue=queue, batch_id=batch_id,
@@ -206,7 +207,8 @@ def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]
         return {"status": "rate_limited"}
     except Exception as exc:  # noqa: BLE001 - any handler error is recorded, never lost
         calls = attempt - int(record.get(b"free", b"0"))
-        error = f"{type(exc).__name__}: {exc}"
+        # stored in the batch, its events and dead letters: never a key or password
+        error = scrub(f"{type(exc).__name__}: {exc}")
         result = _with_retries("fail", lambda: ctx.scripts.fail(
             batch_id, attempt, error, backoff_ms=backoff_ms(ctx.config, calls)))
         log.warning("batch.failed", queue=queue, batch_id=batch_id, attempt=attempt,

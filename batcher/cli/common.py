@@ -22,6 +22,7 @@ from batcher.errors import (
     InvalidEntryError,
     RedisFullError,
 )
+from batcher.redaction import scrub
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -37,8 +38,8 @@ class CommandFailed(Exception):
     """A command's failure: the ``batcher`` group prints one stderr line and exits."""
 
     def __init__(self, message: str, exit_code: int) -> None:
-        # one line, whatever the underlying error put in its message
-        super().__init__(" ".join(message.split()))
+        # one line, whatever the underlying error put in its message, and no secret in it
+        super().__init__(scrub(" ".join(message.split())))
         self.exit_code = exit_code
 
 

@@ -18,6 +18,7 @@ from batcher.check import check_queue
 from batcher.cli.common import EXIT_CHECK_FAILED, fail, open_queue, queue_options
 from batcher.config import BatchProcessingConfig
 from batcher.models import PRIORITY_NAMES
+from batcher.redaction import scrub
 from batcher.stats import detailed_stats
 
 PER_ID_KINDS = ("batch", "result")  # key kinds with one key per batch or entry
@@ -129,9 +130,9 @@ def check(queue: str | None, redis_url: str | None) -> None:
     config, client = open_queue(queue, redis_url)
     report = check_queue(client, config)
     for name, value in report.facts.items():
-        click.echo(f"{name}={value}")
+        click.echo(scrub(f"{name}={value}"))
     for problem in report.problems:
-        click.echo(f"PROBLEM: {problem}")
+        click.echo(scrub(f"PROBLEM: {problem}"))
     if not report.ok:
         fail(f"check failed for queue {config.queue!r}: {len(report.problems)} problem(s)",
              EXIT_CHECK_FAILED)

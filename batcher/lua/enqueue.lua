@@ -8,6 +8,9 @@ KEYS[4] state      HASH  bytes, size_threshold, wake_ms
 KEYS[5] wakeup     LIST  at most one token for the coordinator
 KEYS[6] stats      HASH  counters
 KEYS[7] delayed    ZSET  ids backing off (their payload is still held: a re-send is a duplicate)
+KEYS[8..10] active:0..2  ZSET  per priority: source group -> its fair-share tag (issue 17)
+KEYS[11] the source lists' prefix: list '<prefix><priority>:<group>' holds that source's pending
+         ids, oldest first (one key per source: named here, not in KEYS; same hash tag)
 
 ARGV[1]  now_ms ('' = Redis TIME)
 ARGV[2]  max_buffer_size          ARGV[3]  max_buffer_bytes
@@ -15,15 +18,21 @@ ARGV[4]  default size threshold   ARGV[5]  early flush pressure (0..1)
 ARGV[6]  adaptive timeout (1/0)   ARGV[7..9] time thresholds ms: normal, high, urgent
 ARGV[10] dedupe window ms (0 = only pending/delayed ids are duplicates)
 ARGV[11] dedupe max ids (the seen set's cap)
-ARGV[12] one line per entry: id '\n' priority-digit '\n' (ids are printable: no newline)
-ARGV[13..] the envelopes, in the same order (each its own argument: used as is, never copied)
+ARGV[12] max pending entries per source group and priority (0 = no cap)
+ARGV[13] one line per entry: id '\n' priority-digit '\n' (ids are printable: no newline)
+ARGV[14..] the envelopes, in the same order (each its own argument: used as is, never copied).
+         An envelope opens with '{"g":"<group>",': the source's group, read from that fixed prefix
+         (the rest is never decoded); an envelope without it is in group ''.
 
-Returns {accepted_count, {duplicate ids}, {rejected ids}, woke (0/1)}.
+Returns {accepted_count, {duplicate ids}, {rejected ids}, woke (0/1), {ids rejected by the
+source cap (also in rejected ids)}}.
 Every entry is written whole or not at all: ZADD, HSET and the byte gauge move together.
 Cost per chunk: three ZMSCORE look-ups and three variadic writes, whatever its size.
 ]]
 local pending, payloads, seen, state, wakeup, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local delayed = KEYS[7]
+local active = {[0] = KEYS[8], KEYS[9], KEYS[10]}
+local src_prefix = KEYS[11]
 
 local now
 if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
@@ -34,6 +43,7 @@ local threshold = tonumber(redis.call('HGET', state, 'size_threshold') or ARGV[4
 local early, adaptive = tonumber(ARGV[5]), ARGV[6] == '1'
 local thr = {[0] = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
 local window, max_ids = tonumber(ARGV[10]), tonumber(ARGV[11])
+local per_source = tonumber(ARGV[12])
 
 local count = redis.call('ZCARD', pending)
 local bytes = tonumber(redis.call('HGET', state, 'bytes') or '0')
@@ -57,14 +67,14 @@ local function mscore(key, ids)
 end
 
 local ids, prio_of, n_ids = {}, {}, 0
-for id, prio in string.gmatch(ARGV[12], '([^\n]+)\n(%d)\n') do
+for id, prio in string.gmatch(ARGV[13], '([^\n]+)\n(%d)\n') do
   n_ids = n_ids + 1
   ids[n_ids], prio_of[n_ids] = id, tonumber(prio)
 end
-if n_ids ~= #ARGV - 12 then
-  return redis.error_reply('enqueue: ' .. n_ids .. ' id lines for ' .. (#ARGV - 12) .. ' envelopes')
+if n_ids ~= #ARGV - 13 then
+  return redis.error_reply('enqueue: ' .. n_ids .. ' id lines for ' .. (#ARGV - 13) .. ' envelopes')
 end
-if n_ids == 0 then return {0, {}, {}, 0} end
+if n_ids == 0 then return {0, {}, {}, 0, {}} end
 local in_pending, in_delayed = mscore(pending, ids), mscore(delayed, ids)
 local seen_at = {}
 if window > 0 then seen_at = mscore(seen, ids) end
@@ -75,17 +85,32 @@ local score_s = {}
 for p = 0, 2 do score_s[p] = string.format('%.0f', (3 - p) * 1e13 + now) end
 local zadd, hset, seen_add, taken = {}, {}, {}, {}
 local oldest_seen = now - window
+-- per '<priority>:<group>': the ids to append to its list, and its length so far (source cap)
+local push, push_order, held, capped = {}, {}, {}, {}
 local j = 0  -- zadd, hset and seen_add grow together: two slots per accepted entry
 for k = 1, n_ids do
-  local id, env = ids[k], ARGV[12 + k]
+  local id, env = ids[k], ARGV[13 + k]
   local dup = in_pending[k] or in_delayed[k] or taken[id]
     or (seen_at[k] and tonumber(seen_at[k]) >= oldest_seen)
+  local prio = prio_of[k]
+  local gk
+  if not dup then
+    gk = prio .. ':' .. (string.match(env, '^{"g":"([^"]*)"') or '')
+    if push[gk] == nil then
+      push[gk], push_order[#push_order + 1] = {}, gk
+      held[gk] = per_source > 0 and redis.call('LLEN', src_prefix .. gk) or 0
+    end
+  end
   if dup then
     dups[#dups + 1] = id
   elseif count + 1 > max_count or bytes + #env > max_bytes then
     rejected[#rejected + 1] = id
+  elseif per_source > 0 and held[gk] + #push[gk] >= per_source then
+    rejected[#rejected + 1] = id
+    capped[#capped + 1] = id
   else
-    local prio = prio_of[k]
+    local list = push[gk]
+    list[#list + 1] = id
     zadd[j + 1], zadd[j + 2] = score_s[prio], id
     hset[j + 1], hset[j + 2] = id, env
     seen_add[j + 1], seen_add[j + 2] = now_s, id
@@ -99,6 +124,25 @@ if accepted > 0 then
   each_slice('ZADD', pending, zadd)
   each_slice('HSET', payloads, hset)
   if window > 0 and max_ids > 0 then each_slice('ZADD', seen, seen_add) end
+  -- fair share: append to each source's list; a source new to its class joins at the class's
+  -- virtual time, so it neither waits behind nor jumps ahead of those already queued
+  local vt = redis.call('HMGET', state, 'vt:0', 'vt:1', 'vt:2')
+  local joins = {[0] = {}, {}, {}}
+  for _, gk in ipairs(push_order) do
+    local list = push[gk]
+    if #list > 0 then
+      local p = tonumber(string.sub(gk, 1, 1))
+      each_slice('RPUSH', src_prefix .. gk, list)
+      local join = joins[p]
+      join[#join + 1], join[#join + 2] = vt[p + 1] or '0', string.sub(gk, 3)
+    end
+  end
+  for p = 0, 2 do
+    local join = joins[p]
+    for i = 1, #join, 1000 do
+      redis.call('ZADD', active[p], 'NX', unpack(join, i, math.min(i + 999, #join)))
+    end
+  end
 end
 
 if accepted > 0 then
@@ -111,6 +155,7 @@ if accepted > 0 then
 end
 if #dups > 0 then redis.call('HINCRBY', stats, 'duplicates', #dups) end
 if #rejected > 0 then redis.call('HINCRBY', stats, 'rejected', #rejected) end
+if #capped > 0 then redis.call('HINCRBY', stats, 'rejected_source_cap', #capped) end
 
 -- Wake the coordinator only when this call may have brought a flush forward.
 local function util(c, b) return math.max(c / max_count, b / max_bytes) end
@@ -139,4 +184,4 @@ if accepted > 0 then
   if wake and redis.call('LLEN', wakeup) == 0 then redis.call('RPUSH', wakeup, '1') end
 end
 
-return {accepted, dups, rejected, wake and 1 or 0}
+return {accepted, dups, rejected, wake and 1 or 0, capped}

@@ -4,6 +4,8 @@
 KEYS[1] pending   ZSET   KEYS[2] payloads HASH   KEYS[3] state  HASH   KEYS[4] inflight ZSET
 KEYS[5] stats     HASH   KEYS[6] events   STREAM KEYS[7] batch  HASH (the new batch's key)
 KEYS[8] room      LIST   KEYS[9] attempts HASH
+KEYS[10..12] active:0..2 ZSET source group -> fair-share tag   KEYS[13] weights HASH group -> weight
+KEYS[14] the source lists' prefix (enqueue.lua: list '<prefix><priority>:<group>', oldest first)
 
 ARGV[1]  now_ms ('' = Redis TIME)      ARGV[2]  batch id (made by the caller)
 ARGV[3]  manual (1/0)                  ARGV[4]  max_buffer_size      ARGV[5] max_buffer_bytes
@@ -22,6 +24,7 @@ producer sent it) and an index 'ix' of '<score> <prior attempts> <id>' lines.
 ]]
 local pending, payloads, state, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local stats, events, batch, room, attempts = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local active, weights, src_prefix = {[0] = KEYS[10], KEYS[11], KEYS[12]}, KEYS[13], KEYS[14]
 
 local now
 if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
@@ -35,6 +38,7 @@ local early, emergency, adaptive = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[1
 local thr = {[0] = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])}
 local max_inflight, lease_ms, maxlen = tonumber(ARGV[15]), tonumber(ARGV[16]), ARGV[17]
 local function fmt(x) return string.format('%.0f', x) end
+local function fmt_tag(x) return string.format('%.17g', x) end
 -- a reused batch id would merge two batches into one record
 if redis.call('EXISTS', batch) == 1 then return redis.error_reply('BATCH_EXISTS ' .. batch_id) end
 
@@ -88,43 +92,148 @@ end
 local limit = math.min(threshold, max_batch)
 if reason == 'emergency' then limit = max_batch end
 
--- 3. contents: overdue entries by deadline then score, then the best scores
-local cand, taken = {}, {}
+-- 3. contents: overdue entries by deadline then score (never held back for fairness), then
+-- each class in priority order filled across its sources by weighted fair share (below)
+local ids, env, scores, n, sum, full, taken = {}, {}, {}, 0, 0, false, {}
+local function add(id, e, s)  -- false once the byte cap stops the batch (always one entry)
+  if n > 0 and sum + #e > max_batch_bytes then full = true; return false end
+  n = n + 1
+  ids[n], env[n], scores[n], sum, taken[id] = id, e, s, sum + #e, true
+  return true
+end
+local function group(e) return string.match(e, '^{"g":"([^"]*)"') or '' end
+local function set_tag(p, g, tag)  -- a source whose list ran dry leaves its class's active set
+  if redis.call('LLEN', src_prefix .. p .. ':' .. g) == 0 then redis.call('ZREM', active[p], g)
+  elseif tag then redis.call('ZADD', active[p], fmt_tag(tag), g) end
+end
+
+local cand = {}
 for p = 2, 0, -1 do
   local lo = (3 - p) * 1e13
   if now - eff[p] >= 0 then
     local r = redis.call('ZRANGE', pending, fmt(lo), fmt(lo + now - eff[p]), 'BYSCORE', 'LIMIT', 0, limit, 'WITHSCORES')
     for i = 1, #r, 2 do
       local s = tonumber(r[i + 1])
-      cand[#cand + 1] = {r[i], r[i + 1], s - lo + eff[p], s}
+      cand[#cand + 1] = {r[i], r[i + 1], s - lo + eff[p], s, p}
     end
   end
 end
-table.sort(cand, function(a, b)
-  if a[3] ~= b[3] then return a[3] < b[3] end
-  return a[4] < b[4]
-end)
-local picked = {}
-for i = 1, math.min(#cand, limit) do picked[i] = cand[i]; taken[cand[i][1]] = true end
-if #picked < limit then
-  local r = redis.call('ZRANGE', pending, 0, limit + #picked - 1, 'WITHSCORES')
-  for i = 1, #r, 2 do
-    if #picked >= limit then break end
-    if not taken[r[i]] then picked[#picked + 1] = {r[i], r[i + 1]}; taken[r[i]] = true end
+if #cand > 0 then
+  table.sort(cand, function(a, b)
+    if a[3] ~= b[3] then return a[3] < b[3] end
+    return a[4] < b[4]
+  end)
+  local m = math.min(#cand, limit)
+  local cid = {}
+  for i = 1, m do cid[i] = cand[i][1] end
+  local cenv = redis.call('HMGET', payloads, unpack(cid))
+  for i = 1, m do
+    if not add(cid[i], cenv[i], cand[i][2]) then break end
+    -- the oldest of a class: at or near the head of its source's list
+    local p, g = cand[i][5], group(cenv[i])
+    redis.call('LREM', src_prefix .. p .. ':' .. g, 1, cid[i])
+    set_tag(p, g, nil)
   end
 end
 
--- the byte cap; always at least one entry (one HMGET: an envelope's length is its bytes)
-local all_ids = {}
-for i = 1, #picked do all_ids[i] = picked[i][1] end
-local all_env = redis.call('HMGET', payloads, unpack(all_ids))
-local ids, env, sum = {}, {}, 0
-for i = 1, #picked do
-  local len = #all_env[i]
-  if i > 1 and sum + len > max_batch_bytes then break end
-  ids[i], env[i], sum = all_ids[i], all_env[i], sum + len
+-- Fair share within a class (start-time fair queueing, i.e. deficit round-robin by tags):
+-- each active source carries a tag; the source with the lowest tag gives its oldest entry and
+-- its tag grows by 1/weight. Only the `need` lowest-tagged sources can take part, and a
+-- binary heap plans the picks, so the cost per entry stays flat however many sources wait.
+local function plan(p, need)
+  local top = redis.call('ZRANGE', active[p], 0, need - 1, 'WITHSCORES')
+  local k = #top / 2
+  if k == 0 then return end
+  local g, tag, w, len, cnt, heap = {}, {}, {}, {}, {}, {}
+  for i = 1, k do g[i], tag[i] = top[2 * i - 1], tonumber(top[2 * i]) end
+  local wr = redis.call('HMGET', weights, unpack(g))
+  for i = 1, k do
+    w[i] = tonumber(wr[i]) or 1
+    len[i] = redis.call('LLEN', src_prefix .. p .. ':' .. g[i])
+    cnt[i], heap[i] = 0, i
+  end
+  local cur = {}
+  for i = 1, k do cur[i] = tag[i] end
+  local function less(a, b) return cur[a] < cur[b] or (cur[a] == cur[b] and a < b) end
+  local function down(h, i)
+    local size = #h
+    while true do
+      local l, r, m = 2 * i, 2 * i + 1, i
+      if l <= size and less(h[l], h[m]) then m = l end
+      if r <= size and less(h[r], h[m]) then m = r end
+      if m == i then return end
+      h[i], h[m] = h[m], h[i]
+      i = m
+    end
+  end
+  for i = math.floor(k / 2), 1, -1 do down(heap, i) end
+  local order, last_tag = {}, nil
+  while #order < need and #heap > 0 do
+    local i = heap[1]
+    if cnt[i] < len[i] then
+      cnt[i], order[#order + 1], last_tag = cnt[i] + 1, i, cur[i]
+      cur[i] = cur[i] + 1 / w[i]
+    else
+      heap[1] = heap[#heap]; heap[#heap] = nil
+    end
+    if #heap > 0 then down(heap, 1) end
+  end
+  if #order == 0 then return end
+  -- one LPOP per source; what the byte cap leaves out goes back to the head of its list
+  local heads, at, oid = {}, {}, {}
+  for i = 1, k do
+    if cnt[i] > 0 then heads[i] = redis.call('LPOP', src_prefix .. p .. ':' .. g[i], cnt[i]) end
+    at[i] = 0
+  end
+  for x = 1, #order do
+    local i = order[x]
+    at[i] = at[i] + 1
+    oid[x] = heads[i][at[i]]
+  end
+  local oenv = redis.call('HMGET', payloads, unpack(oid))
+  local osc = redis.call('ZMSCORE', pending, unpack(oid))
+  local used = {}
+  for i = 1, k do used[i] = 0 end
+  for x = 1, #order do
+    local i = order[x]
+    if oenv[x] and osc[x] then
+      if not add(oid[x], oenv[x], osc[x]) then break end
+    end  -- an id with no payload is not pending: dropped from its list all the same
+    used[i] = used[i] + 1
+  end
+  local tags, gone = {}, {}
+  for i = 1, k do
+    if cnt[i] > 0 then
+      for x = cnt[i], used[i] + 1, -1 do
+        redis.call('LPUSH', src_prefix .. p .. ':' .. g[i], heads[i][x])
+      end
+      if len[i] - used[i] <= 0 then gone[#gone + 1] = g[i]
+      else tags[#tags + 1], tags[#tags + 2] = fmt_tag(tag[i] + used[i] / w[i]), g[i] end
+    end
+  end
+  if #gone > 0 then redis.call('ZREM', active[p], unpack(gone)) end
+  if #tags > 0 then redis.call('ZADD', active[p], unpack(tags)) end
+  if last_tag then redis.call('HSET', state, 'vt:' .. p, fmt_tag(last_tag)) end
 end
-local n = #ids
+for p = 2, 0, -1 do
+  if full or n >= limit then break end
+  plan(p, limit - n)
+end
+-- entries in no source list (written before fair share existed): by score, as before
+if not full and n < limit and n < count then
+  local r = redis.call('ZRANGE', pending, 0, limit + n - 1, 'WITHSCORES')
+  local rid, rsc = {}, {}
+  for i = 1, #r, 2 do
+    if not taken[r[i]] then rid[#rid + 1], rsc[#rid + 1] = r[i], r[i + 1] end
+  end
+  if #rid > 0 then
+    local renv = redis.call('HMGET', payloads, unpack(rid))
+    for i = 1, #rid do
+      if n >= limit or not add(rid[i], renv[i], rsc[i]) then break end
+    end
+  end
+end
+
 local prior = redis.call('HMGET', attempts, unpack(ids))
 
 -- 4. write the batch record and pop; 'ix' lists '<score> <prior> <id>' lines so that ack
@@ -132,7 +241,7 @@ local prior = redis.call('HMGET', attempts, unpack(ids))
 -- stored as it came: prefixing it made a new kilobyte string per entry (~2.4 µs each)
 local best, fields, had_prior, ix = 3, {}, false, {}
 for i = 1, n do
-  local score = picked[i][2]
+  local score = scores[i]
   local klass = math.floor(tonumber(score) / 1e13)
   if klass < best then best = klass end
   if prior[i] then had_prior = true end

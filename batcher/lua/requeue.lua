@@ -3,13 +3,16 @@
 
 KEYS[1] pending ZSET   KEYS[2] payloads HASH   KEYS[3] state HASH   KEYS[4] dead ZSET
 KEYS[5] dead:payloads HASH   KEYS[6] stats HASH   KEYS[7] events STREAM
+KEYS[8..10] active:0..2 ZSET   KEYS[11] the source lists' prefix (enqueue.lua)
 ARGV[1] mode: 'requeue' | 'purge'   ARGV[2] events MAXLEN   ARGV[3..] entry ids
 An id that is pending again (re-sent by a producer) is purged instead of requeued, so it is not
 held twice. Returns {moved, purged, missing}.
 ]]
 local pending, payloads, state, dead, dead_payloads, stats, events =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local active, src_prefix = {[0] = KEYS[8], KEYS[9], KEYS[10]}, KEYS[11]
 local mode, maxlen = ARGV[1], ARGV[2]
+local vt = redis.call('HMGET', state, 'vt:0', 'vt:1', 'vt:2')
 local moved, purged, missing, bytes = 0, 0, 0, 0
 local marker = ',"envelope":'
 for i = 3, #ARGV do
@@ -27,6 +30,10 @@ for i = 3, #ARGV do
       local env = string.sub(rec, at + #marker, -2)
       redis.call('ZADD', pending, score, id)
       redis.call('HSET', payloads, id, env)
+      local p = 3 - math.floor(tonumber(score) / 1e13)
+      local g = string.match(env, '^{"g":"([^"]*)"') or ''
+      redis.call('LPUSH', src_prefix .. p .. ':' .. g, id)
+      redis.call('ZADD', active[p], 'NX', vt[p + 1] or '0', g)
       bytes = bytes + #env
       moved = moved + 1
     else

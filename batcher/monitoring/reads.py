@@ -14,6 +14,7 @@ import redis
 from batcher.config import BatchProcessingConfig
 from batcher.keys import PREFIX, QUEUE_NAME_RE, QueueKeys
 from batcher.models import split_score
+from batcher.redaction import scrub
 
 CHUNK = 500
 SCAN_COUNT = 1000
@@ -51,9 +52,14 @@ def dead_records(client: redis.Redis, config: BatchProcessingConfig,
                 except orjson.JSONDecodeError:
                     parsed = {"error": "(unreadable dead record)"}
             yield {"id": entry_id.decode(), "reason": parsed.get("reason"),
-                   "error": parsed.get("error"), "attempts": parsed.get("attempts"),
+                   "error": _scrubbed(parsed.get("error")), "attempts": parsed.get("attempts"),
                    "died_at_ms": int(died_ms), "envelope": parsed.get("envelope")}
         start += CHUNK
+
+
+def _scrubbed(error: Any) -> Any:
+    # worker-side errors are scrubbed when stored; this covers records written before that
+    return scrub(error) if isinstance(error, str) else error
 
 
 def inflight_batches(client: redis.Redis, keys: QueueKeys,
@@ -76,8 +82,9 @@ def inflight_batches(client: redis.Redis, keys: QueueKeys,
 
 
 def batch_detail(client: redis.Redis, keys: QueueKeys, batch_id: str) -> dict[str, Any] | None:
-    """One batch's record: meta fields, lease, and its entries (best score first) with the
-    calls each had before this batch; None when the batch is gone (acked or never existed)."""
+    """One batch's record: meta fields, lease, and its entries (best score first, as the
+    handler gets them) with the calls each had before this batch; None when the batch is
+    gone (acked or never existed)."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.batch(batch_id))
     pipe.zscore(keys.inflight, batch_id)
@@ -85,11 +92,10 @@ def batch_detail(client: redis.Redis, keys: QueueKeys, batch_id: str) -> dict[st
     if not record:
         return None
     entries = []
-    for line in record.get(b"ix", b"").split(b"\n"):
-        if not line:
-            continue
-        score_raw, prior, entry_id = line.split(b" ", 2)
-        priority, enqueued_ms = split_score(int(float(score_raw)))
+    lines = [line.split(b" ", 2) for line in record.get(b"ix", b"").split(b"\n") if line]
+    # best score first: the order the handler gets them in (workers.tasks.build_batch)
+    for score, prior, entry_id in sorted((int(float(s)), p, i) for s, p, i in lines):
+        priority, enqueued_ms = split_score(score)
         envelope: Any = record.get(b"e:" + entry_id, b"").decode(errors="replace")
         try:
             envelope = orjson.loads(envelope)

@@ -18,6 +18,9 @@ from benchlib.common import make_entries, rss_payload
 FLUSH_BATCH = 100
 ROUNDS_PER_LEVEL = 20
 _POOL = 1000
+# entries come from this many sources, so flush.lua's fair share plans over 1,000 of them
+FLATNESS_SOURCES = 1_000
+MEMORY_SOURCES = 100
 
 
 def flatness_config(base: BatchProcessingConfig) -> BatchProcessingConfig:
@@ -45,7 +48,7 @@ class _Entries:
         for _ in range(size):
             self._n += 1
             out.append({"id": str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
-                        "source": "rss_feed", "priority": 0,
+                        "source": f"feed-{self._n % FLATNESS_SOURCES}", "priority": 0,
                         "payload": self._pool[self._n % _POOL]})
         return out
 
@@ -179,6 +182,8 @@ def memory(config: BatchProcessingConfig, count: int) -> dict[str, Any]:
     """Bytes of Redis memory per pending entry beyond its envelope; bytes per seen id."""
     client = redis.Redis.from_url(config.redis_url)
     entries = make_entries(count, seed=21)
+    for n, item in enumerate(entries):
+        item["source"] = f"feed-{n % MEMORY_SOURCES}"
     out: dict[str, Any] = {"entries": count, "id_chars": len(entries[0]["id"])}
     for label, window in (("pending", 0), ("seen", 86_400)):
         client.flushall()
@@ -187,6 +192,8 @@ def memory(config: BatchProcessingConfig, count: int) -> dict[str, Any]:
         for i in range(0, count, CHUNK_SIZE):
             manager.queue_many(entries[i:i + CHUNK_SIZE])
         by_key = _usage(client, cfg.keys.fixed())
+        lists = client.scan_iter(match=f"{cfg.keys.source_prefix}*", count=1000)
+        by_key["source_lists"] = sum(_usage(client, [k.decode() for k in lists]).values())
         if label == "pending":
             envelope_bytes = int(client.hget(cfg.keys.state, "bytes") or 0)
             out["avg_envelope_bytes"] = envelope_bytes / count

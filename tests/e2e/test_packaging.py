@@ -22,3 +22,7 @@ def test_wheel_contains_the_lua_scripts_and_type_markers(tmp_path: Path) -> None
     assert {f"batcher/lua/{name}" for name in lua} <= names
     assert {"batcher/py.typed", "workers/py.typed"} <= names
     assert "batcher/sample_feeds/feeds.toml" in names
+    # the dashboard's page script and its vendored chart library (no CDN at run time)
+    assert {"batcher/dashboard/static/dashboard.js", "batcher/dashboard/static/uPlot.iife.min.js",
+            "batcher/dashboard/static/uPlot.min.css",
+            "batcher/dashboard/static/dashboard.css"} <= names

@@ -67,7 +67,8 @@ def test_enqueue_prints_counts_and_a_duplicate_is_success(redis_url: str,
     assert (first.exit_code, first.stdout) == (0, "accepted=1 duplicates=0 rejected=0\n")
     assert (again.exit_code, again.stdout) == (0, "accepted=0 duplicates=1 rejected=0\n")
     envelope = orjson.loads(client.hget(KEYS.payloads, "e1"))
-    assert envelope == {"id": "e1", "source": "cli", "priority": 2, "payload": {"title": "a"}}
+    assert envelope == {"g": "cli", "id": "e1", "source": "cli", "priority": 2,
+                        "payload": {"title": "a"}}
     assert_check_clean(redis_url)
 
 
@@ -322,3 +323,13 @@ def test_fetch_once_enqueues_the_sample_feeds(redis_url: str, client: redis_py.R
     assert "tech_daily: fetched=1" in result.stdout
     assert client.zcard(KEYS.pending) > 0
     assert_check_clean(redis_url)
+
+
+def test_weight_set_list_and_reset(redis_url: str, client: redis_py.Redis) -> None:
+    assert run(redis_url, "weight", "set", "wire", "3").stdout == "weight wire=3\n"
+    listed = run(redis_url, "weight", "list", "--json")
+    assert (listed.exit_code, orjson.loads(listed.stdout)) == (0, {"wire": 3.0})
+    bad = run(redis_url, "weight", "set", "wire", "0")
+    assert bad.exit_code == 2 and "weight must be > 0" in bad.stderr
+    assert run(redis_url, "weight", "reset", "wire").exit_code == 0
+    assert client.hlen(KEYS.weights) == 0

@@ -37,6 +37,7 @@ from hypothesis.stateful import (
 )
 
 from batcher.errors import InvalidEntryError
+from batcher.fairness import source_group
 from batcher.models import PRIORITY_SCORE_BASE, score_of
 from batcher.producer import BatchStateManager
 from batcher.scripts import AckResult, Scripts
@@ -177,7 +178,8 @@ def _expected(sent: list[Any]) -> dict[str, dict[str, Any]]:
     for item in sent:
         eid = item["id"]
         if eid not in out and eid != "seed":
-            out[eid] = {"id": eid, "source": item.get("source", "default"),
+            source = item.get("source", "default")
+            out[eid] = {"g": source_group(source), "id": eid, "source": source,
                         "priority": item.get("priority", 0),
                         "payload": as_stored(item["payload"])}
     return out

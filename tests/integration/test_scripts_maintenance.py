@@ -218,7 +218,8 @@ def test_a_script_call_inside_a_pipeline(redis: redis_py.Redis) -> None:
     redis.script_flush()  # the pipeline must load the script itself
     with redis.pipeline() as pipe:
         pipe.hincrby(k.stats, "reaper_runs", 1)
-        promote(keys=[k.pending, k.payloads, k.delayed, k.delayed_score, k.state],
+        promote(keys=[k.pending, k.payloads, k.delayed, k.delayed_score, k.state, *k.actives(),
+                      k.source_prefix],
                 args=[str(T0 + 10), "100"], client=pipe)
         replies = pipe.execute()
     assert replies == [1, 1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,12 +11,14 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from batcher.config import BatchProcessingConfig
+from batcher.connection import connect
 from batcher.coordinator import Coordinator
 from batcher.dispatch import Dispatcher, job_id
 from batcher.models import Batch
 from batcher.producer import BatchStateManager
 from batcher.scripts import Scripts
 from tests.support.invariants import assert_consistent
+from tests.support.redis_server import free_port
 from tests.support.waiting import wait_until
 from workers import tasks
 
@@ -145,27 +146,15 @@ def test_a_late_ack_from_a_superseded_attempt_is_refused_counted_and_not_applied
     assert_consistent(real_redis, config.keys)
 
 
-def test_a_failed_ack_is_retried_until_redis_answers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(time, "sleep", lambda _s: None)
-    calls = []
-
-    def ack() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise redis_py.ConnectionError("down")
-        return "acked"
-
-    assert tasks._with_retries("ack", ack) == "acked"
-    assert len(calls) == 3
-
-
-def test_an_ack_that_never_gets_through_raises_after_the_last_retry(
+def test_a_worker_that_never_reaches_redis_retries_on_its_schedule_then_raises(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(time, "sleep", lambda _s: None)
-
-    def ack() -> str:
-        raise redis_py.TimeoutError("slow")
-
-    with pytest.raises(redis_py.TimeoutError):
-        tasks._with_retries("ack", ack)
+    # the lost-request / lost-reply cases are in test_lost_replies.py; here Redis never answers
+    config = _config(f"redis://127.0.0.1:{free_port()}/0")
+    client = connect(config.redis_url)
+    ctx = tasks.WorkerContext(config, client, Scripts(client, config), lambda batch: {})
+    slept: list[float] = []
+    monkeypatch.setattr(tasks.time, "sleep", slept.append)
+    with pytest.raises(redis_py.ConnectionError):
+        tasks.run_batch(ctx, "b1", 1)
+    assert slept == list(tasks.ACK_RETRY_DELAYS_SECONDS)

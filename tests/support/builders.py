@@ -8,6 +8,7 @@ import orjson
 import redis as redis_py
 
 from batcher.config import BatchProcessingConfig
+from batcher.fairness import source_group
 from batcher.models import score_of
 from batcher.scripts import Scripts
 
@@ -51,16 +52,16 @@ def make_scripts(client: redis_py.Redis, **overrides: Any) -> Scripts:
 def envelope(
     entry_id: str, priority: int = 0, payload: Any = None, source: str = "test"
 ) -> bytes:
-    """The exact bytes a producer sends: orjson of {"id","source","priority","payload"}."""
+    """The exact bytes a producer sends: orjson of {"g","id","source","priority","payload"}."""
     body = {"n": entry_id} if payload is None else payload
-    return orjson.dumps(
-        {"id": entry_id, "source": source, "priority": priority, "payload": body}
-    )
+    return orjson.dumps({"g": source_group(source), "id": entry_id, "source": source,
+                         "priority": priority, "payload": body})
 
 
-def entry(entry_id: str, priority: int = 0, payload: Any = None) -> tuple[str, int, bytes]:
+def entry(entry_id: str, priority: int = 0, payload: Any = None,
+          source: str = "test") -> tuple[str, int, bytes]:
     """One (id, priority, envelope) triple as ``Scripts.enqueue`` takes it."""
-    return entry_id, priority, envelope(entry_id, priority, payload)
+    return entry_id, priority, envelope(entry_id, priority, payload, source)
 
 
 def score(priority: int, enqueued_ms: int) -> float:

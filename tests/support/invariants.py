@@ -27,6 +27,24 @@ def inflight_entries(client: redis_py.Redis, keys: QueueKeys) -> int:
     return total
 
 
+def _assert_source_lists(client: redis_py.Redis, keys: QueueKeys, pending: set[bytes]) -> None:
+    """Fair share (issue 17): every pending id is in exactly one source list, and a source is
+    in its class's active set exactly when its list is not empty."""
+    listed: list[bytes] = []
+    nonempty: set[bytes] = set()
+    for list_key in client.scan_iter(match=f"{keys.source_prefix}*", count=500):
+        members = [bytes(m) for m in client.lrange(list_key, 0, -1)]
+        listed += members
+        if members:
+            nonempty.add(bytes(list_key))
+    assert sorted(listed) == sorted(pending), "source lists and pending disagree"
+    active = {
+        keys.source_list(p, m.decode()).encode()
+        for p in (0, 1, 2) for m in _ids(client.zrange(keys.active(p), 0, -1))
+    }
+    assert active == nonempty, f"active sources {active} != non-empty lists {nonempty}"
+
+
 def assert_consistent(client: redis_py.Redis, keys: QueueKeys) -> None:
     """Every accepted entry is in exactly one place, and the byte gauge is right.
 
@@ -42,6 +60,8 @@ def assert_consistent(client: redis_py.Redis, keys: QueueKeys) -> None:
         f"payload ids {payload_ids} != pending {pending} ∪ delayed {delayed}"
     )
     assert set(client.hkeys(keys.delayed_score)) == delayed
+
+    _assert_source_lists(client, keys, pending)
 
     pending_bytes = sum(client.hstrlen(keys.payloads, i) for i in pending)
     assert _count(client, keys.state, "bytes") == pending_bytes, "byte gauge drifted"

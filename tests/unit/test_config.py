@@ -44,6 +44,7 @@ TABLE_DEFAULTS: dict[str, object] = {
     "dedupe_max_ids": 1000000,
     "overflow_policy": "reject",
     "block_timeout_seconds": 10,
+    "max_pending_per_source": 0,
     "enable_adaptive_sizing": True,
     "enable_adaptive_timeout": True,
     "enable_priority_flushing": True,
