@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from batcher.connection import connect, redact
 from batcher.errors import ConfigError
-from batcher.keys import QueueKeys, validate_queue_name
+from batcher.keys import QueueKeys, validate_budget_name, validate_queue_name
 
 ENV_PREFIX = "BATCH_"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -38,6 +38,7 @@ _RULE_WORDS = {
     "redis_tls_ca_file": "must be a readable file",
     "redis_tls_cert_file": "must be a readable file",
     "redis_tls_key_file": "must be a readable file",
+    "budget": "must be empty or match [A-Za-z0-9_.-]{1,64}",
 }
 # field -> redis-py's keyword for it (an ssl.SSLContext setting of a rediss:// client)
 _TLS_KWARGS = {
@@ -128,6 +129,7 @@ class BatchProcessingConfig(BaseSettings):
     overflow_policy: Literal["reject", "block"] = "reject"
     block_timeout_seconds: Pos = 10.0
     max_pending_per_source: NonNegInt = 0
+    budget: str = ""
 
     enable_adaptive_sizing: bool = True
     enable_adaptive_timeout: bool = True
@@ -164,6 +166,16 @@ class BatchProcessingConfig(BaseSettings):
     @classmethod
     def _check_queue(cls, value: str) -> str:
         return validate_queue_name(value)
+
+    @field_validator("budget")
+    @classmethod
+    def _check_budget(cls, value: str) -> str:
+        if value:
+            try:
+                validate_budget_name(value)
+            except ValueError:
+                raise ValueError(_RULE_WORDS["budget"]) from None
+        return value
 
     @field_validator("handler")
     @classmethod

@@ -151,9 +151,38 @@ def _other_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
         for direction in _TRENDS:
             f.gauge("batcher_trend", "1 for the current trend (last minute vs the ten before).",
                     int(t["trend"] == direction), q, figure=figure, direction=direction)
+    budget = stats.get("budget")
+    if budget:
+        for bucket in ("req", "in", "out"):
+            b = budget[bucket]
+            f.gauge("batcher_budget_limit_per_minute", "A shared budget's limit per minute "
+                    "(req: requests, in/out: tokens; 0 = none).", b["limit_per_minute"], q,
+                    budget=budget["name"], bucket=bucket)
+            f.gauge("batcher_budget_left", "What a shared budget has left now.", b["left"], q,
+                    budget=budget["name"], bucket=bucket)
+        f.counter("batcher_budget_waits", "Calls that waited for a budget's refill.",
+                  budget["waits"], q, budget=budget["name"])
     if stats.get("workers") is not None:
         f.gauge("batcher_workers_live", "RQ workers registered on the queue's RQ queues.",
                 len(stats["workers"]), q)
+
+
+def _fetch_metrics(f: _Families, q: str, fetch: Mapping[str, Any] | None) -> None:
+    if not fetch:
+        return
+    for name in ("feeds", "due_now", "fetching", "failing", "hosts_backed_off"):
+        f.gauge(f"batcher_fetch_{name}", f"Feed schedule: {name.replace('_', ' ')}.",
+                fetch[name], q)
+    for name, n in fetch["totals"].items():
+        f.counter(f"batcher_fetch_{name}", f"Over every feed: {name.replace('_', ' ')}.", n, q)
+    # per feed: only the feeds `fetch_summary` shows (failing first, at most FEEDS_SHOWN),
+    # so 10,000 feeds never make 10,000 series
+    for feed in fetch["feeds_shown"]:
+        f.gauge("batcher_fetch_feed_failures", "Failures in a row, per feed (capped set).",
+                feed["failures"], q, feed=feed["source"])
+        for name in ("fetched", "accepted", "duplicates", "faults", "errors"):
+            f.counter(f"batcher_fetch_feed_{name}", f"Per feed (capped set): {name}.",
+                      feed[name], q, feed=feed["source"])
 
 
 def metric_families(stats: Mapping[str, Any]) -> list[Metric]:
@@ -164,6 +193,7 @@ def metric_families(stats: Mapping[str, Any]) -> list[Metric]:
     _buffer_metrics(f, q, stats)
     _performance_metrics(f, q, stats)
     _other_metrics(f, q, stats)
+    _fetch_metrics(f, q, stats.get("fetch"))
     hists = [histogram(name, doc, q, stats["histograms"][key], stats["latency"][key]["sum_ms"])
              for key, (name, doc) in HISTOGRAM_METRICS.items()]
     return [*f.all.values(), *hists]

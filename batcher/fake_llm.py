@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from batcher.provider_limits import ProviderLimits
 from workers.handlers.llm import parse_entry_lines
 
 log = structlog.stdlib.get_logger(__name__)
@@ -46,6 +47,7 @@ class FakeLLMOptions:
     junk_rate: float = 0.0
     seed: int | None = None
     rng: random.Random = field(default_factory=random.Random)
+    limits: ProviderLimits | None = None  # RPM / TPM of its own (issue 17)
 
 
 class FakeLLMServer(ThreadingHTTPServer):
@@ -168,6 +170,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, prompt: str) -> None:
         entries = parse_entry_lines(prompt)
+        limits = self.server.options.limits
+        limit_headers: dict[str, str] = {}
+        if limits is not None:
+            admitted, limit_headers = limits.admit(len(prompt) // 4)
+            if not admitted:
+                self._send_json(429, {"error": {"message": "rate limit reached",
+                                                "type": "requests", "code": "rate_limit_exceeded"}},
+                                limit_headers)
+                return
         decision = self.server.decide(len(entries))
         if decision == "rate_limit":
             retry = self.server.options.retry_after_seconds
@@ -181,7 +192,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             results = [fake_result(i, t) for i, t in entries if not self.server.omit()]
             content = json.dumps(results)
-        self._send_json(200, _completion(content, len(prompt)))
+        if limits is not None:
+            limit_headers = limits.charge_output(len(content) // 4)
+        self._send_json(200, _completion(content, len(prompt)), limit_headers)
 
 
 def serve_fake_llm(
@@ -195,6 +208,7 @@ def serve_fake_llm(
     seed: int | None = None,
     retry_after_seconds: float = 1,
     junk_rate: float = 0.0,
+    limits: ProviderLimits | None = None,
 ) -> tuple[FakeLLMServer, str]:
     """Start the fake in a daemon thread; returns (server, base URL without ``/v1``).
 
@@ -209,6 +223,7 @@ def serve_fake_llm(
         junk_rate=junk_rate,
         seed=seed,
         rng=random.Random(seed),
+        limits=limits,
     )
     server = FakeLLMServer((host, port), options)
     # A short poll interval so shutdown() returns fast in tests.
@@ -229,7 +244,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--omit-rate", type=float, default=0.0)
     parser.add_argument("--rate-limit-every", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--rpm", type=float, default=0, help="requests per minute (0 = none)")
+    parser.add_argument("--itpm", type=float, default=0, help="input tokens per minute")
+    parser.add_argument("--otpm", type=float, default=0, help="output tokens per minute")
     args = parser.parse_args(argv)
+    limited = args.rpm > 0 or args.itpm > 0 or args.otpm > 0
     server, base_url = serve_fake_llm(
         args.host,
         args.port,
@@ -238,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         omit_rate=args.omit_rate,
         rate_limit_every=args.rate_limit_every,
         seed=args.seed,
+        limits=ProviderLimits(args.rpm, args.itpm, args.otpm) if limited else None,
     )
     print(f"fake LLM listening on {base_url} (LLM_BASE_URL={base_url})", flush=True)
     try:

@@ -6,6 +6,7 @@ one Cluster slot and every Lua script touches a single slot.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -18,6 +19,21 @@ RQ_PREFIX = "batcher."
 _RQ_SUFFIX = {0: "", 1: ".high", 2: ".urgent"}
 
 HISTOGRAMS = ("processing_ms", "queue_wait_ms", "end_to_end_ms")
+
+
+BUDGET_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def validate_budget_name(name: str) -> str:
+    """Return ``name`` unchanged, or raise ``ValueError`` naming the rule."""
+    if not BUDGET_NAME_RE.match(name):
+        raise ValueError(f"budget name {name!r} must match [A-Za-z0-9_.-]{{1,64}}")
+    return name
+
+
+def budget_key(name: str) -> str:
+    """The HASH of one budget (token buckets shared by every queue and worker using it)."""
+    return f"{PREFIX}:budget:{{{name}}}"
 
 
 def validate_queue_name(queue: str) -> str:
@@ -51,6 +67,13 @@ class QueueKeys:
     throughput: str = field(init=False)
     weights: str = field(init=False)
     source_prefix: str = field(init=False)
+    # the shared feed schedule of `batcher fetch` (fetch_schedule.py)
+    fetch_due: str = field(init=False)
+    fetch_claims: str = field(init=False)
+    fetch_totals: str = field(init=False)
+    fetch_failing: str = field(init=False)
+    fetch_host_until: str = field(init=False)
+    fetch_host_failures: str = field(init=False)
 
     def __post_init__(self) -> None:
         validate_queue_name(self.queue)
@@ -65,6 +88,8 @@ class QueueKeys:
         set_(self, "delayed_score", f"{base}:delayed:score")
         set_(self, "dead_payloads", f"{base}:dead:payloads")
         set_(self, "source_prefix", f"{base}:src:")
+        for kind in ("due", "claims", "totals", "failing", "host_until", "host_failures"):
+            set_(self, f"fetch_{kind}", f"{base}:fetch:{kind.replace('_', ':')}")
 
     def active(self, priority: int) -> str:
         """ZSET of the source groups with entries pending at ``priority``: group -> tag."""
@@ -82,6 +107,10 @@ class QueueKeys:
 
     def result(self, entry_id: str) -> str:
         return f"{self.base}:result:{entry_id}"
+
+    def fetch_feed(self, url: str) -> str:
+        """One feed's HASH: its config, validators, counters and last outcome."""
+        return f"{self.base}:fetch:feed:{hashlib.sha256(url.encode()).hexdigest()[:24]}"
 
     def hist(self, name: str) -> str:
         return f"{self.base}:hist:{name}"

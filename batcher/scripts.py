@@ -18,7 +18,7 @@ from batcher.models import EnqueueResult, FlushReason
 
 SCRIPT_NAMES = (
     "enqueue", "flush", "claim", "ack", "ack_results", "fail", "redispatch", "promote",
-    "expire", "requeue",
+    "expire", "requeue", "budget",
 )
 # a script loaded from another's text under other Redis 7 flags: the ack that carries results
 # is refused whole by a full Redis (deny-oom), the same ack without them is not (allow-oom)

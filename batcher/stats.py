@@ -16,7 +16,9 @@ import redis
 from rq import Queue, Worker
 
 from batcher.backoff import describe_fault
+from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig
+from batcher.fetch_status import fetch_summary
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import PRIORITIES, PRIORITY_SCORE_BASE, FlushReason
 from batcher.monitoring import figures
@@ -285,6 +287,10 @@ def detailed_stats(
         "workers": workers,
         "events": [_decode_event(eid, e) for eid, e in snap.events[:EVENTS_SHOWN]],
         "histograms": snap.histograms,
+        # the shared feed schedule of `batcher fetch`, None when no fetcher used this queue
+        "fetch": fetch_summary(client, keys, now_ms=snap.now_ms),
+        # the shared LLM budget this queue's workers draw from (issue 17), when one is set
+        "budget": Budget(client, config.budget).show() if config.budget else None,
     })
     return stats
 

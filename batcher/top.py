@@ -134,6 +134,15 @@ def _sizing(stats: Mapping[str, Any], history: TopHistory) -> RenderableType:
     lines.append(f"deadlines s: normal {eff['0']:g}  high {eff['1']:g}  urgent {eff['2']:g}\n")
     for event in sizing.get("events", [])[:3]:
         lines.append(f"  {event['before']} -> {event['after']} ({event.get('mode', '?')})\n")
+    budget = stats.get("budget")
+    if budget:
+        lines.append(f"budget {budget['name']}: waits {budget['waits']}\n")
+        for bucket, label in (("req", "requests"), ("in", "input tok"), ("out", "output tok")):
+            b = budget[bucket]
+            if b["limit_per_minute"]:
+                left = b["left"] or 0
+                lines.append(f"  {label} {bar(max(0.0, left) / b['limit_per_minute'], 10)} "
+                             f"{left:,.0f} / {b['limit_per_minute']:,.0f} a minute\n")
     return Panel(lines, title="sizing")
 
 

@@ -3,7 +3,8 @@
 
     .venv/bin/python scripts/bench.py [--entries N] [--repeat R] [--quick] [--check]
 
-Measures, in one run: ingest, end-to-end, deadline lateness, flatness and memory (issue 5);
+Measures, in one run: ingest, end-to-end, deadline lateness, flatness and memory (issue 5),
+fair share between sources and a budget shared by 4 workers (issue 17);
 writes bench-results/latest.json, the tables of docs/benchmarks.md and docs/benchmarks.png.
 With --check it exits 1 when a target is missed; its last line lists every ratio.
 """
@@ -28,12 +29,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import e2e, ingest, lateness, report, scale  # noqa: E402
+from benchlib import e2e, groups, ingest, lateness, report, scale  # noqa: E402
 from benchlib.common import bench_config, make_entries, round_robin, summary  # noqa: E402
 from benchlib.server import BenchRedis  # noqa: E402
 
 BENCH_EXTRA = ["celery[redis]>=5.3", "celery-batches>=0.11", "matplotlib>=3.8"]
-SECTIONS = ("ingest", "e2e", "lateness", "flatness", "memory")
+SECTIONS = ("ingest", "e2e", "lateness", "flatness", "memory", "fairness", "budget")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -181,6 +182,8 @@ def measure(srv: BenchRedis, args: argparse.Namespace, have: dict[str, bool],
         "lateness": lambda: run_lateness(srv.url, args, log_dir),
         "flatness": lambda: run_flatness(srv.url, args),
         "memory": lambda: scale.memory(bench_config(srv.url), 2_000 if args.quick else 20_000),
+        "fairness": lambda: groups.fairness(bench_config(srv.url)),
+        "budget": lambda: groups.budget(bench_config(srv.url), 10 if args.quick else 120),
     }
     for name in SECTIONS:
         if name in args.sections:

@@ -14,12 +14,14 @@ import redis
 import structlog
 
 from batcher.backoff import fault_kind
+from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.dispatch import TASK
 from batcher.errors import RateLimited
 from batcher.models import Batch, BatchOutcome, Entry, FlushReason
 from batcher.redaction import scrub
 from batcher.scripts import Scripts
+from workers import budget_guard
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -68,6 +70,8 @@ def context(queue: str, client: redis.Redis | None = None) -> WorkerContext:
         client = client if client is not None else config.redis_client()
         ctx = WorkerContext(config, client, Scripts(client, config), load_handler(config.handler))
         _CONTEXTS[queue] = ctx
+        if config.budget:
+            budget_guard.bind(Budget(client, config.budget))
     return ctx
 
 

@@ -21,7 +21,7 @@ import click
 from batcher.cli.common import translate
 
 COMMAND_MODULES = (
-    "enqueue", "coordinator", "worker", "info", "dead", "fetch", "weight",
+    "enqueue", "coordinator", "worker", "info", "dead", "fetch", "weight", "budget",
     # owned by others: observe (top, exporter); demo is registered once cli/demo.py exists
     "observe", "demo", "control", "dashboard",
 )

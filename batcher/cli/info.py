@@ -79,7 +79,28 @@ def _rows(stats: Mapping[str, Any]) -> dict[str, list[tuple[str, str]]]:
                 for k, v in sorted(s["effective_thresholds_seconds"].items(), reverse=True))),
         ],
         "health": [("status", h["status"])] + [("", reason) for reason in h["reasons"]],
+        **_fetch_rows(stats.get("fetch")),
     }
+
+
+def _fetch_rows(fetch: Mapping[str, Any] | None) -> dict[str, list[tuple[str, str]]]:
+    if not fetch:
+        return {}
+    t = fetch["totals"]
+    rows = [
+        ("feeds", f"{fetch['feeds']:,} ({fetch['due_now']:,} due, {fetch['fetching']:,} "
+                  f"fetching, {fetch['failing']:,} failing, {fetch['hosts_backed_off']:,} "
+                  "hosts backed off)"),
+        ("fetches", f"{t['fetched']:,} fetched, {t['not_modified']:,} not modified, "
+                    f"{t['errors']:,} failed"),
+        ("entries", f"{t['entries_seen']:,} seen, {t['accepted']:,} accepted, "
+                    f"{t['duplicates']:,} duplicates, {t['rejected']:,} rejected, "
+                    f"{t['faults']:,} faults"),
+    ]
+    failing = [f for f in fetch["feeds_shown"] if f["failures"]][:5]
+    rows += [(f"  {f['source']}", f"{f['failures']} failures: {f['last_error']}")
+             for f in failing]
+    return {"feeds (batcher fetch-status)": rows}
 
 
 def render_stats(stats: Mapping[str, Any]) -> Table:
@@ -143,6 +164,8 @@ def check(queue: str | None, redis_url: str | None) -> None:
 
 def _kind(config: BatchProcessingConfig, key: str) -> str | None:
     rest = key[len(config.keys.base) + 1:]
+    if rest.startswith("fetch:feed:"):  # one per scheduled feed: thousands
+        return "fetch:feed"
     head = rest.split(":", 1)[0]
     return head if head in PER_ID_KINDS and ":" in rest else None
 

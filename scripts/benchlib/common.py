@@ -64,6 +64,8 @@ def config_env(config: BatchProcessingConfig) -> dict[str, str]:
     """The environment a child process needs to build ``config`` again."""
     env = dict(os.environ)
     for field, value in config.model_dump().items():
+        if value is None:  # an unset optional setting (the TLS files): 'None' is no path
+            continue
         env[env_name(field)] = str(value).lower() if isinstance(value, bool) else str(value)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS_DIR),
                                                       env.get("PYTHONPATH", "")]))

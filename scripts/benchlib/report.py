@@ -25,6 +25,14 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "memory_pending_bytes": ("bytes per pending entry beyond its envelope's allocation",
                              "<=", 300.0),
     "memory_seen_bytes": ("bytes per id of the seen set", "<=", 150.0),
+    # issue 17
+    "fairness_small_batches": ("batches until 10 small sources (20 each) are all out behind "
+                               "a 10,000-entry source", "<=", 15.0),
+    "fairness_share_error_pct": ("|share − 75 %| of the source weighted 3 against 1 (points)",
+                                 "<=", 5.0),
+    "budget_429s": ("429s from the provider, 4 workers on a shared budget", "<=", 0.0),
+    "budget_utilization": ("input tokens/min admitted ÷ the limit", ">=", 0.9),
+    "budget_after_halving": ("the same after `budget set` halved the limit", ">=", 0.9),
 }
 
 E2E_ROWS = (
@@ -91,6 +99,18 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         "memory_pending_bytes": memory.get(
             "pending_bytes_per_entry_excluding_envelope_allocation"),
         "memory_seen_bytes": memory.get("seen_bytes_per_id"),
+        **_groups_ratios(results),
+    }
+
+
+def _groups_ratios(results: dict[str, Any]) -> dict[str, float | None]:
+    fair, budget = results.get("fairness", {}), results.get("budget", {})
+    return {
+        "fairness_small_batches": fair.get("small_done_after_batches"),
+        "fairness_share_error_pct": fair.get("share_error_pct"),
+        "budget_429s": budget.get("provider_429s"),
+        "budget_utilization": budget.get("utilization"),
+        "budget_after_halving": budget.get("utilization_after_halving"),
     }
 
 
@@ -158,6 +178,7 @@ def tables(results: dict[str, Any]) -> str:
         med, rng = _fmt(lat.get(key), 1)
         lines.append(f"| {key.removesuffix('_ms')} | {med} | {rng} |")
     lines += _flatness_and_memory(results)
+    lines += _groups_tables(results)
     lines += _ratio_table(results)
     return "\n".join(lines)
 
@@ -187,6 +208,33 @@ def _flatness_and_memory(results: dict[str, Any]) -> list[str]:
               f"| … the rest: ZSET member + HASH field, key strings, dict entries | "
               f"{mem['pending_bytes_per_entry_excluding_envelope_allocation']:,.0f} |",
               f"| per id in the seen set | {mem['seen_bytes_per_id']:,.0f} |"]
+    return lines
+
+
+def _groups_tables(results: dict[str, Any]) -> list[str]:
+    fair, budget = results.get("fairness"), results.get("budget")
+    lines: list[str] = []
+    if fair:
+        lines += ["", f"**Fair share** (issue 17; one priority, batches of {fair['batch']}, "
+                  "flush.lua called back to back)", "", "| figure | value |", "|---|---:|",
+                  f"| batches until {fair['small_sources']} small sources ({fair['small_each']} "
+                  f"entries each, enqueued after a {fair['flood']:,}-entry source) are all "
+                  f"dispatched | {fair['small_done_after_batches']} |",
+                  f"| share of the source weighted 3 / weighted 1 ({fair['weighted_entries']:,} "
+                  f"entries) | {fair['heavy_share_pct']:.1f} % / {fair['light_share_pct']:.1f} % |"]
+    if budget:
+        lines += ["", f"**Shared budget** (issue 17; {budget['workers']} workers calling the LLM "
+                  "handler against the fake LLM limited to "
+                  f"{budget['limit_tpm']:,.0f} input tokens and {budget['limit_rpm']:,.0f} "
+                  "requests a minute, the budget set to the same; then both halved; each phase "
+                  f"{budget['phase_seconds']:g} s, measured over its last three quarters)", "",
+                  "| figure | value |", "|---|---:|",
+                  f"| 429s from the provider | {budget['provider_429s']} |",
+                  f"| input tokens/min admitted ÷ limit | {100 * budget['utilization']:.1f} % |",
+                  "| … after halving the limit | "
+                  f"{100 * budget['utilization_after_halving']:.1f} % |",
+                  f"| calls / waits for the budget's refill | {budget['calls']:,} / "
+                  f"{budget['budget_waits']:,} |"]
     return lines
 
 

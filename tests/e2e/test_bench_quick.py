@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("meta", "ingest", "e2e", "lateness", "flatness", "memory", "ratios", "verdicts")
+SECTIONS = ("meta", "ingest", "e2e", "lateness", "flatness", "memory", "fairness", "budget",
+            "ratios", "verdicts")
 
 
 @pytest.mark.slow

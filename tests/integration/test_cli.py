@@ -333,3 +333,16 @@ def test_weight_set_list_and_reset(redis_url: str, client: redis_py.Redis) -> No
     assert bad.exit_code == 2 and "weight must be > 0" in bad.stderr
     assert run(redis_url, "weight", "reset", "wire").exit_code == 0
     assert client.hlen(KEYS.weights) == 0
+
+
+def test_budget_set_and_show(redis_url: str) -> None:
+    done = run(redis_url, "budget", "set", "openai-mini", "--rpm", "60", "--itpm", "90000")
+    assert (done.exit_code, done.stdout) == (0, "budget openai-mini: rpm=60 itpm=90000 otpm=0\n")
+    shown = run(redis_url, "budget", "show", "openai-mini", "--json")
+    figures = orjson.loads(shown.stdout)
+    assert figures["req"]["limit_per_minute"] == 60 and figures["in"]["left"] == 90_000
+    assert figures["out"]["limit_per_minute"] == 0
+    text = run(redis_url, "budget", "show", "openai-mini").stdout
+    assert "requests: 60/min, left 60" in text and "output tokens: none" in text
+    assert run(redis_url, "budget", "show").exit_code == 2  # no name, no BATCH_BUDGET
+    assert run(redis_url, "budget", "set", "bad name").exit_code == 2

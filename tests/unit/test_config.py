@@ -45,6 +45,7 @@ TABLE_DEFAULTS: dict[str, object] = {
     "overflow_policy": "reject",
     "block_timeout_seconds": 10,
     "max_pending_per_source": 0,
+    "budget": "",
     "enable_adaptive_sizing": True,
     "enable_adaptive_timeout": True,
     "enable_priority_flushing": True,

@@ -16,7 +16,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def test_every_key_of_a_queue_has_the_same_cluster_slot(queue: str) -> None:
     keys = QueueKeys(queue)
     names = [*keys.fixed(), keys.batch("b1"), keys.result("https://example.com/{odd}:id"),
-             *(keys.hist(h) for h in ("processing_ms", "queue_wait_ms", "end_to_end_ms"))]
+             *(keys.hist(h) for h in ("processing_ms", "queue_wait_ms", "end_to_end_ms")),
+             keys.fetch_due, keys.fetch_claims, keys.fetch_totals, keys.fetch_failing,
+             keys.fetch_host_until, keys.fetch_host_failures,
+             keys.fetch_feed("https://example.com/{odd}:feed")]
     assert {key_slot(name.encode()) for name in names} == {key_slot(f"{{{queue}}}".encode())}
     assert all(name.startswith(f"batcher:{{{queue}}}:") for name in names)
 

@@ -24,6 +24,7 @@ import structlog
 
 from batcher.errors import ConfigError, RateLimited
 from batcher.models import Batch, BatchOutcome, Entry
+from workers import budget_guard
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -32,6 +33,7 @@ DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_MAX_PROMPT_TOKENS = 6000
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
+OUTPUT_TOKENS_PER_ENTRY = 40  # a result object (id, summary, category, importance)
 MAX_TITLE_CHARS = 300
 MAX_TEXT_CHARS = 1000
 CATEGORIES = "technology science business politics world sports health entertainment other".split()
@@ -318,13 +320,33 @@ def _request_body(settings: LLMSettings, messages: list[dict[str, str]]) -> dict
     return body
 
 
-def complete(settings: LLMSettings, messages: list[dict[str, str]]) -> str:
+def _usage(response: httpx.Response) -> tuple[int | None, int | None]:
+    try:
+        usage = response.json().get("usage") or {}
+        return int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, None
+
+
+def expected_output_tokens(settings: LLMSettings, n_entries: int) -> int:
+    """What a budget reserves for the reply: ``LLM_MAX_TOKENS`` when set, else a guess per
+    entry (the settle step corrects it with the real usage)."""
+    guess = OUTPUT_TOKENS_PER_ENTRY * max(1, n_entries)
+    return min(guess, settings.max_tokens) if settings.max_tokens else guess
+
+
+def complete(settings: LLMSettings, messages: list[dict[str, str]],
+             expected_output: int = 0) -> str:
     """POST one chat completion and return the message content.
 
-    Raises RateLimited on 429/503, LLMTimeoutError on a timeout, LLMError otherwise.
+    With a budget bound (``BATCH_BUDGET``) the call first reserves its estimated tokens and
+    afterwards settles them with the reply's usage and rate-limit headers.
+    Raises RateLimited on 429/503 or when the budget must refill first, LLMTimeoutError on a
+    timeout, LLMError otherwise.
     """
     url = completions_url(settings.base_url)
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    budget_guard.reserve_call(estimate_tokens(messages), expected_output)
     try:
         response = _get_client().post(
             url,
@@ -333,11 +355,17 @@ def complete(settings: LLMSettings, messages: list[dict[str, str]]) -> str:
             timeout=settings.timeout_seconds,
         )
     except httpx.TimeoutException as exc:
+        budget_guard.report_usage(None, None, None)  # it may have run: keep the estimate
         raise LLMTimeoutError(
             f"LLM request to {url} timed out after {settings.timeout_seconds}s"
         ) from exc
     except httpx.HTTPError as exc:
+        budget_guard.report_usage(0, 0, None)
         raise LLMError(f"LLM request to {url} failed: {exc!r}") from exc
+    if response.status_code == 200:
+        budget_guard.report_usage(*_usage(response), response.headers)
+    else:
+        budget_guard.report_usage(0, 0, response.headers)
     if response.status_code in (429, 503):
         wait = retry_after_seconds(response.headers.get("Retry-After"))
         raise RateLimited(wait, f"LLM server answered {response.status_code}, retry after {wait}s")
@@ -354,7 +382,8 @@ def complete(settings: LLMSettings, messages: list[dict[str, str]]) -> str:
 
 
 def _summarize_chunk(settings: LLMSettings, entries: list[Entry]) -> BatchOutcome:
-    content = complete(settings, build_prompt(entries, json_mode=settings.json_mode))
+    content = complete(settings, build_prompt(entries, json_mode=settings.json_mode),
+                       expected_output_tokens(settings, len(entries)))
     ids = [e.id for e in entries]
     try:
         items = parse_reply(content)
