@@ -56,6 +56,7 @@ def pause(client: redis.Redis, config: BatchProcessingConfig,
     until = PAUSED_FOREVER_MS if seconds is None else now_ms + int(seconds * 1000)
     pipe = client.pipeline(transaction=True)
     pipe.hset(config.keys.state, "paused_until_ms", str(until))
+    pipe.hdel(config.keys.state, "paused_reason")  # an operator's pause, not the LLM's
     _event(pipe, config, "pause", until_ms=str(until))
     pipe.execute()
     return until
@@ -66,7 +67,7 @@ def resume(client: redis.Redis, config: BatchProcessingConfig) -> None:
     coordinator (one wakeup token, as the scripts keep it)."""
     k = config.keys
     pipe = client.pipeline(transaction=True)
-    pipe.hdel(k.state, "paused_until_ms")
+    pipe.hdel(k.state, "paused_until_ms", "paused_reason")
     pipe.delete(k.wakeup)
     pipe.rpush(k.wakeup, "1")
     _event(pipe, config, "resume")

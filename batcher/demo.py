@@ -144,7 +144,9 @@ def run_demo(
             llm, llm_base_url = serve_fake_llm(base_latency_ms=60, per_entry_ms=12, seed=7)
             stack.callback(llm.server_close)
             stack.callback(llm.shutdown)
-        env = {**os.environ, **DEMO_ENV, "BATCH_REDIS_URL": redis_url,
+        # gpt-4o-mini's list prices, so the report's estimated cost reads as a real one would
+        prices = {"LLM_PRICE_INPUT_PER_MTOK": "0.15", "LLM_PRICE_OUTPUT_PER_MTOK": "0.60"}
+        env = {**prices, **os.environ, **DEMO_ENV, "BATCH_REDIS_URL": redis_url,
                "LLM_BASE_URL": llm_base_url}
         os.environ.update({k: v for k, v in env.items() if k.startswith("BATCH_")})
         config = load_config()
@@ -269,6 +271,14 @@ def _report(console: Any, stats: dict[str, Any], series: Series, llm: Any) -> No
                       f"ms/entry from {series.slowdown_at:.0f} s (target 500 ms)")
     if llm is not None:
         table.add_row("LLM requests", str(llm.requests))
+    usage = stats.get("llm") or {}
+    if usage.get("requests"):
+        table.add_row("LLM tokens prompt / completion / cached",
+                      f"{usage['prompt_tokens']} / {usage['completion_tokens']} / "
+                      f"{usage['cached_tokens']}")
+        table.add_row("LLM tokens/s, tokens/entry, est. cost",
+                      f"{usage['tokens_per_second']}, {usage['tokens_per_entry']}, "
+                      f"${usage['cost_usd']:.4f}")
     table.add_row("health", f"{stats['health']['status']} {stats['health']['reasons']}")
     console.print(table)
 

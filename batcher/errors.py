@@ -69,3 +69,18 @@ class RateLimited(Exception):  # noqa: N818 - the public name is fixed by the de
     def __init__(self, retry_after_seconds: float = 1.0, message: str = ""):
         super().__init__(message or f"rate limited, retry after {retry_after_seconds}s")
         self.retry_after_seconds = float(retry_after_seconds)
+
+
+class QueuePaused(Exception):  # noqa: N818 - named for what the worker does, like RateLimited
+    """Raised by a handler: nothing will succeed until a person acts (quota, credentials).
+
+    The worker pauses the whole queue with ``reason`` (shown by ``batcher stats``, ``top``,
+    the health check and the exporter) and probes again after ``probe_after_seconds``: the
+    batch is dispatched again then, and the call does not count as an attempt.
+    """
+
+    def __init__(self, reason: str, probe_after_seconds: float = 60.0, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.probe_after_seconds = float(probe_after_seconds)
+        self.detail = detail

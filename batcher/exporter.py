@@ -104,6 +104,25 @@ def _buffer_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
     f.gauge("batcher_dead_entries", "Entries in the dead set now.", b["dead"], q)
     f.gauge("batcher_dead_last_minute_entries", "Entries dead-lettered in the last minute.",
             stats.get("dead_last_minute", 0), q)
+    reason = b.get("paused_reason")
+    f.gauge("batcher_paused", "1 while the queue is paused for a reason a person must fix "
+            "(LLM quota, credentials).", int(reason is not None), q, reason=reason or "")
+
+
+def _llm_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
+    llm = stats.get("llm")
+    if not llm or not llm["requests"]:
+        return
+    for kind in ("prompt", "completion", "cached"):
+        f.counter("batcher_llm_tokens", "LLM tokens used, by kind.", llm[f"{kind}_tokens"], q,
+                  kind=kind)
+    f.counter("batcher_llm_requests", "LLM requests answered.", llm["requests"], q)
+    f.counter("batcher_llm_cost_usd", "Estimated LLM cost (LLM_PRICE_* settings).",
+              llm["cost_usd"], q)
+    f.gauge("batcher_llm_tokens_per_second", "Completion tokens per second of request time.",
+            llm["tokens_per_second"], q)
+    f.gauge("batcher_llm_tokens_per_entry", "Prompt and completion tokens per acked entry.",
+            llm["tokens_per_entry"], q)
 
 
 def _performance_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
@@ -193,6 +212,7 @@ def metric_families(stats: Mapping[str, Any]) -> list[Metric]:
     _buffer_metrics(f, q, stats)
     _performance_metrics(f, q, stats)
     _other_metrics(f, q, stats)
+    _llm_metrics(f, q, stats)
     _fetch_metrics(f, q, stats.get("fetch"))
     hists = [histogram(name, doc, q, stats["histograms"][key], stats["latency"][key]["sum_ms"])
              for key, (name, doc) in HISTOGRAM_METRICS.items()]

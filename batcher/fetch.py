@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -70,8 +71,8 @@ def load_feeds(path: str | Path, *, base_url: str | None = None) -> list[FeedCon
         raise ConfigError(f"{path}: expected one or more [[feeds]] tables")
     feeds = [_feed_from_table(path, i, table, base_url) for i, table in enumerate(tables)]
     for attr in ("source", "url"):
-        values = [getattr(f, attr) for f in feeds]
-        repeated = sorted({v for v in values if values.count(v) > 1})
+        counts = Counter(getattr(f, attr) for f in feeds)  # 10,000 feeds: no list.count
+        repeated = sorted(v for v, n in counts.items() if n > 1)
         if repeated:
             raise ConfigError(f"{path}: feeds repeat {attr} {repeated[0]!r}")
     return feeds

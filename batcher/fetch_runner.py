@@ -54,9 +54,12 @@ class ScheduledFetcher:
         backoff = Backoff("fetcher", first=1.0, cap=MAX_REDIS_WAIT_SECONDS)
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="fetch") as pool:
             while not stop.is_set():
-                room = self.concurrency - len(self._running) - len(self._waiting)
+                # Keep up to one pool's worth of claimed feeds waiting, and claim in batches
+                # once half of it is gone: a claim per finished fetch would cost two round
+                # trips a feed.
+                room = 2 * self.concurrency - len(self._running) - len(self._waiting)
                 claim: Claim | None = None
-                if room > 0:
+                if room >= self.concurrency // 2 + 1 or not self._running:
                     try:
                         claim = self._claim(room)
                         backoff.succeeded()
@@ -102,8 +105,8 @@ class ScheduledFetcher:
         timeout = self.idle_wait_seconds
         if idle and claim is not None and claim.next_due_ms >= 0:
             timeout = min(timeout, max(0.0, (claim.next_due_ms - claim.now_ms) / 1000))
-        if not idle and len(self._running) + len(self._waiting) < self.concurrency:
-            timeout = 0.0  # room left and feeds were due: claim again at once
+        if not idle and claim is not None and len(self._waiting) < self.concurrency // 2:
+            timeout = 0.0  # feeds were due and the backlog is short: claim again at once
         if not self._running:
             if timeout > 0:
                 stop.wait(timeout)

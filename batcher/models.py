@@ -66,11 +66,16 @@ class Batch:
 class BatchOutcome:
     """A handler's partial result: ``results`` are acked, ``failed`` ids retried alone.
 
-    Ids of the batch that appear in neither are acked without a result.
+    ``rejected`` ids go to the dead set at once with their error (reason ``rejected``): the
+    handler knows no retry can succeed (an LLM API refused the entry itself). Ids of the batch
+    that appear in none are acked without a result. ``usage`` holds figures the worker adds to
+    the queue's stats hash after the ack (``llm_prompt_tokens``, ``llm_cost_usd``, ...).
     """
 
     results: Mapping[str, Any] = field(default_factory=dict)
     failed: Mapping[str, str] = field(default_factory=dict)
+    rejected: Mapping[str, str] = field(default_factory=dict)
+    usage: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

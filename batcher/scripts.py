@@ -18,7 +18,7 @@ from batcher.models import EnqueueResult, FlushReason
 
 SCRIPT_NAMES = (
     "enqueue", "flush", "claim", "ack", "ack_results", "fail", "redispatch", "promote",
-    "expire", "requeue", "budget",
+    "expire", "requeue", "pause", "budget",
 )
 # a script loaded from another's text under other Redis 7 flags: the ack that carries results
 # is refused whole by a full Redis (deny-oom), the same ack without them is not (allow-oom)
@@ -362,6 +362,19 @@ class Scripts:
             [_now(now_ms), batch_id, str(attempt), error[:2000], str(int(backoff_ms)),
              str(c.max_attempts), str(int(rate_limited_until_ms)), str(EVENTS_MAXLEN),
              str(c.max_inflight_batches)],
+        )
+        return _s(reply[1])
+
+    def pause(
+        self, batch_id: str, attempt: int, reason: str, error: str, *, probe_ms: int,
+        now_ms: int | None = None,
+    ) -> str:
+        """Pause the queue with ``reason`` until a probe in ``probe_ms``: 'paused' or 'stale'."""
+        k = self.keys
+        reply = self._run(
+            "pause", [k.batch(batch_id), k.inflight, k.stats, k.events, k.state],
+            [_now(now_ms), batch_id, str(attempt), reason[:200], error[:2000],
+             str(max(0, int(probe_ms))), str(EVENTS_MAXLEN)],
         )
         return _s(reply[1])
 

@@ -28,7 +28,7 @@ from batcher.sizing import FIELD_FIT_A, FIELD_FIT_B, effective_thresholds_second
 COUNTERS = ("accepted", "duplicates", "rejected", "acked", "redeliveries", "dead", "expired",
             "requeued", "purged", "batches_flushed", "entries_flushed", "retried_entries",
             "retries", "rate_limited", "lost_dispatches", "stale_acks", "stale_claims",
-            "stale_fails", "results_dropped")
+            "stale_fails", "pauses", "dead_rejected", "results_dropped")
 EVENTS_SHOWN = 20
 # events read per call: enough to find the latest sizing events among acks and flushes
 EVENTS_SCANNED = 500
@@ -170,8 +170,17 @@ def _buffer(snap: Snapshot, config: BatchProcessingConfig) -> dict[str, Any]:
         "oldest_age_ms": (snap.now_ms - min(oldest)) if oldest else 0,
         "in_flight_batches": len(snap.inflight_ids), "in_flight_entries": snap.inflight_entries,
         "dead": snap.dead_now, "paused_until_ms": _int(snap.state, "paused_until_ms"),
+        "paused_reason": paused_reason(snap),
         "capacity": config.max_buffer_size, "capacity_bytes": config.max_buffer_bytes,
     }
+
+
+def paused_reason(snap: Snapshot) -> str | None:
+    """Why the queue is paused (pause.lua), while the pause lasts; None for a rate limit."""
+    raw = snap.state.get(b"paused_reason")
+    if not raw or _int(snap.state, "paused_until_ms") <= snap.now_ms:
+        return None
+    return raw.decode()
 
 
 def _latency(snap: Snapshot) -> dict[str, dict[str, Any]]:
@@ -273,12 +282,14 @@ def detailed_stats(
         dead_last_minute=snap.dead_last_minute,
         live_workers=None if workers is None else len(workers),
         in_flight_batches=buffer["in_flight_batches"],
+        paused_reason=buffer["paused_reason"],
+        paused_for_ms=max(0, buffer["paused_until_ms"] - snap.now_ms),
         redis_fault=describe_fault(snap.state.get(b"redis_fault"), snap.now_ms)))
     # scrubbed: events and health carry error text a handler raised (batcher.redaction)
     stats: dict[str, Any] = scrub_value({
         "queue": config.queue, "now_ms": snap.now_ms, "buffer": buffer,
         "performance": performance, "latency": latency, "counters": counters,
-        "sizing": sizing_stats, "health": health,
+        "sizing": sizing_stats, "health": health, "llm": figures.llm_figures(snap.stats),
         "trends": {"throughput": figures.throughput_trend(snap.throughput, snap.now_ms // 1000),
                    "processing_time": figures.processing_trend(samples, snap.now_ms)},
         "memory_efficiency": figures.memory_efficiency(counters["accepted"],

@@ -121,6 +121,15 @@ def _buffer(stats: Mapping[str, Any]) -> RenderableType:
     table.add_row("in flight", "", f"{buf['in_flight_batches']} batches, "
                                    f"{buf['in_flight_entries']} entries")
     table.add_row("oldest", "", f"{buf['oldest_age_ms'] / 1000:.1f} s")
+    if buf.get("paused_reason"):
+        table.add_row("paused", "", str(buf["paused_reason"]))
+    llm = stats.get("llm")
+    if llm and llm["requests"]:
+        table.add_row("LLM tokens in / out", "", f"{llm['prompt_tokens']:,} / "
+                                                f"{llm['completion_tokens']:,}")
+        table.add_row("LLM tokens/s, /entry", "", f"{llm['tokens_per_second'] or '-'}, "
+                                                 f"{llm['tokens_per_entry'] or '-'}")
+        table.add_row("LLM est. cost", "", f"${llm['cost_usd']:,.4f}")
     return table
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import fakeredis
 import pytest
 import redis as redis_py
+from hypothesis import HealthCheck, settings
 
 from tests.support.redis_server import RedisServer, RedisServerError, find_redis_server
 
@@ -16,6 +17,11 @@ from tests.support.redis_server import RedisServer, RedisServerError, find_redis
 # CI's) server on the default port: point the default at a port nothing listens on. Tests
 # that need Redis use the session server below, by URL.
 os.environ.setdefault("BATCH_REDIS_URL", "redis://127.0.0.1:1/0")
+
+# hypothesis's default per-example deadline (200 ms) and its too-slow health check are
+# wall-clock bounds: a loaded machine fails them. Examples are judged by what they assert.
+settings.register_profile("batcher", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("batcher")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from batcher.backoff import fault_kind
 from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.dispatch import TASK
-from batcher.errors import RateLimited
+from batcher.errors import QueuePaused, RateLimited
 from batcher.models import Batch, BatchOutcome, Entry, FlushReason
 from batcher.redaction import scrub
 from batcher.scripts import Scripts
@@ -95,15 +96,21 @@ def build_batch(queue: str, batch_id: str, record: Mapping[bytes, bytes]) -> Bat
                  created_ms=int(record[b"created_ms"]), entries=[e for _, e in rows])
 
 
+# ack.lua's back-off for an entry that goes to the dead set at once (BatchOutcome.rejected)
+DEAD_NOW_BACKOFF_MS = -1
+_USAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
 def _split_outcome(
     batch: Batch, outcome: Any, config: BatchProcessingConfig
 ) -> tuple[dict[str, bytes], dict[str, tuple[str, int]]]:
     results: Mapping[str, Any]
     failed_in: Mapping[str, str] = {}
+    rejected: Mapping[str, str] = {}
     if outcome is None:
         results = {}
     elif isinstance(outcome, BatchOutcome):
-        results, failed_in = outcome.results, outcome.failed
+        results, failed_in, rejected = outcome.results, outcome.failed, outcome.rejected
     elif isinstance(outcome, Mapping):
         results = outcome
     else:
@@ -115,7 +122,24 @@ def _split_outcome(
         k: (scrub(str(err)), backoff_ms(config, ids[k].attempts + 1))
         for k, err in failed_in.items() if k in ids
     }
+    failed.update({k: (scrub(str(err)), DEAD_NOW_BACKOFF_MS)
+                   for k, err in rejected.items() if k in ids})
     return encoded, failed
+
+
+def _record_usage(ctx: WorkerContext, outcome: Any) -> None:
+    """Add a handler's usage figures (LLM tokens, cost) to the stats hash; advisory."""
+    usage = outcome.usage if isinstance(outcome, BatchOutcome) else None
+    if not usage:
+        return
+    pipe = ctx.client.pipeline(transaction=False)
+    for name, value in usage.items():
+        if _USAGE_NAME.fullmatch(name) and value:
+            pipe.hincrbyfloat(ctx.config.keys.stats, name, float(value))
+    try:
+        pipe.execute()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("batch.usage_not_recorded", queue=ctx.config.queue, error=str(exc))
 
 
 def backoff_ms(config: BatchProcessingConfig, calls: int) -> int:
@@ -209,6 +233,14 @@ def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]
         log.warning("batch.rate_limited", queue=queue, batch_id=batch_id,
                     retry_after_s=exc.retry_after_seconds)
         return {"status": "rate_limited"}
+    except QueuePaused as exc:
+        reason, paused = exc.reason, scrub(str(exc))
+        probe_ms = int(exc.probe_after_seconds * 1000)
+        _with_retries("pause", lambda: ctx.scripts.pause(
+            batch_id, attempt, reason, paused, probe_ms=probe_ms))
+        log.warning("batch.queue_paused", queue=queue, batch_id=batch_id, reason=exc.reason,
+                    probe_after_s=exc.probe_after_seconds, error=scrub(exc.detail))
+        return {"status": "paused"}
     except Exception as exc:  # noqa: BLE001 - any handler error is recorded, never lost
         calls = attempt - int(record.get(b"free", b"0"))
         # stored in the batch, its events and dead letters: never a key or password
@@ -231,6 +263,7 @@ def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]
     if ack.results_dropped:
         log.warning("batch.results_dropped", queue=queue, batch_id=batch_id, attempt=attempt,
                     results=ack.results_dropped, why="Redis over maxmemory refused them")
+    _record_usage(ctx, outcome)
     log.info("batch.acked", queue=queue, batch_id=batch_id, attempt=attempt, size=len(batch),
              acked=ack.acked, delayed=ack.delayed, dead=ack.dead,
              processing_ms=round(processing_ms, 1), reason=str(batch.reason))

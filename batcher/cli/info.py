@@ -57,7 +57,9 @@ def _rows(stats: Mapping[str, Any]) -> dict[str, list[tuple[str, str]]]:
                           f"{b['in_flight_entries']:,} entries"),
             ("dead", f"{b['dead']:,}"),
             ("paused until", str(paused) if paused and paused > stats["now_ms"] else "-"),
+            ("paused because", b.get("paused_reason") or "-"),
         ],
+        "llm": _llm_rows(stats.get("llm")),
         "performance": [
             ("throughput", f"{p['throughput_eps']:,.2f} entries/s"),
             ("processing avg / p50", f"{_ms(p['avg_processing_time_ms'])} / "
@@ -81,6 +83,22 @@ def _rows(stats: Mapping[str, Any]) -> dict[str, list[tuple[str, str]]]:
         "health": [("status", h["status"])] + [("", reason) for reason in h["reasons"]],
         **_fetch_rows(stats.get("fetch")),
     }
+
+
+def _llm_rows(llm: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    if not llm or not llm["requests"]:
+        return [("requests", "0")]
+    per_s, per_entry = llm["tokens_per_second"], llm["tokens_per_entry"]
+    return [
+        ("requests", f"{llm['requests']:,} ({llm['truncated']:,} truncated, "
+                     f"{llm['refusals']:,} refusals, {llm['bisections']:,} bisections)"),
+        ("tokens prompt / completion", f"{llm['prompt_tokens']:,} / "
+                                       f"{llm['completion_tokens']:,}"),
+        ("tokens cached", f"{llm['cached_tokens']:,}"),
+        ("tokens/s, tokens/entry", f"{'-' if per_s is None else per_s}, "
+                                   f"{'-' if per_entry is None else per_entry}"),
+        ("estimated cost", f"${llm['cost_usd']:,.4f}"),
+    ]
 
 
 def _fetch_rows(fetch: Mapping[str, Any] | None) -> dict[str, list[tuple[str, str]]]:

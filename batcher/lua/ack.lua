@@ -15,7 +15,8 @@ ARGV[11] number of result pairs R (-D: D results dropped, none sent)   ARGV[12] 
 then R pairs (entry id, result JSON), then F triples (entry id, error text, back-off ms)
 
 Failed entries (a partial outcome) go to delayed with their attempt counted, or to the dead set
-when they have had max attempts. Every other entry of the batch is acked. An id can be held twice
+when they have had max attempts. A back-off of -1 sends the entry to the dead set at once, with
+reason 'rejected' (the handler knows no retry can succeed: the LLM API refused the entry). Every other entry of the batch is acked. An id can be held twice
 when a producer re-sent it after the seen window: a failed copy whose id is pending or delayed
 again is dropped (the other copy carries the retry), and a dead record replaces an older one of
 the same id; either way the dropped copy is counted as purged, so no accepted entry goes unseen.
@@ -63,6 +64,7 @@ local function bucket(ms)
 end
 local wait_b, e2e_b = {}, {}
 local acked, n_delayed, n_dead, n_purged, wait_sum, e2e_sum = 0, 0, 0, 0, 0, 0
+local n_rejected = 0
 -- the index line of each entry: '<score> <prior attempts> <id>'; envelopes are read back
 -- only for the failed ones
 local ix = redis.call('HGET', batch, 'ix')
@@ -73,12 +75,15 @@ for line in string.gmatch(ix, '[^\n]+') do
   if fail then
     local env = redis.call('HGET', batch, 'e:' .. id)
     local total = tonumber(prior) + calls
-    if total >= max_attempts then
+    local rejected = fail[2] < 0
+    if total >= max_attempts or rejected then
       n_purged = n_purged + redis.call('HEXISTS', dead_payloads, id)
       redis.call('ZADD', dead, fmt(now), id)
       redis.call('HSET', dead_payloads, id, '{"score":' .. score .. ',"attempts":' .. total ..
-        ',"reason":"failed","error":' .. cjson.encode(fail[1]) .. ',"envelope":' .. env .. '}')
+        ',"reason":"' .. (rejected and 'rejected' or 'failed') .. '","error":' ..
+        cjson.encode(fail[1]) .. ',"envelope":' .. env .. '}')
       n_dead = n_dead + 1
+      if rejected then n_rejected = n_rejected + 1 end
     elseif redis.call('HEXISTS', payloads, id) == 1 then
       n_purged = n_purged + 1
     else
@@ -120,6 +125,7 @@ redis.call('HINCRBY', stats, 'queue_wait_ms_sum', fmt(wait_sum))
 redis.call('HINCRBY', stats, 'end_to_end_ms_sum', fmt(e2e_sum))
 if n_delayed > 0 then redis.call('HINCRBY', stats, 'retried_entries', n_delayed) end
 if n_dead > 0 then redis.call('HINCRBY', stats, 'dead', n_dead) end
+if n_rejected > 0 then redis.call('HINCRBY', stats, 'dead_rejected', n_rejected) end
 if n_purged > 0 then redis.call('HINCRBY', stats, 'purged', n_purged) end
 if n_dropped > 0 then redis.call('HINCRBY', stats, 'results_dropped', n_dropped) end
 redis.call('HSET', stats, 'last_ack_ms', fmt(now))

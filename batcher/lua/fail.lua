@@ -37,7 +37,10 @@ end
 
 if limited_until > 0 then
   local paused = tonumber(redis.call('HGET', state, 'paused_until_ms') or '0')
-  if limited_until > paused then redis.call('HSET', state, 'paused_until_ms', fmt(limited_until)) end
+  if limited_until > paused then
+    redis.call('HSET', state, 'paused_until_ms', fmt(limited_until))
+    redis.call('HDEL', state, 'paused_reason')  -- pause.lua's reason no longer holds the queue
+  end
   redis.call('HINCRBY', batch, 'free', 1)
   redis.call('HSET', batch, 'status', 'retrying', 'last_error', err)
   redis.call('ZADD', inflight, fmt(limited_until), batch_id)

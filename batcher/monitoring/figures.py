@@ -195,6 +195,8 @@ class HealthInput:
     dead_last_minute: int
     live_workers: int | None       # None: not checked
     in_flight_batches: int
+    paused_reason: str | None = None  # a pause a person must end (LLM quota, credentials)
+    paused_for_ms: int = 0
     # (level, reason) of a Redis fault a daemon waits out or waited out lately (backoff.py)
     redis_fault: tuple[str, str] | None = None
 
@@ -214,7 +216,8 @@ def health(h: HealthInput) -> dict[str, Any]:
     Rules: buffer utilisation past the early level (degraded) or the emergency level
     (critical); p95 processing of the last minute over the target (degraded; over twice it,
     critical); throughput under its target while the backlog grows (degraded); entries
-    dead-lettered in the last minute (degraded); no live RQ worker (degraded; critical with
+    dead-lettered in the last minute (degraded); the queue paused for a reason a person must
+    fix, LLM quota or credentials (critical); no live RQ worker (degraded; critical with
     batches in flight, which then wait for nobody); a Redis fault a daemon is waiting out
     (critical) or waited out in the last minute (degraded).
     """
@@ -238,6 +241,9 @@ def health(h: HealthInput) -> dict[str, Any]:
     if h.dead_last_minute:
         found.append(("degraded", f"{h.dead_last_minute} entries dead-lettered in the last "
                                   "minute"))
+    if h.paused_reason:
+        found.append(("critical", f"queue paused: {h.paused_reason} (probing again in "
+                                  f"{h.paused_for_ms / 1000:.0f} s)"))
     if h.live_workers == 0:
         found.append(("critical" if h.in_flight_batches else "degraded",
                       "no live RQ worker listens on the queue"))
@@ -248,3 +254,23 @@ def health(h: HealthInput) -> dict[str, Any]:
         if _RANK[level] > _RANK[status]:
             status = level
     return {"status": status, "reasons": [reason for _, reason in found]}
+
+
+def llm_figures(stats: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """Token usage and its estimated cost, from the ``llm_*`` fields the LLM handler adds."""
+    def num(name: str) -> float:
+        raw = stats.get(name.encode())
+        return float(raw) if raw else 0.0
+
+    prompt, completion = num("llm_prompt_tokens"), num("llm_completion_tokens")
+    request_s, entries = num("llm_request_ms") / 1000, num("llm_entries")
+    return {
+        "requests": int(num("llm_requests")), "prompt_tokens": int(prompt),
+        "completion_tokens": int(completion), "cached_tokens": int(num("llm_cached_tokens")),
+        # completion tokens per second of request time: the provider's output speed
+        "tokens_per_second": round(completion / request_s, 1) if request_s else None,
+        "tokens_per_entry": round((prompt + completion) / entries, 1) if entries else None,
+        "cost_usd": round(num("llm_cost_usd"), 6),
+        "truncated": int(num("llm_truncated")), "refusals": int(num("llm_refusals")),
+        "bisections": int(num("llm_bisections")),
+    }

@@ -287,3 +287,21 @@ def test_flush_many_pops_what_is_due_in_one_round_trip_then_waits(
     assert _flushed_ids(redis, s, "b1") == {f"e{i}" for i in range(5)}
     assert redis.exists(s.keys.batch("b3")) == 0
     assert_consistent(redis, s.keys)
+
+
+def test_flush_refuses_a_batch_id_already_in_use_and_pops_nothing(
+    redis: redis_py.Redis,
+) -> None:
+    s = make_scripts(redis, size_threshold=2)
+    _fill(s, ["a", "b", "c", "d"])
+    assert s.flush("b1", now_ms=T0 + 10).batch is not None
+    before = read_batch(redis, s, "b1")
+    try:
+        s.flush("b1", now_ms=T0 + 20)
+    except redis_py.ResponseError as exc:
+        assert str(exc) == "BATCH_EXISTS b1"
+    else:
+        raise AssertionError("a reused batch id was accepted")
+    assert read_batch(redis, s, "b1") == before  # the two batches were not merged
+    assert pending_ids(redis, s) == ["c", "d"]
+    assert_consistent(redis, s.keys)

@@ -15,7 +15,7 @@ import pytest
 from batcher.errors import RateLimited
 from batcher.fake_llm import FakeLLMServer, fake_result, serve_fake_llm
 from batcher.models import Batch, Entry, FlushReason
-from workers.handlers import llm
+from workers.handlers import llm, llm_client
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -57,7 +57,8 @@ def serve_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServeFake]:
         monkeypatch.setenv("LLM_BASE_URL", url)
         return server, url
 
-    for name in ("LLM_API_KEY", "LLM_MODEL", "LLM_JSON_MODE", "LLM_MAX_TOKENS"):
+    for name in ("LLM_API_KEY", "LLM_MODEL", "LLM_JSON_MODE", "LLM_MAX_TOKENS",
+                 "LLM_RESPONSE_FORMAT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LLM_TIMEOUT_SECONDS", "5")
     monkeypatch.setenv("LLM_MAX_PROMPT_TOKENS", "6000")
@@ -168,7 +169,7 @@ def test_503_without_retry_after_rate_limits_for_the_default(serve_custom: Any) 
     serve_custom(status=503, body={"error": "overloaded"})
     with pytest.raises(RateLimited) as caught:
         llm.summarize(make_batch(1))
-    assert caught.value.retry_after_seconds == llm.DEFAULT_RETRY_AFTER_SECONDS
+    assert caught.value.retry_after_seconds == llm_client.DEFAULT_RETRY_AFTER_SECONDS
 
 
 def test_429_with_an_http_date_retry_after(serve_custom: Any) -> None:
@@ -223,7 +224,7 @@ def test_request_is_minimal_and_sends_the_api_key(
 ) -> None:
     monkeypatch.setenv("LLM_API_KEY", "sk-test")
     monkeypatch.setenv("LLM_MODEL", "llama3")
-    monkeypatch.delenv("LLM_JSON_MODE", raising=False)
+    monkeypatch.setenv("LLM_RESPONSE_FORMAT", "text")
     batch = make_batch(1)
     reply = [{"id": batch.entries[0].id, "summary": "s", "category": "tech", "importance": 2}]
     seen = serve_custom(body=completion("```json\n" + json.dumps(reply) + "\n```"))
@@ -231,17 +232,40 @@ def test_request_is_minimal_and_sends_the_api_key(
     assert outcome.results[batch.entries[0].id]["importance"] == 2
     request = seen[0]
     assert request["path"] == "/v1/chat/completions"
-    assert request["headers"]["Authorization"] == "Bearer sk-test"
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    assert headers["authorization"] == "Bearer sk-test"
     assert set(request["body"]) == {"model", "messages", "temperature"}
     assert request["body"]["model"] == "llama3" and request["body"]["temperature"] == 0
 
 
-def test_json_mode_adds_response_format(serve_custom: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_json_mode_adds_response_format_and_says_json(
+    serve_custom: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LLM_RESPONSE_FORMAT", raising=False)
     monkeypatch.setenv("LLM_JSON_MODE", "1")
     seen = serve_custom(body=completion('{"results": []}'))
     outcome = llm.summarize(make_batch(1))
     assert seen[0]["body"]["response_format"] == {"type": "json_object"}
+    # OpenAI answers 400 to json_object unless a message contains the word JSON
+    assert "JSON" in seen[0]["body"]["messages"][0]["content"]
     assert list(outcome.failed.values()) == ["omitted by the model"]
+
+
+def test_json_schema_is_the_default_and_sends_the_result_schema(
+    serve_custom: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LLM_RESPONSE_FORMAT", raising=False)
+    monkeypatch.delenv("LLM_JSON_MODE", raising=False)
+    batch = make_batch(1)
+    reply = {"results": [{"id": batch.entries[0].id, "summary": "s", "category": "science",
+                          "importance": 4}]}
+    seen = serve_custom(body=completion(json.dumps(reply)))
+    outcome = llm.summarize(batch)
+    sent = seen[0]["body"]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["strict"] is True
+    item = sent["json_schema"]["schema"]["properties"]["results"]["items"]
+    assert set(item["required"]) == {"id", "summary", "category", "importance"}
+    assert outcome.results[batch.entries[0].id]["category"] == "science"
 
 
 # --- pure parts ----------------------------------------------------------------------------
@@ -309,18 +333,28 @@ def test_split_entries_chunks_each_fit_the_budget() -> None:
     assert all(llm.estimate_tokens(llm.build_prompt(c)) <= 700 for c in chunks)
 
 
-def test_completions_url_normalises_the_base() -> None:
+def test_api_base_url_normalises_the_base() -> None:
     for base in ("http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/"):
-        assert llm.completions_url(base) == "http://h:1/v1/chat/completions"
+        assert llm.api_base_url(base) == "http://h:1/v1"
 
 
 def test_retry_after_parses_seconds_dates_and_falls_back() -> None:
     now = datetime(2024, 1, 1, tzinfo=UTC)
-    assert llm.retry_after_seconds("12") == 12
-    assert llm.retry_after_seconds(None) == llm.DEFAULT_RETRY_AFTER_SECONDS
-    assert llm.retry_after_seconds("soon") == llm.DEFAULT_RETRY_AFTER_SECONDS
+    default = llm_client.DEFAULT_RETRY_AFTER_SECONDS
+    assert llm.retry_after_seconds({"Retry-After": "12"}) == 12
+    assert llm.retry_after_seconds({}) == default
+    assert llm.retry_after_seconds({"Retry-After": "soon"}) == default
     date = format_datetime(now + timedelta(seconds=90), usegmt=True)
-    assert llm.retry_after_seconds(date, now=now) == 90
+    assert llm.retry_after_seconds({"Retry-After": date}, now=now) == 90
+
+
+def test_retry_after_prefers_ms_then_retry_after_then_the_reset_headers() -> None:
+    every = {"retry-after-ms": "1500", "Retry-After": "7", "x-ratelimit-reset-requests": "6m0s"}
+    assert llm.retry_after_seconds(every) == 1.5
+    assert llm.retry_after_seconds({k: v for k, v in every.items() if k != "retry-after-ms"}) == 7
+    assert llm.retry_after_seconds({"x-ratelimit-reset-requests": "1m30s",
+                                    "x-ratelimit-reset-tokens": "250ms"}) == 90
+    assert llm.retry_after_seconds({"x-ratelimit-reset-tokens": "2m3.5s"}) == 123.5
 
 
 def test_bad_settings_raise_config_error_naming_the_variable() -> None:

@@ -1,30 +1,61 @@
 """An OpenAI-compatible LLM handler: one chat completion per batch, results mapped back by id.
 
-Works unchanged against vLLM, Ollama and llama.cpp's server: the default request
-carries only ``model``, ``messages`` and ``temperature``. Settings come from the
+Talks through the official ``openai`` client (``llm_client``), so it works against OpenAI and,
+through ``LLM_BASE_URL``, vLLM, Ollama and llama.cpp's server. Settings come from the
 environment (``LLM_*``), read at each call so a worker picks them up without a restart.
+
+What a batch's requests can end in, and what the handler does (docs/architecture.md, LLM):
+a rejected request (400/404/413/422) or a refusal is bisected down to the entries that cause
+it, which go to ``dead`` at once with the provider's words; a reply cut off by the token limit
+(``finish_reason: "length"``) keeps every complete result and re-sends only the missing
+entries in smaller requests; omitted or garbled entries are retried; rate limits, exhausted
+quota and rejected credentials pause the queue (no attempt spent).
 """
 
 from __future__ import annotations
 
-import html
-import json
 import os
-import re
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
-import httpx
 import structlog
 
-from batcher.errors import ConfigError, RateLimited
+from batcher.errors import ConfigError
 from batcher.models import Batch, BatchOutcome, Entry
-from workers import budget_guard
+from workers.handlers.llm_client import (
+    ClientSettings,
+    Completion,
+    LLMError,
+    LLMRejected,
+    LLMTimeoutError,
+    Usage,
+    api_base_url,
+    complete,
+    retry_after_seconds,
+)
+from workers.handlers.llm_format import (
+    CATEGORIES,
+    ResponseFormat,
+    build_prompt,
+    entry_text,
+    estimate_tokens,
+    map_results,
+    parse_entry_lines,
+    parse_reply,
+    response_format_param,
+    salvage_results,
+    validate_result,
+)
+
+__all__ = ["CATEGORIES", "LLMError", "LLMRejected", "LLMSettings", "LLMTimeoutError",
+           "api_base_url", "build_prompt", "estimate_tokens", "expected_output_tokens",
+           "map_results",
+           "parse_entry_lines", "parse_reply", "retry_after_seconds", "split_entries",
+           "summarize", "validate_result"]
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -32,27 +63,12 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_MAX_PROMPT_TOKENS = 6000
-DEFAULT_RETRY_AFTER_SECONDS = 5.0
-OUTPUT_TOKENS_PER_ENTRY = 40  # a result object (id, summary, category, importance)
-MAX_TITLE_CHARS = 300
-MAX_TEXT_CHARS = 1000
-CATEGORIES = "technology science business politics world sports health entertainment other".split()
-_ENTRY_LINE = re.compile(r'^\[id=("(?:[^"\\]|\\.)*")\] title: ?(.*)$')
-_TAG = re.compile(r"<[^>]+>")
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-_FENCE = re.compile(r"```[A-Za-z]*")
-
-
-class LLMError(Exception):
-    """The LLM server failed (HTTP error, unreadable response); the batch is retried."""
-
-    def __init__(self, message: str, status_code: int | None = None):
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class LLMTimeoutError(LLMError):
-    """The LLM server did not answer within ``LLM_TIMEOUT_SECONDS``."""
+DEFAULT_PAUSE_PROBE_SECONDS = 60.0
+RESPONSE_FORMATS = ("json_schema", "json_object", "text")
+# a split leaves this share of the output limit as headroom over the learned tokens per entry
+OUTPUT_HEADROOM = 0.8
+REFUSED_PREFIX = "refused by the model: "
+OUTPUT_TOKENS_PER_ENTRY = 40  # a result object (id, summary, category, importance), unlearned
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,27 +79,51 @@ class LLMSettings:
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
     max_tokens: int | None = None
-    json_mode: bool = False
+    response_format: ResponseFormat = "json_schema"
+    pause_probe_seconds: float = DEFAULT_PAUSE_PROBE_SECONDS
+    price_input_per_mtok: float = 0.0
+    price_cached_input_per_mtok: float | None = None
+    price_output_per_mtok: float = 0.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LLMSettings:
         """Read ``LLM_*``; raises ConfigError naming the variable on a bad value."""
         env = os.environ if env is None else env
         max_tokens = env.get("LLM_MAX_TOKENS", "")
+        cached = env.get("LLM_PRICE_CACHED_INPUT_PER_MTOK", "").strip()
         return cls(
             base_url=env.get("LLM_BASE_URL", "") or DEFAULT_BASE_URL,
             api_key=env.get("LLM_API_KEY") or None,
             model=env.get("LLM_MODEL", "") or DEFAULT_MODEL,
-            timeout_seconds=_positive(env, "LLM_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS),
+            timeout_seconds=_number(env, "LLM_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS),
             max_prompt_tokens=int(
-                _positive(env, "LLM_MAX_PROMPT_TOKENS", DEFAULT_MAX_PROMPT_TOKENS)
+                _number(env, "LLM_MAX_PROMPT_TOKENS", DEFAULT_MAX_PROMPT_TOKENS)
             ),
-            max_tokens=int(_positive(env, "LLM_MAX_TOKENS", 1)) if max_tokens else None,
-            json_mode=env.get("LLM_JSON_MODE", "").strip().lower() in {"1", "true", "yes", "on"},
+            max_tokens=int(_number(env, "LLM_MAX_TOKENS", 1)) if max_tokens else None,
+            response_format=_response_format(env),
+            pause_probe_seconds=_number(env, "LLM_PAUSE_PROBE_SEC", DEFAULT_PAUSE_PROBE_SECONDS),
+            price_input_per_mtok=_number(env, "LLM_PRICE_INPUT_PER_MTOK", 0.0, zero=True),
+            price_cached_input_per_mtok=(
+                _number(env, "LLM_PRICE_CACHED_INPUT_PER_MTOK", 0.0, zero=True)
+                if cached else None),
+            price_output_per_mtok=_number(env, "LLM_PRICE_OUTPUT_PER_MTOK", 0.0, zero=True),
         )
 
+    @property
+    def client(self) -> ClientSettings:
+        return ClientSettings(self.base_url, self.api_key, self.timeout_seconds,
+                              self.pause_probe_seconds)
 
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    def cost_usd(self, usage: Usage) -> float:
+        """The estimated price of ``usage`` (cached prompt tokens at their own price if set)."""
+        cached_price = (self.price_input_per_mtok if self.price_cached_input_per_mtok is None
+                        else self.price_cached_input_per_mtok)
+        fresh = usage.prompt_tokens - usage.cached_tokens
+        return (fresh * self.price_input_per_mtok + usage.cached_tokens * cached_price
+                + usage.completion_tokens * self.price_output_per_mtok) / 1e6
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, zero: bool = False) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return float(default)
@@ -91,94 +131,86 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r}: must be a number > 0")
+    if value < 0 or (value == 0 and not zero):
+        raise ConfigError(f"{name}={raw!r}: must be a number {'>= 0' if zero else '> 0'}")
     return value
 
 
-def completions_url(base_url: str) -> str:
-    """``http://h:8000``, ``http://h:8000/`` and ``http://h:8000/v1`` all give the same URL."""
-    base = base_url.strip().rstrip("/")
-    if base.endswith("/v1"):
-        base = base[: -len("/v1")]
-    return f"{base}/v1/chat/completions"
+def _response_format(env: Mapping[str, str]) -> ResponseFormat:
+    raw = env.get("LLM_RESPONSE_FORMAT", "").strip().lower()
+    if not raw:
+        # LLM_JSON_MODE=1, the older switch, still asks for json_object
+        legacy = env.get("LLM_JSON_MODE", "").strip().lower() in {"1", "true", "yes", "on"}
+        return "json_object" if legacy else "json_schema"
+    if raw == "none":
+        raw = "text"
+    if raw not in RESPONSE_FORMATS:
+        raise ConfigError(f"LLM_RESPONSE_FORMAT={raw!r}: must be one of "
+                          f"{', '.join(RESPONSE_FORMATS)}")
+    return cast(ResponseFormat, raw)
 
 
-# --- the prompt -------------------------------------------------------------------------
+# --- what was learned about output size ----------------------------------------------------
 
 
-def _clean(text: str, limit: int) -> str:
-    # One line per field: the fake server (and the model) read the prompt line by line.
-    text = " ".join(html.unescape(_TAG.sub(" ", text)).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+class _OutputModel:
+    """Completion tokens per entry, learned from replies, so a split leaves room for the answer.
+
+    ``ceiling`` is the output limit: LLM_MAX_TOKENS when set, else the size at which the
+    server last cut a reply off.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tokens_per_entry: float | None = None
+        self.ceiling: int | None = None
+
+    def learn(self, tokens: int, entries: int, *, truncated: bool) -> None:
+        if entries <= 0 or tokens <= 0:
+            if truncated and tokens > 0:
+                with self.lock:
+                    self.ceiling = tokens
+            return
+        per = tokens / entries
+        with self.lock:
+            old = self.tokens_per_entry
+            # the worst recent figure counts most: a split sized on the average truncates half
+            self.tokens_per_entry = per if old is None else max(per, 0.7 * old + 0.3 * per)
+            if truncated:
+                self.ceiling = tokens
+
+    def max_entries(self, max_tokens: int | None) -> int | None:
+        with self.lock:
+            ceiling = max_tokens or self.ceiling
+            if ceiling is None or not self.tokens_per_entry:
+                return None
+            return max(1, int(ceiling * OUTPUT_HEADROOM / self.tokens_per_entry))
 
 
-def format_entry(entry_id: str, title: str, text: str) -> str:
-    """The two prompt lines of one entry; ``parse_entry_lines`` reads them back."""
-    marker = json.dumps(entry_id, ensure_ascii=False)
-    title, text = _clean(title, MAX_TITLE_CHARS), _clean(text, MAX_TEXT_CHARS)
-    return f"[id={marker}] title: {title}\ntext: {text}"
-
-
-def parse_entry_lines(prompt: str) -> list[tuple[str, str]]:
-    """(id, title) of every entry in a prompt built by ``build_prompt``."""
-    found = []
-    for line in prompt.splitlines():
-        match = _ENTRY_LINE.match(line)
-        if match:
-            found.append((str(json.loads(match.group(1))), match.group(2)))
-    return found
-
-
-def _entry_text(entry: Entry) -> str:
-    payload = entry.payload
-    title = str(payload.get("title") or "(untitled)")
-    text = str(payload.get("summary") or payload.get("description") or payload.get("link") or "")
-    return format_entry(entry.id, title, text)
-
-
-def _instructions(json_mode: bool) -> str:
-    shape = '{"results": [ ... ]}' if json_mode else "a JSON array"
-    return (
-        "You summarise news feed entries. For each entry write a one-sentence summary, "
-        f"choose one category from: {', '.join(CATEGORIES)}; and rate its importance "
-        "from 1 (trivial) to 5 (major news).\n"
-        f"Reply with only {shape}, one object per entry, in the order given:\n"
-        '[{"id": "<the entry id exactly as given>", "summary": "...", '
-        '"category": "technology", "importance": 3}]\n'
-        "No prose and no markdown."
-    )
-
-
-def build_prompt(entries: Sequence[Entry], *, json_mode: bool = False) -> list[dict[str, str]]:
-    """The chat messages for ``entries``: instructions, then each entry with its id."""
-    body = "\n".join(_entry_text(e) for e in entries)
-    return [
-        {"role": "system", "content": _instructions(json_mode)},
-        {"role": "user", "content": f"Entries ({len(entries)}):\n{body}"},
-    ]
-
-
-def estimate_tokens(messages: Sequence[Mapping[str, str]]) -> int:
-    """The chars/4 heuristic, plus a few tokens of chat template per message."""
-    return sum(len(m["content"]) for m in messages) // 4 + 4 * len(messages)
+OUTPUT = _OutputModel()
 
 
 def split_entries(
-    entries: Sequence[Entry], max_prompt_tokens: int, *, json_mode: bool = False
+    entries: Sequence[Entry],
+    max_prompt_tokens: int,
+    *,
+    response_format: ResponseFormat = "text",
+    max_entries: int | None = None,
 ) -> list[list[Entry]]:
-    """Greedy chunks whose prompt fits ``max_prompt_tokens``; one chunk when all fit.
+    """Greedy chunks whose prompt fits ``max_prompt_tokens`` and of at most ``max_entries``.
 
-    An entry too big on its own still gets a chunk (its text is already truncated).
+    One chunk when all fit. An entry too big on its own still gets a chunk (its text is
+    already truncated).
     """
-    base_chars = sum(len(m["content"]) for m in build_prompt([], json_mode=json_mode))
+    base_chars = sum(len(m["content"]) for m in build_prompt([], response_format))
     budget_chars = max(0, (max_prompt_tokens - 8) * 4 - base_chars)
     chunks: list[list[Entry]] = []
     current: list[Entry] = []
     used = 0
     for entry in entries:
-        cost = len(_entry_text(entry)) + 1
-        if current and used + cost > budget_chars:
+        cost = len(entry_text(entry)) + 1
+        full = max_entries is not None and len(current) >= max_entries
+        if current and (used + cost > budget_chars or full):
             chunks.append(current)
             current, used = [], 0
         current.append(entry)
@@ -188,241 +220,156 @@ def split_entries(
     return chunks
 
 
-# --- the reply --------------------------------------------------------------------------
-
-
-def _usable(value: Any) -> list[Any] | None:
-    """The result list inside a decoded value: a list of objects, or an object wrapping one."""
-    if isinstance(value, list):
-        return value if any(isinstance(v, dict) for v in value) or not value else None
-    if isinstance(value, dict):
-        for inner in value.values():
-            if isinstance(inner, list) and any(isinstance(v, dict) for v in inner):
-                return inner
-        if "id" in value:  # a lone result, as JSON mode can give for one entry
-            return [value]
-    return None
-
-
-def parse_reply(text: str) -> list[Any]:
-    """The list of result objects in a model's reply; raises ValueError when there is none.
-
-    Tolerates ```json fences, <think> blocks, prose around the JSON and an object
-    wrapping the array (``{"results": [...]}``).
-    """
-    text = _FENCE.sub("", _THINK.sub("", text)).strip()
-    decoder = json.JSONDecoder()
-    starts = [i for i, ch in enumerate(text) if ch in "[{"][:500]
-    for start in starts:
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        found = _usable(value)
-        if found is not None:
-            return found
-    raise ValueError(f"no JSON array of results in the reply: {text[:120]!r}")
-
-
-def _importance(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int):
-        return None
-    return min(5, max(1, value))  # a 0 or a 6 is a scale slip, not a garbled answer
-
-
-def validate_result(item: Mapping[str, Any]) -> dict[str, Any] | str:
-    """The clean result of one reply object, or why it is unusable."""
-    summary, category = item.get("summary"), item.get("category")
-    if not isinstance(summary, str) or not summary.strip():
-        return "missing or empty 'summary'"
-    if not isinstance(category, str) or not category.strip():
-        return "missing or empty 'category'"
-    importance = _importance(item.get("importance"))
-    if importance is None:
-        return f"'importance' is not a number 1-5: {item.get('importance')!r}"
-    return {
-        "summary": summary.strip(),
-        "category": category.strip().lower(),
-        "importance": importance,
-    }
-
-
-def map_results(entry_ids: Sequence[str], items: Sequence[Any]) -> BatchOutcome:
-    """Match reply objects to the batch by id; omitted or garbled entries go to ``failed``."""
-    wanted = set(entry_ids)
-    good: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    unknown = 0
-    for item in items:
-        raw_id = item.get("id") if isinstance(item, dict) else None
-        # Models echo numeric-looking ids as numbers; a bool is never an id.
-        valid = isinstance(raw_id, str | int) and not isinstance(raw_id, bool)
-        item_id = str(raw_id) if valid else None
-        if item_id is None or item_id not in wanted:
-            unknown += 1
-            continue
-        checked = validate_result(item)
-        if isinstance(checked, str):
-            errors.setdefault(item_id, f"garbled result: {checked}")
-        else:
-            good.setdefault(item_id, checked)
-    failed = {i: errors.get(i, "omitted by the model") for i in entry_ids if i not in good}
-    if unknown:
-        log.warning("llm.reply_items_ignored", count=unknown, reason="no id or an unknown id")
-    return BatchOutcome(results={i: good[i] for i in entry_ids if i in good}, failed=failed)
-
-
-# --- HTTP -------------------------------------------------------------------------------
-
-_client: httpx.Client | None = None
-_client_lock = threading.Lock()
-
-
-def _get_client() -> httpx.Client:
-    # One pooled client per process, made on first use so a forked worker makes its own.
-    global _client
-    with _client_lock:
-        if _client is None:
-            _client = httpx.Client(headers={"User-Agent": "redis-batcher-llm/0.1"})
-        return _client
-
-
-def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float:
-    """Retry-After as seconds (delta-seconds or an HTTP date); the default when absent or bad."""
-    if not value or not value.strip():
-        return DEFAULT_RETRY_AFTER_SECONDS
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return DEFAULT_RETRY_AFTER_SECONDS
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-def _request_body(settings: LLMSettings, messages: list[dict[str, str]]) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": settings.model, "messages": messages, "temperature": 0}
-    if settings.json_mode:
-        body["response_format"] = {"type": "json_object"}
-    if settings.max_tokens:
-        body["max_tokens"] = settings.max_tokens
-    return body
-
-
-def _usage(response: httpx.Response) -> tuple[int | None, int | None]:
-    try:
-        usage = response.json().get("usage") or {}
-        return int(usage["prompt_tokens"]), int(usage["completion_tokens"])
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None, None
+# --- one batch ------------------------------------------------------------------------------
 
 
 def expected_output_tokens(settings: LLMSettings, n_entries: int) -> int:
-    """What a budget reserves for the reply: ``LLM_MAX_TOKENS`` when set, else a guess per
-    entry (the settle step corrects it with the real usage)."""
-    guess = OUTPUT_TOKENS_PER_ENTRY * max(1, n_entries)
+    """What a budget reserves for the reply: the learned tokens per entry (40 before any
+    reply), capped by ``LLM_MAX_TOKENS``; the settle step corrects it with the real usage."""
+    per_entry = OUTPUT.tokens_per_entry or OUTPUT_TOKENS_PER_ENTRY
+    guess = int(per_entry * max(1, n_entries)) + 1
     return min(guess, settings.max_tokens) if settings.max_tokens else guess
 
 
-def complete(settings: LLMSettings, messages: list[dict[str, str]],
-             expected_output: int = 0) -> str:
-    """POST one chat completion and return the message content.
-
-    With a budget bound (``BATCH_BUDGET``) the call first reserves its estimated tokens and
-    afterwards settles them with the reply's usage and rate-limit headers.
-    Raises RateLimited on 429/503 or when the budget must refill first, LLMTimeoutError on a
-    timeout, LLMError otherwise.
-    """
-    url = completions_url(settings.base_url)
-    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-    budget_guard.reserve_call(estimate_tokens(messages), expected_output)
-    try:
-        response = _get_client().post(
-            url,
-            json=_request_body(settings, messages),
-            headers=headers,
-            timeout=settings.timeout_seconds,
-        )
-    except httpx.TimeoutException as exc:
-        budget_guard.report_usage(None, None, None)  # it may have run: keep the estimate
-        raise LLMTimeoutError(
-            f"LLM request to {url} timed out after {settings.timeout_seconds}s"
-        ) from exc
-    except httpx.HTTPError as exc:
-        budget_guard.report_usage(0, 0, None)
-        raise LLMError(f"LLM request to {url} failed: {exc!r}") from exc
-    if response.status_code == 200:
-        budget_guard.report_usage(*_usage(response), response.headers)
-    else:
-        budget_guard.report_usage(0, 0, response.headers)
-    if response.status_code in (429, 503):
-        wait = retry_after_seconds(response.headers.get("Retry-After"))
-        raise RateLimited(wait, f"LLM server answered {response.status_code}, retry after {wait}s")
-    if response.status_code >= 400:
-        raise LLMError(
-            f"LLM server answered {response.status_code} for {url}: {response.text[:200]!r}",
-            status_code=response.status_code,
-        )
-    try:
-        content = response.json()["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise LLMError(f"unreadable completion from {url}: {response.text[:200]!r}") from exc
-    return content if isinstance(content, str) else ""
+def request_body(settings: LLMSettings, entries: Sequence[Entry]) -> dict[str, Any]:
+    """The chat-completion request for ``entries`` (its JSON body's fields)."""
+    body: dict[str, Any] = {
+        "model": settings.model,
+        "messages": build_prompt(entries, settings.response_format),
+        "temperature": 0,
+    }
+    response_format = response_format_param(settings.response_format)
+    if response_format is not None:
+        body["response_format"] = response_format
+    if settings.max_tokens:
+        body["max_completion_tokens"] = settings.max_tokens  # max_tokens is deprecated
+    return body
 
 
-def _summarize_chunk(settings: LLMSettings, entries: list[Entry]) -> BatchOutcome:
-    content = complete(settings, build_prompt(entries, json_mode=settings.json_mode),
-                       expected_output_tokens(settings, len(entries)))
-    ids = [e.id for e in entries]
+@dataclass
+class _Run:
+    """What one batch has gathered so far, over all its requests."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    dead: dict[str, str] = field(default_factory=dict)
+    usage: Usage = Usage()
+    requests: int = 0
+    request_seconds: float = 0.0
+    truncated: int = 0
+    refusals: int = 0
+    bisections: int = 0
+
+    def figures(self, settings: LLMSettings) -> dict[str, float]:
+        u = self.usage
+        return {"llm_requests": self.requests, "llm_prompt_tokens": u.prompt_tokens,
+                "llm_completion_tokens": u.completion_tokens,
+                "llm_cached_tokens": u.cached_tokens,
+                "llm_request_ms": round(self.request_seconds * 1000, 3),
+                "llm_entries": len(self.results), "llm_truncated": self.truncated,
+                "llm_refusals": self.refusals, "llm_bisections": self.bisections,
+                "llm_cost_usd": round(settings.cost_usd(u), 9)}
+
+
+def _halves(chunk: list[Entry]) -> list[list[Entry]]:
+    mid = len(chunk) // 2
+    return [chunk[:mid], chunk[mid:]]
+
+
+def _take_reply(settings: LLMSettings, run: _Run, chunk: list[Entry], reply: Completion,
+                queue: deque[list[Entry]]) -> None:
+    ids = [e.id for e in chunk]
+    truncated = reply.finish_reason == "length"
+    parsed = salvage_results(reply.content) if truncated else _parse_or_none(reply.content)
+    items = parsed or []
+    outcome = map_results(ids, items)
+    OUTPUT.learn(reply.usage.completion_tokens, len(outcome.results) if truncated else len(ids),
+                 truncated=truncated)
+    run.results.update(outcome.results)
+    if not truncated:
+        if parsed is None:
+            run.failed.update({i: f"unparseable reply: {reply.content[:120]!r}" for i in ids})
+        else:
+            run.failed.update(outcome.failed)
+        return
+    run.truncated += 1
+    missing = [e for e in chunk if e.id not in outcome.results]
+    if len(missing) == len(chunk) == 1:
+        run.failed[chunk[0].id] = "reply cut off by the output token limit"
+        return
+    # re-send only the missing entries, in requests small enough for what was learned; a reply
+    # that kept nothing is halved at least, so every round makes progress
+    most = len(missing) if len(missing) < len(chunk) else max(1, len(chunk) // 2)
+    size = min(OUTPUT.max_entries(settings.max_tokens) or most, most)
+    queue.extend(missing[i:i + size] for i in range(0, len(missing), size))
+
+
+def _parse_or_none(content: str) -> list[Any] | None:
     try:
-        items = parse_reply(content)
-    except ValueError as exc:
-        return BatchOutcome(failed={i: f"unparseable reply: {exc}" for i in ids})
-    return map_results(ids, items)
+        return parse_reply(content)
+    except ValueError:
+        return None
+
+
+def _one_request(settings: LLMSettings, run: _Run, chunk: list[Entry],
+                 queue: deque[list[Entry]]) -> None:
+    """Send ``chunk``; a rejected or refused request of several entries is bisected."""
+    try:
+        body = request_body(settings, chunk)
+        reply = complete(settings.client, body, input_tokens=estimate_tokens(body["messages"]),
+                         expected_output_tokens=expected_output_tokens(settings, len(chunk)))
+    except LLMRejected as exc:
+        run.requests += 1
+        if len(chunk) > 1:
+            run.bisections += 1
+            queue.extendleft(reversed(_halves(chunk)))
+        else:
+            run.dead[chunk[0].id] = str(exc)
+        return
+    run.requests += 1
+    run.usage += reply.usage
+    run.request_seconds += reply.elapsed_seconds
+    if reply.refusal:
+        run.refusals += 1
+        if len(chunk) > 1:
+            run.bisections += 1
+            queue.extendleft(reversed(_halves(chunk)))
+        else:
+            # a model's refusal of one entry is its answer: asking again gets the same one
+            run.dead[chunk[0].id] = REFUSED_PREFIX + reply.refusal
+        return
+    _take_reply(settings, run, chunk, reply, queue)
 
 
 def summarize(batch: Batch) -> BatchOutcome:
-    """Summarise, categorise and rate a batch: one request, or one per chunk when too big.
+    """Summarise, categorise and rate a batch: one request, or more when it must be split.
 
-    Raises RateLimited on any 429/503 (the queue must pause; finished chunks are redone).
-    Raises LLMTimeoutError or LLMError when the first request fails; when a later chunk
-    fails, the finished chunks are kept and the rest are reported failed.
+    Raises RateLimited (the queue waits) or QueuePaused (quota, credentials) at once: the batch
+    is redone after the pause, no attempt spent. Raises LLMTimeoutError or LLMError when the
+    first request fails; when a later one fails, what finished is kept and the rest is retried.
     """
     settings = LLMSettings.from_env()
-    chunks = split_entries(batch.entries, settings.max_prompt_tokens, json_mode=settings.json_mode)
+    queue: deque[list[Entry]] = deque(split_entries(
+        batch.entries, settings.max_prompt_tokens, response_format=settings.response_format,
+        max_entries=OUTPUT.max_entries(settings.max_tokens)))
     started = time.monotonic()
-    results: dict[str, Any] = {}
-    failed: dict[str, str] = {}
-    for index, chunk in enumerate(chunks):
+    run = _Run()
+    while queue:
+        chunk = queue.popleft()
         try:
-            outcome = _summarize_chunk(settings, chunk)
+            _one_request(settings, run, chunk, queue)
         except LLMError as exc:
-            if index == 0:
+            if run.requests == 0:
                 raise
-            # Keep the answers already paid for; the rest back off and come round again.
-            failed.update({e.id: str(exc) for c in chunks[index:] for e in c})
+            # keep the answers already paid for; the rest back off and come round again
+            run.failed.update({e.id: str(exc) for c in (chunk, *queue) for e in c})
             break
-        results.update(outcome.results)
-        failed.update(outcome.failed)
     log.info(
-        "llm.batch_summarized",
-        queue=batch.queue,
-        batch_id=batch.id,
-        size=len(batch),
-        requests=len(chunks),
-        succeeded=len(results),
-        failed=len(failed),
-        elapsed_ms=round((time.monotonic() - started) * 1000),
-    )
-    return BatchOutcome(results=results, failed=failed)
+        "llm.batch_summarized", queue=batch.queue, batch_id=batch.id, size=len(batch),
+        requests=run.requests, succeeded=len(run.results), failed=len(run.failed),
+        dead=len(run.dead), truncated=run.truncated, refusals=run.refusals,
+        prompt_tokens=run.usage.prompt_tokens, completion_tokens=run.usage.completion_tokens,
+        elapsed_ms=round((time.monotonic() - started) * 1000))
+    failed = {i: e for i, e in run.failed.items() if i not in run.results}
+    return BatchOutcome(results=run.results, failed=failed, rejected=run.dead,
+                        usage=run.figures(settings))
