@@ -6,13 +6,15 @@ paths that misbehave on purpose:
 
 - ``/redirect/<name>`` answers 301 to ``/<name>``;
 - ``/slow/<name>`` sleeps ``slow_seconds`` before answering (for timeouts);
-- ``/status/<code>`` answers that status with a short text body.
+- ``/status/<code>`` answers that status with a short text body (429 and 503 with
+  ``Retry-After: 7``).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import sys
 import threading
 from email.utils import formatdate, parsedate_to_datetime
 from http import HTTPStatus
@@ -48,6 +50,11 @@ class FeedServer(ThreadingHTTPServer):
     def record(self, path: str, headers: dict[str, str]) -> None:
         with self._lock:
             self.requests.append((path, headers))
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client killed mid-request (the fetcher benchmark does it on purpose)
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
     def stop(self) -> None:
         """Wake sleeping /slow/ handlers, stop serving and close the socket."""
@@ -90,6 +97,8 @@ class _FeedHandler(BaseHTTPRequestHandler):
         phrase = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else ""
         body = f"{code} {phrase}\n".encode()
         self.send_response(code)
+        if code in (429, 503):
+            self.send_header("Retry-After", "7")
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -182,13 +182,14 @@ class Scripts:
             if line.count(b"\n") != 2 or not 0 <= priority <= 2:  # the script's framing
                 raise ValueError(f"enqueue: id {entry_id!r} / priority {priority!r} unframeable")
             head.append(line)
-        keys = [k.pending, k.payloads, k.seen, k.state, k.wakeup, k.stats, k.delayed,
-                *k.actives(), k.source_prefix]
+        # payloads is an ARGV, not a KEY: see enqueue.lua's header (ACL write-only producers)
+        keys = [k.pending, k.seen, k.state, k.wakeup, k.stats, k.delayed, *k.actives(),
+                k.source_prefix]
         reply = self._run_packed("enqueue", keys, [
             _now(now_ms), *self._limits, str(c.early_flush_pressure),
             "1" if c.enable_adaptive_timeout else "0", *self._thresholds,
             str(int(c.dedupe_window_seconds * 1000)), str(c.dedupe_max_ids),
-            str(c.max_pending_per_source),
+            str(c.max_pending_per_source), k.payloads,
             b"".join(head), *(envelope for _, _, envelope in entries),
         ])
         accepted, dups, rejected, _woke, capped = reply

@@ -130,11 +130,11 @@ def _wait_for_sweep(feed_server: Any, n: int, started: float,
         seen = len({path for path, _ in requests})
         if seen >= n:
             return first or 0.0, time.monotonic() - started
-        if kill_at is not None and seen >= kill_at and procs[0].poll() is None:
+        if kill_at is not None and seen >= kill_at:
             procs[0].kill()  # mid-sweep, feeds in hand: the others take them at lease end
+            _reap(procs[0], block=True)
             kill_at = None
-        if any(p.poll() is not None for p in procs[1:]) or (
-                kill_at is not None and procs[0].poll() is not None):
+        if any(_reap(p, block=False) for p in procs if p.returncode is None):
             raise SystemExit(f"bench_feeds: a fetcher exited early ({seen} of {n} swept)")
         time.sleep(0.05)
 
@@ -147,17 +147,28 @@ def _wait_for_no_claims(client: Any, guard_seconds: float) -> None:
         time.sleep(0.1)
 
 
+_CPU_SECONDS: dict[int, float] = {}  # pid -> user + sys, of fetchers reaped
+
+
+def _reap(proc: subprocess.Popen[bytes], *, block: bool) -> bool:
+    """Reap ``proc`` if it has exited (wait4, for its CPU time; never Popen.poll)."""
+    pid, status, usage = os.wait4(proc.pid, 0 if block else os.WNOHANG)
+    if pid == 0:
+        return False
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    _CPU_SECONDS[proc.pid] = usage.ru_utime + usage.ru_stime
+    return True
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> float:
     """SIGTERM every fetcher, reap it, and return their CPU seconds (user + sys)."""
     for proc in procs:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-    cpu = 0.0
     for proc in procs:
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        cpu += usage.ru_utime + usage.ru_stime
-    return cpu
+        if proc.returncode is None:
+            _reap(proc, block=True)
+    return sum(_CPU_SECONDS.get(p.pid, 0.0) for p in procs)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import click
 import orjson
 import structlog
 
-from batcher.cli.common import open_queue, queue_options
+from batcher.cli.common import open_queue, open_queue_waiting, queue_options
 from batcher.fetch import FeedFetcher, load_feeds
 from batcher.fetch_runner import ScheduledFetcher
 from batcher.fetch_schedule import FetchSchedule
@@ -51,8 +51,10 @@ def fetch(feeds_path: Path, once: bool, base_url: str | None, concurrency: int,
     if lease_seconds <= timeout_seconds * 2:
         raise click.BadParameter(f"must exceed twice --timeout ({timeout_seconds}s)",
                                  param_hint="--lease")
-    config, client = open_queue(queue, redis_url)
     feeds = load_feeds(feeds_path, base_url=base_url)
+    # a daemon waits for Redis (no crash loop under a supervisor); --once is a command
+    config, client = (open_queue(queue, redis_url) if once
+                      else open_queue_waiting(queue, redis_url))
     stop = threading.Event()
 
     def handle(signum: int, _frame: FrameType | None) -> None:
@@ -81,8 +83,9 @@ def fetch(feeds_path: Path, once: bool, base_url: str | None, concurrency: int,
 
 
 def _row(f: dict[str, Any]) -> str:
-    due = "fetching" if f["fetching"] else (
-        "-" if f["next_due_in_s"] is None else f"{f['next_due_in_s']:.0f}s")
+    due_in = f["next_due_in_s"]
+    due = ("fetching" if f["fetching"] else "-" if due_in is None
+           else "now" if due_in <= 0 else f"{due_in:.0f}s")
     error = f"  {f['last_error']}" if f["last_error"] else ""
     return (f"{f['source'][:32]:32} {f['last_status']:12} {f['last_http_status'] or '-':>4} "
             f"{due:>9} {f['failures']:>4} {f['fetched']:>6} {f['not_modified']:>6} "

@@ -21,7 +21,8 @@ from batcher.models import PRIORITY_NAMES
 from batcher.redaction import scrub
 from batcher.stats import detailed_stats
 
-PER_ID_KINDS = ("batch", "result")  # key kinds with one key per batch or entry
+# key kinds with one key per batch, entry or scheduled feed
+PER_ID_KINDS = ("batch", "result", "fetch:feed")
 KEYS_SHOWN_PER_KIND = 20
 _INSPECT = {
     "zset": "ZRANGE {key} 0 9 WITHSCORES",
@@ -215,7 +216,9 @@ def keys(limit: int, queue: str | None, redis_url: str | None) -> None:
         name = cast(bytes, raw).decode()
         kind = _kind(config, name)
         if kind is not None:
-            per_kind[kind] += 1
+            # fetch:feed keys are counted too (a KeyError here once broke `keys` on a
+            # queue with a fetch schedule)
+            per_kind[kind] = per_kind.get(kind, 0) + 1
             if limit and per_kind[kind] > limit:
                 continue
         shown.append(name)

@@ -2,14 +2,13 @@
 --[[ enqueue.lua: accept a chunk of entries atomically (DESIGN §3 "Enqueue").
 
 KEYS[1] pending    ZSET  id -> (3 - priority) * 1e13 + enqueued_ms
-KEYS[2] payloads   HASH  id -> envelope (opaque JSON; never decoded here)
-KEYS[3] seen       ZSET  id -> accepted ms (de-duplication window)
-KEYS[4] state      HASH  bytes, size_threshold, wake_ms
-KEYS[5] wakeup     LIST  at most one token for the coordinator
-KEYS[6] stats      HASH  counters
-KEYS[7] delayed    ZSET  ids backing off (their payload is still held: a re-send is a duplicate)
-KEYS[8..10] active:0..2  ZSET  per priority: source group -> its fair-share tag (issue 17)
-KEYS[11] the source lists' prefix: list '<prefix><priority>:<group>' holds that source's pending
+KEYS[2] seen       ZSET  id -> accepted ms (de-duplication window)
+KEYS[3] state      HASH  bytes, size_threshold, wake_ms
+KEYS[4] wakeup     LIST  at most one token for the coordinator
+KEYS[5] stats      HASH  counters
+KEYS[6] delayed    ZSET  ids backing off (their payload is still held: a re-send is a duplicate)
+KEYS[7..9] active:0..2  ZSET  per priority: source group -> its fair-share tag (issue 17)
+KEYS[10] the source lists' prefix: list '<prefix><priority>:<group>' holds that source's pending
          ids, oldest first (one key per source: named here, not in KEYS; same hash tag)
 
 ARGV[1]  now_ms ('' = Redis TIME)
@@ -19,8 +18,13 @@ ARGV[6]  adaptive timeout (1/0)   ARGV[7..9] time thresholds ms: normal, high, u
 ARGV[10] dedupe window ms (0 = only pending/delayed ids are duplicates)
 ARGV[11] dedupe max ids (the seen set's cap)
 ARGV[12] max pending entries per source group and priority (0 = no cap)
-ARGV[13] one line per entry: id '\n' priority-digit '\n' (ids are printable: no newline)
-ARGV[14..] the envelopes, in the same order (each its own argument: used as is, never copied).
+ARGV[13] the payloads HASH (id -> envelope, opaque JSON, never decoded here). Named in ARGV,
+         not KEYS, on purpose: Redis's ACL checks every declared key of an EVALSHA for read
+         AND write, so a producer user that may only write payloads (docs/acl/users.acl:
+         %W~...:payloads, never reading other entries') could not call the script. The
+         script's own HSET is checked as a write only. Same hash tag: same slot.
+ARGV[14] one line per entry: id '\n' priority-digit '\n' (ids are printable: no newline)
+ARGV[15..] the envelopes, in the same order (each its own argument: used as is, never copied).
          An envelope opens with '{"g":"<group>",': the source's group, read from that fixed prefix
          (the rest is never decoded); an envelope without it is in group ''.
 
@@ -29,10 +33,11 @@ source cap (also in rejected ids)}}.
 Every entry is written whole or not at all: ZADD, HSET and the byte gauge move together.
 Cost per chunk: three ZMSCORE look-ups and three variadic writes, whatever its size.
 ]]
-local pending, payloads, seen, state, wakeup, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local delayed = KEYS[7]
-local active = {[0] = KEYS[8], KEYS[9], KEYS[10]}
-local src_prefix = KEYS[11]
+local pending, seen, state, wakeup, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local delayed = KEYS[6]
+local active = {[0] = KEYS[7], KEYS[8], KEYS[9]}
+local src_prefix = KEYS[10]
+local payloads = ARGV[13]
 
 local now
 if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
@@ -67,12 +72,12 @@ local function mscore(key, ids)
 end
 
 local ids, prio_of, n_ids = {}, {}, 0
-for id, prio in string.gmatch(ARGV[13], '([^\n]+)\n(%d)\n') do
+for id, prio in string.gmatch(ARGV[14], '([^\n]+)\n(%d)\n') do
   n_ids = n_ids + 1
   ids[n_ids], prio_of[n_ids] = id, tonumber(prio)
 end
-if n_ids ~= #ARGV - 13 then
-  return redis.error_reply('enqueue: ' .. n_ids .. ' id lines for ' .. (#ARGV - 13) .. ' envelopes')
+if n_ids ~= #ARGV - 14 then
+  return redis.error_reply('enqueue: ' .. n_ids .. ' id lines for ' .. (#ARGV - 14) .. ' envelopes')
 end
 if n_ids == 0 then return {0, {}, {}, 0, {}} end
 local in_pending, in_delayed = mscore(pending, ids), mscore(delayed, ids)
@@ -89,7 +94,7 @@ local oldest_seen = now - window
 local push, push_order, held, capped = {}, {}, {}, {}
 local j = 0  -- zadd, hset and seen_add grow together: two slots per accepted entry
 for k = 1, n_ids do
-  local id, env = ids[k], ARGV[13 + k]
+  local id, env = ids[k], ARGV[14 + k]
   local dup = in_pending[k] or in_delayed[k] or taken[id]
     or (seen_at[k] and tonumber(seen_at[k]) >= oldest_seen)
   local prio = prio_of[k]

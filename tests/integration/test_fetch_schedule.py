@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis as redis_py
+from click.testing import CliRunner
 
+from batcher.cli import cli
 from batcher.config import BatchProcessingConfig
 from batcher.exporter import metric_families
 from batcher.feed_server import SAMPLE_FEEDS_DIR, FeedServer, serve_feeds
@@ -171,3 +173,43 @@ def test_a_killed_fetchers_feeds_are_fetched_by_another(
 
 def test_unused_schedule_has_no_summary(redis: redis_py.Redis) -> None:
     assert fetch_summary(redis, FetchSchedule(redis, "q").keys) is None
+
+
+@pytest.mark.real
+def test_a_429_backs_off_its_host_for_every_fetcher(
+    real_redis: redis_py.Redis, feed_server: tuple[FeedServer, str],
+) -> None:
+    server, base_url = feed_server
+    feeds = [FeedConfig(url=f"{base_url}/status/429", source="busy", interval_seconds=60),
+             FeedConfig(url=f"{base_url}/atom_dev_blog.xml", source="dev", interval_seconds=60)]
+    runner, fetcher = _runner(real_redis, ListSink(), feeds[:1])
+    runner.run(threading.Event(), once=True)
+    fetcher.close()
+    keys = QueueKeys("q")
+    until = int(real_redis.hget(keys.fetch_host_until, host_of(base_url + "/")))
+    assert until >= int(real_redis.time()[0]) * 1000 + 25_000  # 30 s base > Retry-After 7
+    # another fetcher, another feed of that host: not requested, due again at the host's time
+    runner, fetcher = _runner(real_redis, ListSink(), feeds[1:])
+    runner.run(threading.Event(), once=True)
+    fetcher.close()
+    assert [path for path, _ in server.requests] == ["/status/429"]
+    assert real_redis.zscore(keys.fetch_due, feeds[1].url) >= until - 1000
+
+
+@pytest.mark.real
+def test_keys_and_fetch_status_commands_with_many_feeds(
+    real_redis: redis_py.Redis, redis_url: str,
+) -> None:
+    FetchSchedule(real_redis, "q").register(
+        [FeedConfig(url=f"http://h.example/{i}", source=f"s{i}") for i in range(30)])
+    keys = CliRunner().invoke(cli, ["keys", "--queue", "q", "--redis-url", redis_url],
+                              catch_exceptions=False)
+    assert keys.exit_code == 0
+    assert "... and 10 more fetch:feed:* keys (30 in all" in keys.stdout
+    status = CliRunner().invoke(
+        cli, ["fetch-status", "--limit", "5", "--queue", "q", "--redis-url", redis_url],
+        catch_exceptions=False)
+    assert status.exit_code == 0
+    assert "30 feeds scheduled on queue 'q', 5 shown" in status.stdout
+    rows = status.stdout.splitlines()[2:]
+    assert len(rows) == 5 and all(" never " in r and " now " in r for r in rows)

@@ -64,9 +64,10 @@ def test_the_script_checks_its_id_lines_against_its_envelopes(redis: redis_py.Re
     s = make_scripts(redis)
     s.preload()
     k = s.keys
-    keys = [k.pending, k.payloads, k.seen, k.state, k.wakeup, k.stats, k.delayed, *k.actives(),
+    keys = [k.pending, k.seen, k.state, k.wakeup, k.stats, k.delayed, *k.actives(),
             k.source_prefix]
-    fixed = [str(T0), "100", "1000000", "10", "0.8", "0", "1000", "1000", "1000", "0", "0", "0"]
+    fixed = [str(T0), "100", "1000000", "10", "0.8", "0", "1000", "1000", "1000", "0", "0", "0",
+             k.payloads]
     sha = s._scripts["enqueue"].sha
     with pytest.raises(redis_py.ResponseError, match="1 id lines for 2 envelopes"):
         redis.evalsha(sha, len(keys), *keys, *fixed, b"a\n0\n", b"{}", b"{}")

@@ -21,6 +21,7 @@ from batcher.fetch import (
     entry_id,
     load_feeds,
     payload_of,
+    retry_after_seconds,
 )
 from batcher.models import EnqueueResult
 from tests.support.list_sink import ListSink
@@ -355,3 +356,20 @@ def test_feed_server_serves_a_copied_directory(tmp_path: Path) -> None:
             assert fetcher.fetch_once(_feed(base_url, "../etc/passwd")).http_status == 404
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("code", [429, 503])
+def test_refusal_carries_the_servers_retry_after(
+    feed_server: tuple[FeedServer, str], code: int
+) -> None:
+    _, base_url = feed_server
+    feed = _feed(base_url, f"status/{code}", source="busy")
+    with _fetcher(ListSink(), [feed]) as fetcher:
+        report = fetcher.fetch_once(feed)
+    assert report.status == "failed" and report.retry_after_seconds == 7
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    assert retry_after_seconds("120") == 120
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    assert retry_after_seconds("Thu, 01 Jan 1970 00:00:00 GMT") == 0
