@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -105,6 +105,23 @@ class FetchSchedule:
                     "interval_seconds": repr(feed.interval_seconds)})
                 pipe.zadd(k.fetch_due, {feed.url: 0}, nx=True)
             pipe.execute()
+
+    def prune(self, keep: Sequence[FeedConfig]) -> list[str]:
+        """Drop every scheduled feed whose url is not in ``keep`` (its state, counters
+        included); return the urls dropped. Totals keep what those feeds did."""
+        k = self.keys
+        wanted = {feed.url for feed in keep}
+        scheduled = [u.decode() for u in cast(list[bytes], self.client.zrange(k.fetch_due, 0, -1))]
+        dropped = [u for u in scheduled if u not in wanted]
+        for start in range(0, len(dropped), 1000):
+            chunk = dropped[start:start + 1000]
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(k.fetch_due, *chunk)
+            pipe.zrem(k.fetch_failing, *chunk)
+            pipe.hdel(k.fetch_claims, *chunk)
+            pipe.delete(*(k.fetch_feed(u) for u in chunk))
+            pipe.execute()
+        return dropped
 
     def claim(self, limit: int, now_ms: int | None = None) -> Claim:
         """Claim up to ``limit`` due feeds (one script call, one pipelined read)."""
