@@ -193,10 +193,19 @@ class FetchSchedule:
         else:
             pipe.zrem(k.fetch_failing, feed.url)
         self._host_outcome(pipe, feed.url, report, now_ms)
-        # a Script in a pipeline: redis-py loads it first if the server lost it
-        self._release(keys=[k.fetch_due, k.fetch_claims],
-                      args=["", self.token, feed.url, str(int(delay_s * 1000))], client=pipe)
-        return int(pipe.execute()[-1]) == 1
+        # EVALSHA itself: a Script object in a pipeline costs a SCRIPT EXISTS round trip
+        release = [k.fetch_due, k.fetch_claims, "", self.token, feed.url,
+                   str(int(delay_s * 1000))]
+        pipe.evalsha(self._release.sha, 2, *release)
+        replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies[-1], redis.exceptions.NoScriptError):
+            # the server lost the script (restart, SCRIPT FLUSH): the writes before it are
+            # in; release alone, the Script loads it
+            return int(self._release(keys=release[:2], args=release[2:])) == 1
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return int(replies[-1]) == 1
 
     @staticmethod
     def _counts(report: FetchReport) -> dict[str, int]:
