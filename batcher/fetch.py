@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import structlog
 
+from batcher import tracing
 from batcher.errors import BatcherError, ConfigError
 from batcher.fetch_entries import EntryFaults, entry_id, merge_faults, payload_of
 from batcher.fetch_parse import parse_feed
@@ -225,7 +226,11 @@ class FeedFetcher:
         started = time.monotonic()
         report = FetchReport(source=feed.source, url=feed.url, status="failed", validators=sent)
         try:
-            self._fetch_into(feed, report, sent)
+            # the entries found carry this span: their batch links back to it (the host
+            # only: a feed URL's query may hold a token)
+            host = urlsplit(feed.url).hostname or ""
+            with tracing.producer_span(f"fetch {feed.source}", {"server.address": host}):
+                self._fetch_into(feed, report, sent)
         except _FeedFailed as exc:
             report.error = str(exc)
         report.elapsed_ms = int((time.monotonic() - started) * 1000)

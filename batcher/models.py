@@ -41,6 +41,8 @@ class Entry:
     enqueued_ms: int
     attempts: int
     payload: dict[str, Any]
+    # the producer's trace context (W3C traceparent) when it sent the entry inside a span
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import orjson
 import redis
 import structlog
 
+from batcher import tracing
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.errors import (
     BatcherUnavailableError,
@@ -117,9 +118,12 @@ def _non_json_path(value: object, path: str = "payload") -> str | None:
 
 def build_envelope(
     entry_id: object, source: object, priority: object, payload: object, *, index: int,
-    max_entry_bytes: int,
+    max_entry_bytes: int, traceparent: str | None = None,
 ) -> tuple[str, int, bytes]:
-    """Validate one entry and return (id, priority, envelope bytes); raise InvalidEntryError."""
+    """Validate one entry and return (id, priority, envelope bytes); raise InvalidEntryError.
+
+    ``traceparent`` (the caller's current span, batcher.tracing) goes last as ``"tp"``;
+    without it the envelope is unchanged."""
     eid = _check_id(entry_id, index)
     if type(priority) is not int or not 0 <= priority <= 2:
         raise InvalidEntryError(
@@ -139,8 +143,11 @@ def build_envelope(
             "list or object with string keys)", entry_id=eid, index=index)
     try:
         # "g" first: the scripts read an entry's source group from this fixed prefix
-        envelope = orjson.dumps({"g": source_group(source), "id": eid, "source": source,
-                                 "priority": priority, "payload": payload})
+        body = {"g": source_group(source), "id": eid, "source": source,
+                "priority": priority, "payload": payload}
+        if traceparent is not None:
+            body["tp"] = traceparent
+        envelope = orjson.dumps(body)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise InvalidEntryError(f"entry {eid!r}: payload is not JSON-serialisable: {exc}",
                                 entry_id=eid, index=index) from None
@@ -182,7 +189,8 @@ class BatchStateManager:
         """Enqueue one entry (the seed's signature). Raises InvalidEntryError, BufferFullError,
         BatcherUnavailableError."""
         return self._enqueue([build_envelope(
-            uuid, source, priority, entry, index=0, max_entry_bytes=self.config.max_entry_bytes)])
+            uuid, source, priority, entry, index=0, max_entry_bytes=self.config.max_entry_bytes,
+            traceparent=tracing.current_traceparent())])
 
     def queue_many(self, entries: Iterable[Mapping[str, Any]]) -> EnqueueResult:
         """Enqueue ``{"id", "source", "priority", "payload"}`` mappings, one EVALSHA per 500.
@@ -190,6 +198,10 @@ class BatchStateManager:
         The whole call is validated before anything is sent: one bad entry raises
         InvalidEntryError and writes nothing. Duplicates are success (``duplicate_ids``).
         """
+        return self._enqueue(self._prepare(entries, tracing.current_traceparent()))
+
+    def _prepare(self, entries: Iterable[Mapping[str, Any]],
+                 tp: str | None) -> list[tuple[str, int, bytes]]:
         limit = self.config.max_entry_bytes
         prepared: list[tuple[str, int, bytes]] = []
         for index, item in enumerate(entries):
@@ -198,8 +210,8 @@ class BatchStateManager:
                                         f"priority and payload", index=index)
             prepared.append(build_envelope(
                 item.get("id"), item.get("source", "default"), item.get("priority", 0),
-                item.get("payload"), index=index, max_entry_bytes=limit))
-        return self._enqueue(prepared)
+                item.get("payload"), index=index, max_entry_bytes=limit, traceparent=tp))
+        return prepared
 
     def _enqueue(self, prepared: Sequence[tuple[str, int, bytes]]) -> EnqueueResult:
         self._record_handler()

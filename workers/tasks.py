@@ -14,6 +14,7 @@ import orjson
 import redis
 import structlog
 
+from batcher import tracing
 from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.dispatch import TASK
@@ -88,7 +89,7 @@ def build_batch(queue: str, batch_id: str, record: Mapping[bytes, bytes]) -> Bat
         rows.append((score, Entry(
             id=env["id"], source=env["source"], priority=env["priority"],
             enqueued_ms=score % 10**13, attempts=int(prior_raw) + calls_before,
-            payload=env["payload"])))
+            payload=env["payload"], traceparent=env.get("tp"))))
     rows.sort(key=lambda r: r[0])
     return Batch(queue=queue, id=batch_id, attempt=attempt,
                  reason=FlushReason(record[b"reason"].decode()),
@@ -215,10 +216,18 @@ def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]
         return {"status": record}
     _warn_handler_mismatch(ctx)
     batch = build_batch(queue, batch_id, record)
+    with tracing.batch_span(batch):
+        return _run_claimed(ctx, batch, record)
+
+
+def _run_claimed(ctx: WorkerContext, batch: Batch, record: Mapping[bytes, bytes],
+                 ) -> dict[str, Any]:
+    queue, batch_id, attempt = batch.queue, batch.id, batch.attempt
     started_ms = int(record[b"claimed_ms"])
     t0 = time.perf_counter()
     try:
-        outcome = ctx.handler(batch)
+        with tracing.handler_span(queue, ctx.config.handler):
+            outcome = ctx.handler(batch)
         results, failed = _split_outcome(batch, outcome, ctx.config)
     except RateLimited as exc:
         elapsed_ms = (time.perf_counter() - t0) * 1000

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import structlog
 
+from batcher import tracing
 from batcher.errors import ConfigError
 from batcher.models import Batch, BatchOutcome, Entry
 from workers.handlers.llm_client import (
@@ -316,8 +317,11 @@ def _one_request(settings: LLMSettings, run: _Run, chunk: list[Entry],
     """Send ``chunk``; a rejected or refused request of several entries is bisected."""
     try:
         body = request_body(settings, chunk)
-        reply = complete(settings.client, body, input_tokens=estimate_tokens(body["messages"]),
-                         expected_output_tokens=expected_output_tokens(settings, len(chunk)))
+        with tracing.client_span(settings.model, server_address=settings.client.base_url):
+            reply = complete(settings.client, body,
+                             input_tokens=estimate_tokens(body["messages"]),
+                             expected_output_tokens=expected_output_tokens(settings,
+                                                                           len(chunk)))
     except LLMRejected as exc:
         run.requests += 1
         if len(chunk) > 1:
