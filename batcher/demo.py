@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def run_demo(
     synthetic_entries: int = 1200,
     png_path: Path = Path("demo-report.png"),
     timeout_seconds: float = 55.0,
+    dashboard_port: int | None = None,
 ) -> int:
     """Run the demo; return the exit code (0 when every accepted entry was handled)."""
     from rich.console import Console
@@ -160,6 +162,8 @@ def run_demo(
         redis_t0_ms = int(sec) * 1000 + int(usec) // 1000
         procs = [_cli(["coordinator", "--allow-eviction"], env, log_file)]
         procs += [_cli(["worker", "--simple"], env, log_file) for _ in range(2)]
+        if dashboard_port is not None:
+            procs.append(_start_dashboard(console, env, log_file, dashboard_port))
         for p in procs:
             stack.callback(_stop_process, p)
         producers = [_spawn(_fetcher, str(log_path), feeds_url, 2) for _ in range(2)]
@@ -171,7 +175,7 @@ def run_demo(
         from batcher.stats import detailed_stats
 
         stats = detailed_stats(client, config)
-        for p in procs:
+        for p in procs if dashboard_port is None else procs[:-1]:
             _stop_process(p)
         raw_samples = cast(list[bytes], client.lrange(config.keys.samples, 0, -1))
         samples = [s.decode().split(":") for s in raw_samples]
@@ -181,8 +185,39 @@ def run_demo(
         lost = _lost(stats)
         if not ok or lost:
             console.print(f"[red]demo did not finish cleanly: lost={lost} finished={ok}[/]")
-            return 1
-        return 0
+        if dashboard_port is not None:
+            _keep_dashboard(console, procs[-1], dashboard_port)
+        return 1 if not ok or lost else 0
+
+
+def _start_dashboard(console: Any, env: dict[str, str], log_file: Any,
+                     port: int) -> subprocess.Popen[bytes]:
+    token = secrets.token_urlsafe(18)
+    proc = _cli(["dashboard", "--port", str(port), "--refresh", "1"],
+                {**env, "BATCHER_DASHBOARD_TOKEN": token}, log_file)
+    console.print(f"dashboard: [bold]http://127.0.0.1:{port}/queues/{env['BATCH_QUEUE']}[/] "
+                  f"(unlock its buttons at /login with token [bold]{token}[/])")
+    return proc
+
+
+def _keep_dashboard(console: Any, proc: subprocess.Popen[bytes], port: int) -> None:
+    if proc.poll() is not None:
+        console.print(f"[red]the dashboard exited ({proc.returncode}): is port {port} "
+                      "taken? (--dashboard-port)[/]")
+        return
+    console.print(f"dashboard still on http://127.0.0.1:{port}/ with the run's figures "
+                  "and dead letters; Ctrl-C to stop")
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)  # SIGTERM too ends it cleanly
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:

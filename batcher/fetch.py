@@ -28,12 +28,13 @@ from batcher.errors import BatcherError, ConfigError
 from batcher.fetch_entries import EntryFaults, entry_id, merge_faults, payload_of
 from batcher.fetch_parse import parse_feed
 from batcher.models import PRIORITIES, EnqueueResult
+from batcher.producer import BATCH_KEY_RE
 
 log = structlog.stdlib.get_logger(__name__)
 
 CHUNK_SIZE = 500  # the producer's queue_many limit per script call
 USER_AGENT = "redis-batcher-fetcher/0.1 (+https://github.com/redis-batcher)"
-_FEED_KEYS = frozenset({"url", "source", "priority", "interval_seconds"})
+_FEED_KEYS = frozenset({"url", "source", "priority", "interval_seconds", "batch_key"})
 
 
 class EntrySink(Protocol):
@@ -50,6 +51,7 @@ class FeedConfig:
     source: str
     priority: int = 0
     interval_seconds: float = 300.0
+    batch_key: str | None = None  # its entries never share a batch with another key's
 
 
 def load_feeds(path: str | Path, *, base_url: str | None = None) -> list[FeedConfig]:
@@ -103,7 +105,13 @@ def _feed_from_table(path: Path, index: int, table: object, base_url: str | None
         raise ConfigError(f"{where}: priority must be 0, 1 or 2, got {priority!r}")
     if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
         raise ConfigError(f"{where}: interval_seconds must be a number > 0, got {interval!r}")
-    return FeedConfig(url=url, source=source, priority=priority, interval_seconds=float(interval))
+    batch_key = table.get("batch_key")
+    if batch_key is not None and (not isinstance(batch_key, str)
+                                  or not BATCH_KEY_RE.match(batch_key)):
+        raise ConfigError(f"{where}: batch_key must match [A-Za-z0-9_.-]{{1,64}}, "
+                          f"got {batch_key!r}")
+    return FeedConfig(url=url, source=source, priority=priority, interval_seconds=float(interval),
+                      batch_key=batch_key)
 
 
 @dataclass(slots=True)
@@ -362,10 +370,11 @@ class FeedFetcher:
             if faults.kinds:
                 report.faults += sum(faults.kinds.values())
                 merge_faults(report.fault_kinds, faults.kinds.items())
-            envelopes.setdefault(
-                eid, {"id": eid, "source": feed.source, "priority": feed.priority,
-                      "payload": payload},
-            )
+            item: dict[str, object] = {"id": eid, "source": feed.source,
+                                       "priority": feed.priority, "payload": payload}
+            if feed.batch_key is not None:
+                item["batch_key"] = feed.batch_key
+            envelopes.setdefault(eid, item)
         return list(envelopes.values())
 
     def _enqueue(self, envelopes: list[dict[str, object]]) -> EnqueueResult:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -106,6 +106,23 @@ class FetchSchedule:
                 pipe.zadd(k.fetch_due, {feed.url: 0}, nx=True)
             pipe.execute()
 
+    def prune(self, keep: Sequence[FeedConfig]) -> list[str]:
+        """Drop every scheduled feed whose url is not in ``keep`` (its state, counters
+        included); return the urls dropped. Totals keep what those feeds did."""
+        k = self.keys
+        wanted = {feed.url for feed in keep}
+        scheduled = [u.decode() for u in cast(list[bytes], self.client.zrange(k.fetch_due, 0, -1))]
+        dropped = [u for u in scheduled if u not in wanted]
+        for start in range(0, len(dropped), 1000):
+            chunk = dropped[start:start + 1000]
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(k.fetch_due, *chunk)
+            pipe.zrem(k.fetch_failing, *chunk)
+            pipe.hdel(k.fetch_claims, *chunk)
+            pipe.delete(*(k.fetch_feed(u) for u in chunk))
+            pipe.execute()
+        return dropped
+
     def claim(self, limit: int, now_ms: int | None = None) -> Claim:
         """Claim up to ``limit`` due feeds (one script call, one pipelined read)."""
         k = self.keys
@@ -176,10 +193,19 @@ class FetchSchedule:
         else:
             pipe.zrem(k.fetch_failing, feed.url)
         self._host_outcome(pipe, feed.url, report, now_ms)
-        # a Script in a pipeline: redis-py loads it first if the server lost it
-        self._release(keys=[k.fetch_due, k.fetch_claims],
-                      args=["", self.token, feed.url, str(int(delay_s * 1000))], client=pipe)
-        return int(pipe.execute()[-1]) == 1
+        # EVALSHA itself: a Script object in a pipeline costs a SCRIPT EXISTS round trip
+        release = [k.fetch_due, k.fetch_claims, "", self.token, feed.url,
+                   str(int(delay_s * 1000))]
+        pipe.evalsha(self._release.sha, 2, *release)
+        replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies[-1], redis.exceptions.NoScriptError):
+            # the server lost the script (restart, SCRIPT FLUSH): the writes before it are
+            # in; release alone, the Script loads it
+            return int(self._release(keys=release[:2], args=release[2:])) == 1
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return int(replies[-1]) == 1
 
     @staticmethod
     def _counts(report: FetchReport) -> dict[str, int]:

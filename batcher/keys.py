@@ -67,6 +67,8 @@ class QueueKeys:
     throughput: str = field(init=False)
     weights: str = field(init=False)
     source_prefix: str = field(init=False)
+    batch_keys: str = field(init=False)
+    batch_key_prefix: str = field(init=False)
     # the shared feed schedule of `batcher fetch` (fetch_schedule.py)
     fetch_due: str = field(init=False)
     fetch_claims: str = field(init=False)
@@ -88,6 +90,8 @@ class QueueKeys:
         set_(self, "delayed_score", f"{base}:delayed:score")
         set_(self, "dead_payloads", f"{base}:dead:payloads")
         set_(self, "source_prefix", f"{base}:src:")
+        set_(self, "batch_keys", f"{base}:batchkeys")
+        set_(self, "batch_key_prefix", f"{base}:k:")
         for kind in ("due", "claims", "totals", "failing", "host_until", "host_failures"):
             set_(self, f"fetch_{kind}", f"{base}:fetch:{kind.replace('_', ':')}")
 
@@ -121,7 +125,7 @@ class QueueKeys:
             self.pending, self.payloads, self.attempts, self.delayed, self.delayed_score,
             self.state, self.wakeup, self.room, self.inflight, self.seen, self.dead,
             self.dead_payloads, self.stats, self.samples, self.events, self.throughput,
-            self.weights, *self.actives(),
+            self.weights, *self.actives(), self.batch_keys,
         ]
 
     def scan_pattern(self) -> str:

@@ -55,6 +55,7 @@ class Batch:
     reason: FlushReason
     created_ms: int
     entries: list[Entry]
+    key: str | None = None  # the batch key all its entries carry (None: entries without one)
 
     @property
     def priority(self) -> int:

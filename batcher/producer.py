@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -116,15 +117,24 @@ def _non_json_path(value: object, path: str = "payload") -> str | None:
     return path
 
 
+BATCH_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
 def build_envelope(
     entry_id: object, source: object, priority: object, payload: object, *, index: int,
-    max_entry_bytes: int, traceparent: str | None = None,
+    max_entry_bytes: int, batch_key: object = None, traceparent: str | None = None,
 ) -> tuple[str, int, bytes]:
     """Validate one entry and return (id, priority, envelope bytes); raise InvalidEntryError.
 
+    ``batch_key`` (optional): entries with different keys never share a batch.
     ``traceparent`` (the caller's current span, batcher.tracing) goes last as ``"tp"``;
     without it the envelope is unchanged."""
     eid = _check_id(entry_id, index)
+    if batch_key is not None and (not isinstance(batch_key, str)
+                                  or not BATCH_KEY_RE.match(batch_key)):
+        raise InvalidEntryError(
+            f"entry {eid!r}: batch_key must match [A-Za-z0-9_.-]{{1,64}}, got {batch_key!r}",
+            entry_id=eid, index=index)
     if type(priority) is not int or not 0 <= priority <= 2:
         raise InvalidEntryError(
             f"entry {eid!r}: priority must be 0 (normal), 1 (high) or 2 (urgent), got {priority!r}",
@@ -142,9 +152,12 @@ def build_envelope(
             f"entry {eid!r}: {bad} is not a JSON value (str, int, finite float, bool, None, "
             "list or object with string keys)", entry_id=eid, index=index)
     try:
-        # "g" first: the scripts read an entry's source group from this fixed prefix
-        body = {"g": source_group(source), "id": eid, "source": source,
-                "priority": priority, "payload": payload}
+        # "g" (and "k") first: the scripts read an entry's source group and batch key from
+        # this fixed prefix
+        body: dict[str, Any] = {"g": source_group(source)}
+        if batch_key is not None:
+            body["k"] = batch_key
+        body.update(id=eid, source=source, priority=priority, payload=payload)
         if traceparent is not None:
             body["tp"] = traceparent
         envelope = orjson.dumps(body)
@@ -184,16 +197,19 @@ class BatchStateManager:
     # -- enqueue -----------------------------------------------------------------------------
 
     def queue_entry(
-        self, entry: Mapping[str, Any], source: str, uuid: str, priority: int = 0
+        self, entry: Mapping[str, Any], source: str, uuid: str, priority: int = 0, *,
+        batch_key: str | None = None,
     ) -> EnqueueResult:
-        """Enqueue one entry (the seed's signature). Raises InvalidEntryError, BufferFullError,
+        """Enqueue one entry (the seed's signature); ``batch_key``: it never shares a batch with
+        entries of another key. Raises InvalidEntryError, BufferFullError,
         BatcherUnavailableError."""
         return self._enqueue([build_envelope(
             uuid, source, priority, entry, index=0, max_entry_bytes=self.config.max_entry_bytes,
-            traceparent=tracing.current_traceparent())])
+            batch_key=batch_key, traceparent=tracing.current_traceparent())])
 
     def queue_many(self, entries: Iterable[Mapping[str, Any]]) -> EnqueueResult:
-        """Enqueue ``{"id", "source", "priority", "payload"}`` mappings, one EVALSHA per 500.
+        """Enqueue ``{"id", "source", "priority", "payload"}`` mappings (and an optional
+        ``"batch_key"``), one EVALSHA per 500.
 
         The whole call is validated before anything is sent: one bad entry raises
         InvalidEntryError and writes nothing. Duplicates are success (``duplicate_ids``).
@@ -210,7 +226,8 @@ class BatchStateManager:
                                         f"priority and payload", index=index)
             prepared.append(build_envelope(
                 item.get("id"), item.get("source", "default"), item.get("priority", 0),
-                item.get("payload"), index=index, max_entry_bytes=limit, traceparent=tp))
+                item.get("payload"), index=index, max_entry_bytes=limit, traceparent=tp,
+                batch_key=item.get("batch_key")))
         return prepared
 
     def _enqueue(self, prepared: Sequence[tuple[str, int, bytes]]) -> EnqueueResult:

@@ -47,6 +47,7 @@ class FlushedBatch:
     size: int
     priority: int
     attempt: int
+    key: str | None = None  # the batch key every entry of the batch carries, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +138,7 @@ class Scripts:
             head.append(line)
         # payloads is an ARGV, not a KEY: see enqueue.lua's header (ACL write-only producers)
         keys = [k.pending, k.seen, k.state, k.wakeup, k.stats, k.delayed, *k.actives(),
-                k.source_prefix]
+                k.source_prefix, k.batch_keys, k.batch_key_prefix]
         reply = self._run_packed("enqueue", keys, [
             _now(now_ms), *self._limits, str(c.early_flush_pressure),
             "1" if c.enable_adaptive_timeout else "0", *self._thresholds,
@@ -154,7 +155,8 @@ class Scripts:
     ) -> tuple[list[str], list[str]]:
         c, k = self.config, self.keys
         keys = [k.pending, k.payloads, k.state, k.inflight, k.stats, k.events, k.batch(batch_id),
-                k.room, k.attempts, *k.actives(), k.weights, k.source_prefix]
+                k.room, k.attempts, *k.actives(), k.weights, k.source_prefix, k.batch_keys,
+                k.batch_key_prefix]
         args = [_now(now_ms), batch_id, "1" if manual else "0", *self._limits,
                 str(c.max_batch_size), str(c.max_batch_bytes), str(c.early_flush_pressure),
                 str(c.emergency_flush_pressure), "1" if c.enable_adaptive_timeout else "0",
@@ -168,7 +170,7 @@ class Scripts:
             return FlushDecision(None, int(reply[1]))
         return FlushDecision(
             FlushedBatch(_s(reply[1]), FlushReason(_s(reply[2])), int(reply[3]), int(reply[4]),
-                         int(reply[5]))
+                         int(reply[5]), _s(reply[6]) or None if len(reply) > 6 else None)
         )
 
     def flush(
@@ -329,7 +331,7 @@ class Scripts:
         k = self.keys
         return int(self._run(
             "promote", [k.pending, k.payloads, k.delayed, k.delayed_score, k.state,
-                        *k.actives(), k.source_prefix],
+                        *k.actives(), k.source_prefix, k.batch_keys, k.batch_key_prefix],
             [_now(now_ms), str(limit)],
         ))
 
@@ -338,7 +340,7 @@ class Scripts:
         return int(self._run(
             "expire",
             [k.pending, k.payloads, k.state, k.dead, k.dead_payloads, k.stats, k.attempts,
-             k.events, *k.actives(), k.source_prefix],
+             k.events, *k.actives(), k.source_prefix, k.batch_keys, k.batch_key_prefix],
             [_now(now_ms), str(int(self.config.max_buffer_age_seconds * 1000)), str(limit),
              str(EVENTS_MAXLEN)],
         ))
@@ -351,7 +353,7 @@ class Scripts:
             m, p, x = self._run(
                 "requeue",
                 [k.pending, k.payloads, k.state, k.dead, k.dead_payloads, k.stats, k.events,
-                 *k.actives(), k.source_prefix],
+                 *k.actives(), k.source_prefix, k.batch_keys, k.batch_key_prefix],
                 ["purge" if purge else "requeue", str(EVENTS_MAXLEN), *ids[start:start + 500]],
             )
             moved, purged, missing = moved + int(m), purged + int(p), missing + int(x)

@@ -13,13 +13,15 @@ What is traced, following the OpenTelemetry messaging conventions:
 - the handler runs inside a ``handle <queue>`` span, a child of the batch span, and an LLM
   request inside it is a ``chat <model>`` CLIENT span (:func:`client_span`).
 
-Without the packages every function here is a no-op that costs a flag test. With them but
-no SDK configured, no span is ever active and no ``"tp"`` is written. Set up
+Without the packages, or with them but no SDK ``TracerProvider`` set, every function here is
+a no-op that costs a flag test (no API no-op spans either: they cost ~20 µs each), no span
+is ever active and no ``"tp"`` is written. Set up
 an SDK ``TracerProvider`` (and an exporter) in your entry points as OpenTelemetry documents.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -48,9 +50,20 @@ def enabled() -> bool:
     return _ENABLED
 
 
+_cached_tracer: Any = None
+_ENV_PROVIDER = bool(os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"))
+
+
 def _tracer() -> Any:
-    # looked up on each use: a TracerProvider set after import is still honoured
-    return _trace.get_tracer(TRACER_NAME)
+    """Our tracer, or None while no SDK provider is set up: then a span would be a no-op
+    that still costs ~20 µs, a price the worker's loop would pay per batch."""
+    global _cached_tracer
+    if _cached_tracer is None:
+        # the global provider can be set once only: until it is, the API's is a no-op
+        if getattr(_trace, "_TRACER_PROVIDER", object()) is None and not _ENV_PROVIDER:
+            return None
+        _cached_tracer = _trace.get_tracer(TRACER_NAME)
+    return _cached_tracer
 
 
 def traceparent(span: Span) -> str | None:
@@ -78,7 +91,7 @@ def parse_traceparent(value: object) -> SpanContext | None:
 def current_traceparent() -> str | None:
     """The current span's context as a traceparent (what a producer puts in its envelopes),
     or None when no valid span is active: then nothing is added."""
-    if not _ENABLED:
+    if not _ENABLED or _tracer() is None:
         return None
     return traceparent(_trace.get_current_span())
 
@@ -102,10 +115,11 @@ def _links(batch: Batch) -> list[Link]:
 @contextmanager
 def batch_span(batch: Batch) -> Iterator[None]:
     """The ``process <queue>`` span of one batch attempt, linked to its producers' spans."""
-    if not _ENABLED:
+    tracer = _tracer() if _ENABLED else None
+    if tracer is None:
         yield
         return
-    with _tracer().start_as_current_span(
+    with tracer.start_as_current_span(
         f"process {batch.queue}", kind=SpanKind.CONSUMER, links=_links(batch),
         attributes={"messaging.system": SYSTEM, "messaging.operation.type": "process",
                     "messaging.operation.name": "process",
@@ -119,18 +133,20 @@ def batch_span(batch: Batch) -> Iterator[None]:
 
 def producer_span(name: str, attributes: dict[str, Any]) -> Any:
     """A PRODUCER span (a feed fetch that enqueues what it found); its entries carry it."""
-    if not _ENABLED:
+    tracer = _tracer() if _ENABLED else None
+    if tracer is None:
         return nullcontext()
-    return _tracer().start_as_current_span(name, kind=SpanKind.PRODUCER,
+    return tracer.start_as_current_span(name, kind=SpanKind.PRODUCER,
                                            attributes={"messaging.system": SYSTEM,
                                                        **attributes})
 
 
 def handler_span(queue: str, handler: str) -> Any:
     """The ``handle <queue>`` span around the handler call (a child of the batch span)."""
-    if not _ENABLED:
+    tracer = _tracer() if _ENABLED else None
+    if tracer is None:
         return nullcontext()
-    return _tracer().start_as_current_span(
+    return tracer.start_as_current_span(
         f"handle {queue}", kind=SpanKind.INTERNAL,
         attributes={"messaging.system": SYSTEM, "messaging.destination.name": queue,
                     "code.function.name": handler})
@@ -141,14 +157,15 @@ def client_span(model: str, *, server_address: str | None = None,
                 system: str = "openai") -> Iterator[None]:
     """A ``chat <model>`` CLIENT span around one LLM request (OpenTelemetry's gen-ai
     conventions); an exception marks the span failed and propagates."""
-    if not _ENABLED:
+    tracer = _tracer() if _ENABLED else None
+    if tracer is None:
         yield
         return
     attributes: dict[str, Any] = {"gen_ai.operation.name": "chat", "gen_ai.system": system,
                                   "gen_ai.request.model": model}
     if server_address:
         attributes["server.address"] = server_address
-    with _tracer().start_as_current_span(f"chat {model}", kind=SpanKind.CLIENT,
+    with tracer.start_as_current_span(f"chat {model}", kind=SpanKind.CLIENT,
                                          attributes=attributes) as span:
         try:
             yield

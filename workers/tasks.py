@@ -93,7 +93,8 @@ def build_batch(queue: str, batch_id: str, record: Mapping[bytes, bytes]) -> Bat
     rows.sort(key=lambda r: r[0])
     return Batch(queue=queue, id=batch_id, attempt=attempt,
                  reason=FlushReason(record[b"reason"].decode()),
-                 created_ms=int(record[b"created_ms"]), entries=[e for _, e in rows])
+                 created_ms=int(record[b"created_ms"]), entries=[e for _, e in rows],
+                 key=record[b"key"].decode() if b"key" in record else None)
 
 
 # ack.lua's back-off for an entry that goes to the dead set at once (BatchOutcome.rejected)

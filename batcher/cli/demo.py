@@ -17,13 +17,20 @@ from batcher import logs
               help="synthetic entries, on top of the sample feeds")
 @click.option("--png", "png_path", default="demo-report.png", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path))
-def demo(llm_base_url: str | None, entries: int, png_path: Path) -> None:
+@click.option("--dashboard", is_flag=True,
+              help="also serve `batcher dashboard` (with a write token it prints) and keep it "
+                   "up after the report until Ctrl-C")
+@click.option("--dashboard-port", default=8321, show_default=True,
+              type=click.IntRange(1, 65535))
+def demo(llm_base_url: str | None, entries: int, png_path: Path, dashboard: bool,
+         dashboard_port: int) -> None:
     """Run fetchers, producers, a coordinator and two workers; print the report."""
     from batcher.demo import run_demo
 
     logs.configure(json=False, level="WARNING")
     code = run_demo(os.environ.get("BATCH_REDIS_URL") or None, llm_base_url,
-                    synthetic_entries=entries, png_path=png_path)
+                    synthetic_entries=entries, png_path=png_path,
+                    dashboard_port=dashboard_port if dashboard else None)
     raise click.exceptions.Exit(code)
 
 

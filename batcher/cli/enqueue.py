@@ -16,7 +16,7 @@ from batcher.models import EnqueueResult
 from batcher.producer import BatchStateManager, build_envelope
 
 PRIORITIES = {"0": 0, "1": 1, "2": 2, "normal": 0, "high": 1, "urgent": 2}
-LINE_FIELDS = frozenset({"id", "source", "priority", "payload"})
+LINE_FIELDS = frozenset({"id", "source", "priority", "payload", "batch_key"})
 DEFAULT_SOURCE = "cli"
 
 
@@ -30,18 +30,19 @@ def parse_priority(text: str | None) -> int | None:
 
 
 def _one_entry(text: str, entry_id: str | None, source: str | None,
-               priority: int | None) -> dict[str, Any]:
+               priority: int | None, batch_key: str | None) -> dict[str, Any]:
     try:
         payload = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise InvalidEntryError(f"JSON payload is not valid JSON: {exc}") from None
     return {"id": str(uuid.uuid4()) if entry_id is None else entry_id,
             "source": source or DEFAULT_SOURCE, "priority": 0 if priority is None else priority,
-            "payload": payload}
+            "payload": payload, "batch_key": batch_key}
 
 
 def read_lines(stream: IO[bytes], name: str, source: str | None,
-               priority: int | None) -> list[tuple[int, dict[str, Any]]]:
+               priority: int | None, batch_key: str | None = None,
+               ) -> list[tuple[int, dict[str, Any]]]:
     """(line number, entry) for each non-blank line; a bad line raises naming its number."""
     entries: list[tuple[int, dict[str, Any]]] = []
     for number, raw in enumerate(stream, start=1):
@@ -60,6 +61,7 @@ def read_lines(stream: IO[bytes], name: str, source: str | None,
                                     f"a line holds {sorted(LINE_FIELDS)}")
         item.setdefault("source", source or DEFAULT_SOURCE)
         item.setdefault("priority", 0 if priority is None else priority)
+        item.setdefault("batch_key", batch_key)
         entries.append((number, item))
     if not entries:
         raise InvalidEntryError(f"{name}: no entries")
@@ -73,7 +75,8 @@ def validate(entries: list[tuple[int, dict[str, Any]]], name: str | None,
         try:
             build_envelope(item.get("id"), item.get("source"), item.get("priority"),
                            item.get("payload"), index=index,
-                           max_entry_bytes=config.max_entry_bytes)
+                           max_entry_bytes=config.max_entry_bytes,
+                           batch_key=item.get("batch_key"))
         except InvalidEntryError as exc:
             where = f"{name} line {number}: " if name is not None else ""
             raise InvalidEntryError(f"{where}{exc}", entry_id=exc.entry_id,
@@ -102,11 +105,13 @@ def _print(result: EnqueueResult, sent_ids: list[str], as_json: bool) -> None:
 @click.option("--source", default=None, help=f"source name [default: {DEFAULT_SOURCE}]")
 @click.option("--priority", "-p", default=None, metavar="P",
               help="0/normal, 1/high or 2/urgent [default: 0]")
+@click.option("--batch-key", default=None, metavar="KEY",
+              help="entries of different keys never share a batch [default: none]")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object with the ids")
 @queue_options
 def enqueue(payload: str | None, file: IO[bytes] | None, entry_id: str | None,
-            source: str | None, priority: str | None, as_json: bool, queue: str | None,
-            redis_url: str | None) -> None:
+            source: str | None, priority: str | None, batch_key: str | None, as_json: bool,
+            queue: str | None, redis_url: str | None) -> None:
     """Enqueue one entry (JSON object payload) or every line of --file.
 
     The whole input is validated before anything is sent; a bad entry writes nothing.
@@ -121,9 +126,10 @@ def enqueue(payload: str | None, file: IO[bytes] | None, entry_id: str | None,
     if file is not None:
         label = str(getattr(file, "name", "<stdin>"))
         name = "-" if label == "<stdin>" else label
-        numbered = read_lines(file, name, source, level)
+        numbered = read_lines(file, name, source, level, batch_key)
     else:
-        name, numbered = None, [(1, _one_entry(str(payload), entry_id, source, level))]
+        name, numbered = None, [(1, _one_entry(str(payload), entry_id, source, level,
+                                               batch_key))]
     validate(numbered, name, config)
     entries = [item for _, item in numbered]
     client = config.redis_client()

@@ -41,10 +41,12 @@ log = structlog.stdlib.get_logger(__name__)
               type=click.FloatRange(min=1),
               help="seconds a claimed feed stays this process's; a killed fetcher's feeds "
                    "are fetched by another after it (must exceed --timeout)")
+@click.option("--prune", is_flag=True,
+              help="drop scheduled feeds that are not in this file (else they stay scheduled)")
 @queue_options
 def fetch(feeds_path: Path, once: bool, base_url: str | None, concurrency: int,
           per_host_limit: int, per_host_delay: float, timeout_seconds: float,
-          lease_seconds: float, queue: str | None, redis_url: str | None) -> None:
+          lease_seconds: float, prune: bool, queue: str | None, redis_url: str | None) -> None:
     """Fetch RSS/Atom/JSON feeds and enqueue their entries. Any number of these processes
     share one schedule in Redis: each feed is fetched once per interval, with its ETag and
     Last-Modified. Prints this process's per-feed counts when it stops."""
@@ -65,6 +67,9 @@ def fetch(feeds_path: Path, once: bool, base_url: str | None, concurrency: int,
     schedule = FetchSchedule(client, config.queue, lease_seconds=lease_seconds)
     try:
         schedule.register(feeds)
+        if prune:
+            dropped = schedule.prune(feeds)
+            log.info("fetch.pruned", count=len(dropped), urls=dropped[:5])
         with FeedFetcher(BatchStateManager(client, config), feeds, timeout_seconds=timeout_seconds,
                          per_host_delay_seconds=per_host_delay) as fetcher:
             runner = ScheduledFetcher(fetcher, schedule, concurrency=concurrency,

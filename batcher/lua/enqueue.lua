@@ -8,7 +8,11 @@ KEYS[5] stats      HASH  counters
 KEYS[6] delayed    ZSET  ids backing off (their payload is still held: a re-send is a duplicate)
 KEYS[7..9] active:0..2  ZSET  per priority: source group -> its fair-share tag (issue 17)
 KEYS[10] the source lists' prefix: list '<prefix><priority>:<group>' holds that source's pending
-         ids, oldest first (one key per source: named here, not in KEYS; same hash tag)
+         ids, oldest first (one key per source: named here, not in KEYS; same hash tag); an
+         entry with a batch key K is in list '<prefix>k:<K>:<priority>:<group>' and its source
+         in ZSET '<active:priority>:<K>'
+KEYS[11] keys      ZSET  batch key -> entries pending with it
+KEYS[12] the batch keys' prefix: ZSET '<prefix><K>' holds key K's pending ids (score as pending)
 
 ARGV[1]  now_ms ('' = Redis TIME)
 ARGV[2]  max_buffer_size          ARGV[3]  max_buffer_bytes
@@ -24,8 +28,9 @@ ARGV[13] the payloads HASH (id -> envelope, opaque JSON, never decoded here). Na
          script's own HSET is checked as a write only. Same hash tag: same slot.
 ARGV[14] one line per entry: id '\n' priority-digit '\n' (ids are printable: no newline)
 ARGV[15..] the envelopes, in the same order (each its own argument: used as is, never copied).
-         An envelope opens with '{"g":"<group>",': the source's group, read from that fixed prefix
-         (the rest is never decoded); an envelope without it is in group ''.
+         An envelope opens with '{"g":"<group>",' and, for an entry with a batch key, then
+         '"k":"<key>",': read from that fixed prefix (the rest is never decoded); an envelope
+         without them is in group '' with no key.
 
 Returns {accepted_count, {duplicate ids}, {rejected ids}, woke (0/1), {ids rejected by the
 source cap (also in rejected ids)}}.
@@ -35,7 +40,7 @@ Cost per chunk: three ZMSCORE look-ups and three variadic writes, whatever its s
 local pending, seen, state, wakeup, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local delayed = KEYS[6]
 local active = {[0] = KEYS[7], KEYS[8], KEYS[9]}
-local src_prefix = KEYS[10]
+local src_prefix, keysizes, key_prefix = KEYS[10], KEYS[11], KEYS[12]
 local payloads = ARGV[13]
 
 local now
@@ -52,6 +57,7 @@ local per_source = tonumber(ARGV[12])
 local count = redis.call('ZCARD', pending)
 local bytes = tonumber(redis.call('HGET', state, 'bytes') or '0')
 local count0, bytes0 = count, bytes
+local key_ready = false  -- a batch key reached the size threshold in this call
 local accepted, dups, rejected = 0, {}, {}
 local prios = {}
 
@@ -89,32 +95,44 @@ local score_s = {}
 for p = 0, 2 do score_s[p] = string.format('%.0f', (3 - p) * 1e13 + now) end
 local zadd, hset, seen_add, taken = {}, {}, {}, {}
 local oldest_seen = now - window
--- per '<priority>:<group>': the ids to append to its list, and its length so far (source cap)
-local push, push_order, held, capped = {}, {}, {}, {}
+-- per source list (suffix after the prefix): the ids to append, its length so far (source cap)
+local push, push_order, held, capped, meta = {}, {}, {}, {}, {}
+local kadd, korder = {}, {}  -- batch key -> {score, id, ...} for its own ZSET
 local j = 0  -- zadd, hset and seen_add grow together: two slots per accepted entry
 for k = 1, n_ids do
   local id, env = ids[k], ARGV[14 + k]
   local dup = in_pending[k] or in_delayed[k] or taken[id]
     or (seen_at[k] and tonumber(seen_at[k]) >= oldest_seen)
   local prio = prio_of[k]
-  local gk
+  local ls, bkey
   if not dup then
-    gk = prio .. ':' .. (string.match(env, '^{"g":"([^"]*)"') or '')
-    if push[gk] == nil then
-      push[gk], push_order[#push_order + 1] = {}, gk
-      held[gk] = per_source > 0 and redis.call('LLEN', src_prefix .. gk) or 0
+    local g
+    g, bkey = string.match(env, '^{"g":"([^"]*)","k":"([^"]*)"')
+    if g then ls = 'k:' .. bkey .. ':' .. prio .. ':' .. g
+    else
+      g = string.match(env, '^{"g":"([^"]*)"') or ''
+      ls = prio .. ':' .. g
+    end
+    if push[ls] == nil then
+      push[ls], push_order[#push_order + 1], meta[ls] = {}, ls, {prio, g, bkey}
+      held[ls] = per_source > 0 and redis.call('LLEN', src_prefix .. ls) or 0
     end
   end
   if dup then
     dups[#dups + 1] = id
   elseif count + 1 > max_count or bytes + #env > max_bytes then
     rejected[#rejected + 1] = id
-  elseif per_source > 0 and held[gk] + #push[gk] >= per_source then
+  elseif per_source > 0 and held[ls] + #push[ls] >= per_source then
     rejected[#rejected + 1] = id
     capped[#capped + 1] = id
   else
-    local list = push[gk]
+    local list = push[ls]
     list[#list + 1] = id
+    if bkey then
+      if kadd[bkey] == nil then kadd[bkey], korder[#korder + 1] = {}, bkey end
+      local ka = kadd[bkey]
+      ka[#ka + 1], ka[#ka + 2] = score_s[prio], id
+    end
     zadd[j + 1], zadd[j + 2] = score_s[prio], id
     hset[j + 1], hset[j + 2] = id, env
     seen_add[j + 1], seen_add[j + 2] = now_s, id
@@ -131,22 +149,36 @@ if accepted > 0 then
   -- fair share: append to each source's list; a source new to its class joins at the class's
   -- virtual time, so it neither waits behind nor jumps ahead of those already queued
   local vt = redis.call('HMGET', state, 'vt:0', 'vt:1', 'vt:2')
-  local joins = {[0] = {}, {}, {}}
-  for _, gk in ipairs(push_order) do
-    local list = push[gk]
+  local joins, jorder = {}, {}
+  for _, ls in ipairs(push_order) do
+    local list = push[ls]
     if #list > 0 then
-      local p = tonumber(string.sub(gk, 1, 1))
-      each_slice('RPUSH', src_prefix .. gk, list)
-      local join = joins[p]
-      join[#join + 1], join[#join + 2] = vt[p + 1] or '0', string.sub(gk, 3)
+      local p, g, bkey = meta[ls][1], meta[ls][2], meta[ls][3]
+      each_slice('RPUSH', src_prefix .. ls, list)
+      local akey = bkey and (active[p] .. ':' .. bkey) or active[p]
+      if joins[akey] == nil then joins[akey], jorder[#jorder + 1] = {}, akey end
+      local join = joins[akey]
+      local at = vt[p + 1]
+      if bkey then at = redis.call('HGET', state, 'vt:' .. p .. ':' .. bkey) end
+      join[#join + 1], join[#join + 2] = at or '0', g
     end
   end
-  for p = 0, 2 do
-    local join = joins[p]
+  for _, akey in ipairs(jorder) do
+    local join = joins[akey]
     for i = 1, #join, 1000 do
-      redis.call('ZADD', active[p], 'NX', unpack(join, i, math.min(i + 999, #join)))
+      redis.call('ZADD', akey, 'NX', unpack(join, i, math.min(i + 999, #join)))
     end
   end
+  -- batch keys: each key's own ZSET and count; a key reaching the size threshold wakes
+  local keyed = 0
+  for _, bkey in ipairs(korder) do
+    local ka = kadd[bkey]
+    each_slice('ZADD', key_prefix .. bkey, ka)
+    local after = tonumber(redis.call('ZINCRBY', keysizes, #ka / 2, bkey))
+    if after >= threshold and after - #ka / 2 < threshold then key_ready = true end
+    keyed = keyed + #ka / 2
+  end
+  if keyed > 0 then redis.call('HINCRBY', state, 'keyed', keyed) end
 end
 
 if accepted > 0 then
@@ -167,7 +199,8 @@ local u0, u1 = util(count0, bytes0), util(count, bytes)
 local wake = false
 if accepted > 0 then
   local function crossed(level) return u0 < level and u1 >= level end
-  wake = (count0 < threshold and count >= threshold) or crossed(0.5) or crossed(early)
+  wake = (count0 < threshold and count >= threshold) or key_ready or crossed(0.5)
+    or crossed(early)
   local wake_ms = tonumber(redis.call('HGET', state, 'wake_ms') or '0')
   if not wake then
     local f = 1

@@ -3,6 +3,7 @@
 KEYS[1] pending ZSET   KEYS[2] payloads HASH   KEYS[3] state HASH   KEYS[4] dead ZSET
 KEYS[5] dead:payloads HASH   KEYS[6] stats HASH   KEYS[7] attempts HASH   KEYS[8] events STREAM
 KEYS[9..11] active:0..2 ZSET   KEYS[12] the source lists' prefix (enqueue.lua)
+KEYS[13] batch keys ZSET   KEYS[14] the batch keys' prefix (enqueue.lua)
 ARGV[1] now_ms ('' = Redis TIME)   ARGV[2] max age ms   ARGV[3] at most this many per priority
 ARGV[4] events MAXLEN
 A dead record replaces an older one of the same id (re-sent after the seen window); the older
@@ -11,6 +12,23 @@ copy is counted as purged. Returns the number of entries expired.
 local pending, payloads, state, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dead_payloads, stats, attempts, events = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local active, src_prefix = {[0] = KEYS[9], KEYS[10], KEYS[11]}, KEYS[12]
+local keysizes, key_prefix = KEYS[13], KEYS[14]
+-- out of its source list (the oldest of its source: at or near the head) and its key's records
+local function leave(id, env, p)
+  local g, bkey = string.match(env, '^{"g":"([^"]*)","k":"([^"]*)"')
+  if not g then g = string.match(env, '^{"g":"([^"]*)"') or '' end
+  local list, akey = src_prefix .. p .. ':' .. g, active[p]
+  if bkey then
+    list, akey = src_prefix .. 'k:' .. bkey .. ':' .. p .. ':' .. g, active[p] .. ':' .. bkey
+    redis.call('ZREM', key_prefix .. bkey, id)
+    if tonumber(redis.call('ZINCRBY', keysizes, -1, bkey)) <= 0 then
+      redis.call('ZREM', keysizes, bkey)
+    end
+    redis.call('HINCRBY', state, 'keyed', -1)
+  end
+  redis.call('LREM', list, 1, id)
+  if redis.call('LLEN', list) == 0 then redis.call('ZREM', akey, g) end
+end
 local now
 if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
   local t = redis.call('TIME'); now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -34,11 +52,7 @@ for p = 0, 2 do
       redis.call('HSET', dead_payloads, ids[i], '{"score":' .. r[2 * i] .. ',"attempts":' ..
         (prior[i] or '0') .. ',"reason":"expired","error":"older than max_buffer_age","envelope":' ..
         envs[i] .. '}')
-      -- the oldest of its source: at or near the head of that source's list
-      local g = string.match(envs[i], '^{"g":"([^"]*)"') or ''
-      local list = src_prefix .. p .. ':' .. g
-      redis.call('LREM', list, 1, ids[i])
-      if redis.call('LLEN', list) == 0 then redis.call('ZREM', active[p], g) end
+      leave(ids[i], envs[i], p)
     end
     redis.call('ZREM', pending, unpack(ids))
     redis.call('HDEL', payloads, unpack(ids))

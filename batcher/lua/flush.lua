@@ -5,6 +5,8 @@ KEYS[5] stats     HASH   KEYS[6] events   STREAM KEYS[7] batch  HASH (the new ba
 KEYS[8] room      LIST   KEYS[9] attempts HASH
 KEYS[10..12] active:0..2 ZSET source group -> fair-share tag   KEYS[13] weights HASH group -> weight
 KEYS[14] the source lists' prefix (enqueue.lua: list '<prefix><priority>:<group>', oldest first)
+KEYS[15] keys ZSET batch key -> pending count   KEYS[16] the batch keys' prefix (enqueue.lua)
+A batch never mixes batch keys: it serves one key (or the entries without one), chosen below.
 
 ARGV[1]  now_ms ('' = Redis TIME)      ARGV[2]  batch id (made by the caller)
 ARGV[3]  manual (1/0)                  ARGV[4]  max_buffer_size      ARGV[5] max_buffer_bytes
@@ -13,7 +15,7 @@ ARGV[9]  early pressure                ARGV[10] emergency pressure   ARGV[11] ad
 ARGV[12..14] time thresholds ms: normal, high, urgent
 ARGV[15] max in-flight batches         ARGV[16] dispatch lease ms    ARGV[17] events MAXLEN
 
-Returns {1, batch_id, reason, n, priority, attempt}  a batch was written and popped
+Returns {1, batch_id, reason, n, priority, attempt, key}  a batch was written and popped
         {0, wait_ms}                                 nothing due; -1 = until woken
 Errors  BATCH_EXISTS <id>                            the batch id is already in use
 The batch hash holds meta fields, one field per entry ('e:<id>' -> the envelope, byte for byte as the
@@ -22,6 +24,7 @@ producer sent it) and an index 'ix' of '<score> <prior attempts> <id>' lines.
 local pending, payloads, state, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local stats, events, batch, room, attempts = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local active, weights, src_prefix = {[0] = KEYS[10], KEYS[11], KEYS[12]}, KEYS[13], KEYS[14]
+local keysizes, key_prefix = KEYS[15], KEYS[16]
 
 local now
 if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
@@ -64,21 +67,31 @@ end
 local f = 1
 if adaptive and util > 0.5 then f = math.max(0.25, 1 - 0.75 * (util - 0.5) / (early - 0.5)) end
 local eff = {[0] = math.floor(thr[0] * f), math.floor(thr[1] * f), math.floor(thr[2] * f)}
-local earliest = nil
+local earliest, earliest_id = nil, nil
 for p = 0, 2 do
   local lo = (3 - p) * 1e13
   local first = redis.call('ZRANGE', pending, fmt(lo), fmt(lo + 1e13 - 1), 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
   if #first > 0 then
     local d = tonumber(first[2]) - lo + eff[p]
-    if earliest == nil or d < earliest then earliest = d end
+    if earliest == nil or d < earliest then earliest, earliest_id = d, first[1] end
   end
 end
+local function key_of(e) return e and string.match(e, '^{"g":"[^"]*","k":"([^"]*)"') end
+
+-- batch keys: the size rule holds per key; the entries without a key are one more group
+local keyed = tonumber(redis.call('HGET', state, 'keyed') or '0')
+local keyless, big_key, big_n = count - keyed, nil, 0
+if keyed > 0 then
+  local top = redis.call('ZRANGE', keysizes, -1, -1, 'WITHSCORES')
+  if #top > 0 then big_key, big_n = top[1], tonumber(top[2]) end
+end
+local size_ready = keyless >= threshold or big_n >= threshold
 
 -- 2. the reason, first that holds
 local reason
 if manual then reason = 'manual'
 elseif util >= emergency then reason = 'emergency'
-elseif count >= threshold then reason = 'size'
+elseif size_ready then reason = 'size'
 elseif util >= early then reason = 'pressure'
 elseif earliest <= now then reason = 'deadline'
 else
@@ -87,6 +100,30 @@ else
 end
 local limit = math.min(threshold, max_batch)
 if reason == 'emergency' then limit = max_batch end
+
+-- the key this batch serves (nil: the entries without one): the earliest deadline's when a
+-- deadline is due, else the larger of the biggest key and the keyless entries; while a key
+-- stays the biggest its batches go out back to back
+local serve = nil
+if keyed > 0 then
+  local last = redis.call('HGET', state, 'last_key')
+  if reason == 'deadline' then
+    serve = key_of(redis.call('HGET', payloads, earliest_id))
+  elseif reason == 'size' and last == '' and keyless >= threshold then
+    serve = nil  -- the keyless entries again, back to back
+  elseif reason == 'size' and last and last ~= ''
+      and tonumber(redis.call('ZSCORE', keysizes, last) or '0') >= threshold then
+    serve = last  -- the same key again, back to back
+  elseif big_n > keyless or (reason == 'size' and keyless < threshold) then
+    serve = big_key
+  end
+end
+local function list_of(p, g)
+  if serve then return src_prefix .. 'k:' .. serve .. ':' .. p .. ':' .. g end
+  return src_prefix .. p .. ':' .. g
+end
+local function active_of(p) return serve and (active[p] .. ':' .. serve) or active[p] end
+local vt_field = serve and (':' .. serve) or ''
 
 -- 3. contents: overdue entries by deadline then score (never held back for fairness), then
 -- each class in priority order filled across its sources by weighted fair share (below)
@@ -99,15 +136,16 @@ local function add(id, e, s)  -- false once the byte cap stops the batch (always
 end
 local function group(e) return string.match(e, '^{"g":"([^"]*)"') or '' end
 local function set_tag(p, g, tag)  -- a source whose list ran dry leaves its class's active set
-  if redis.call('LLEN', src_prefix .. p .. ':' .. g) == 0 then redis.call('ZREM', active[p], g)
-  elseif tag then redis.call('ZADD', active[p], fmt_tag(tag), g) end
+  if redis.call('LLEN', list_of(p, g)) == 0 then redis.call('ZREM', active_of(p), g)
+  elseif tag then redis.call('ZADD', active_of(p), fmt_tag(tag), g) end
 end
+local cand_from = serve and (key_prefix .. serve) or pending
 
 local cand = {}
 for p = 2, 0, -1 do
   local lo = (3 - p) * 1e13
   if now - eff[p] >= 0 then
-    local r = redis.call('ZRANGE', pending, fmt(lo), fmt(lo + now - eff[p]), 'BYSCORE', 'LIMIT', 0, limit, 'WITHSCORES')
+    local r = redis.call('ZRANGE', cand_from, fmt(lo), fmt(lo + now - eff[p]), 'BYSCORE', 'LIMIT', 0, limit, 'WITHSCORES')
     for i = 1, #r, 2 do
       local s = tonumber(r[i + 1])
       cand[#cand + 1] = {r[i], r[i + 1], s - lo + eff[p], s, p}
@@ -124,11 +162,13 @@ if #cand > 0 then
   for i = 1, m do cid[i] = cand[i][1] end
   local cenv = redis.call('HMGET', payloads, unpack(cid))
   for i = 1, m do
-    if not add(cid[i], cenv[i], cand[i][2]) then break end
-    -- the oldest of a class: at or near the head of its source's list
-    local p, g = cand[i][5], group(cenv[i])
-    redis.call('LREM', src_prefix .. p .. ':' .. g, 1, cid[i])
-    set_tag(p, g, nil)
+    if serve or not key_of(cenv[i]) then  -- the keyless batch leaves keyed entries alone
+      if not add(cid[i], cenv[i], cand[i][2]) then break end
+      -- the oldest of a class: at or near the head of its source's list
+      local p, g = cand[i][5], group(cenv[i])
+      redis.call('LREM', list_of(p, g), 1, cid[i])
+      set_tag(p, g, nil)
+    end
   end
 end
 
@@ -137,7 +177,7 @@ end
 -- its tag grows by 1/weight. Only the `need` lowest-tagged sources can take part, and a
 -- binary heap plans the picks, so the cost per entry stays flat however many sources wait.
 local function plan(p, need)
-  local top = redis.call('ZRANGE', active[p], 0, need - 1, 'WITHSCORES')
+  local top = redis.call('ZRANGE', active_of(p), 0, need - 1, 'WITHSCORES')
   local k = #top / 2
   if k == 0 then return end
   local g, tag, w, len, cnt, heap = {}, {}, {}, {}, {}, {}
@@ -145,7 +185,7 @@ local function plan(p, need)
   local wr = redis.call('HMGET', weights, unpack(g))
   for i = 1, k do
     w[i] = tonumber(wr[i]) or 1
-    len[i] = redis.call('LLEN', src_prefix .. p .. ':' .. g[i])
+    len[i] = redis.call('LLEN', list_of(p, g[i]))
     cnt[i], heap[i] = 0, i
   end
   local cur = {}
@@ -178,7 +218,7 @@ local function plan(p, need)
   -- one LPOP per source; what the byte cap leaves out goes back to the head of its list
   local heads, at, oid = {}, {}, {}
   for i = 1, k do
-    if cnt[i] > 0 then heads[i] = redis.call('LPOP', src_prefix .. p .. ':' .. g[i], cnt[i]) end
+    if cnt[i] > 0 then heads[i] = redis.call('LPOP', list_of(p, g[i]), cnt[i]) end
     at[i] = 0
   end
   for x = 1, #order do
@@ -201,22 +241,22 @@ local function plan(p, need)
   for i = 1, k do
     if cnt[i] > 0 then
       for x = cnt[i], used[i] + 1, -1 do
-        redis.call('LPUSH', src_prefix .. p .. ':' .. g[i], heads[i][x])
+        redis.call('LPUSH', list_of(p, g[i]), heads[i][x])
       end
       if len[i] - used[i] <= 0 then gone[#gone + 1] = g[i]
       else tags[#tags + 1], tags[#tags + 2] = fmt_tag(tag[i] + used[i] / w[i]), g[i] end
     end
   end
-  if #gone > 0 then redis.call('ZREM', active[p], unpack(gone)) end
-  if #tags > 0 then redis.call('ZADD', active[p], unpack(tags)) end
-  if last_tag then redis.call('HSET', state, 'vt:' .. p, fmt_tag(last_tag)) end
+  if #gone > 0 then redis.call('ZREM', active_of(p), unpack(gone)) end
+  if #tags > 0 then redis.call('ZADD', active_of(p), unpack(tags)) end
+  if last_tag then redis.call('HSET', state, 'vt:' .. p .. vt_field, fmt_tag(last_tag)) end
 end
 for p = 2, 0, -1 do
   if full or n >= limit then break end
   plan(p, limit - n)
 end
 -- entries in no source list (written before fair share existed): by score, as before
-if not full and n < limit and n < count then
+if not serve and not full and n < limit and n < keyless then
   local r = redis.call('ZRANGE', pending, 0, limit + n - 1, 'WITHSCORES')
   local rid, rsc = {}, {}
   for i = 1, #r, 2 do
@@ -225,11 +265,22 @@ if not full and n < limit and n < count then
   if #rid > 0 then
     local renv = redis.call('HMGET', payloads, unpack(rid))
     for i = 1, #rid do
-      if n >= limit or not add(rid[i], renv[i], rsc[i]) then break end
+      if not key_of(renv[i]) and (n >= limit or not add(rid[i], renv[i], rsc[i])) then break end
     end
   end
 end
 
+if n == 0 then  -- nothing to take (the key's records disagree): look again shortly
+  redis.call('HSET', state, 'wake_ms', fmt(now + 1000))
+  return {0, 1000}
+end
+if serve then
+  redis.call('ZREM', key_prefix .. serve, unpack(ids))
+  if tonumber(redis.call('ZINCRBY', keysizes, -n, serve)) <= 0 then
+    redis.call('ZREM', keysizes, serve)
+  end
+  redis.call('HINCRBY', state, 'keyed', -n)
+end
 local prior = redis.call('HMGET', attempts, unpack(ids))
 
 -- 4. write the batch record and pop; 'ix' lists '<score> <prior> <id>' lines so that ack
@@ -250,6 +301,8 @@ if #fields > 0 then redis.call('HSET', batch, unpack(fields)) end
 local priority = 3 - best
 redis.call('HSET', batch, 'status', 'dispatched', 'reason', reason, 'created_ms', fmt(now),
   'priority', priority, 'attempt', 1, 'free', 0, 'n', n, 'bytes', sum, 'ix', table.concat(ix, '\n'))
+if serve then redis.call('HSET', batch, 'key', serve) end
+if keyed > 0 or serve then redis.call('HSET', state, 'last_key', serve or '') end
 redis.call('ZREM', pending, unpack(ids))
 redis.call('HDEL', payloads, unpack(ids))
 if had_prior then redis.call('HDEL', attempts, unpack(ids)) end
@@ -263,4 +316,4 @@ redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'type', 'flush', 'batch',
 -- room for producers waiting under the 'block' overflow policy
 redis.call('RPUSH', room, '1')
 redis.call('LTRIM', room, -64, -1)
-return {1, batch_id, reason, n, priority, 1}
+return {1, batch_id, reason, n, priority, 1, serve or ''}

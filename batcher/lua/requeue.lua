@@ -3,6 +3,7 @@
 KEYS[1] pending ZSET   KEYS[2] payloads HASH   KEYS[3] state HASH   KEYS[4] dead ZSET
 KEYS[5] dead:payloads HASH   KEYS[6] stats HASH   KEYS[7] events STREAM
 KEYS[8..10] active:0..2 ZSET   KEYS[11] the source lists' prefix (enqueue.lua)
+KEYS[12] batch keys ZSET   KEYS[13] the batch keys' prefix (enqueue.lua)
 ARGV[1] mode: 'requeue' | 'purge'   ARGV[2] events MAXLEN   ARGV[3..] entry ids
 An id that is pending again (re-sent by a producer) is purged instead of requeued, so it is not
 held twice. Returns {moved, purged, missing}.
@@ -10,10 +11,29 @@ held twice. Returns {moved, purged, missing}.
 local pending, payloads, state, dead, dead_payloads, stats, events =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local active, src_prefix = {[0] = KEYS[8], KEYS[9], KEYS[10]}, KEYS[11]
+local keysizes, key_prefix = KEYS[12], KEYS[13]
 local mode, maxlen = ARGV[1], ARGV[2]
 local vt = redis.call('HMGET', state, 'vt:0', 'vt:1', 'vt:2')
 local moved, purged, missing, bytes = 0, 0, 0, 0
 local marker = ',"envelope":'
+-- back into its source list (at the head: it is older than what that source has pending)
+-- and, with a batch key, into that key's records (enqueue.lua)
+local function enter(id, env, score)
+  local p = 3 - math.floor(tonumber(score) / 1e13)
+  local g, bkey = string.match(env, '^{"g":"([^"]*)","k":"([^"]*)"')
+  if not g then g = string.match(env, '^{"g":"([^"]*)"') or '' end
+  if bkey then
+    redis.call('LPUSH', src_prefix .. 'k:' .. bkey .. ':' .. p .. ':' .. g, id)
+    local at = redis.call('HGET', state, 'vt:' .. p .. ':' .. bkey) or '0'
+    redis.call('ZADD', active[p] .. ':' .. bkey, 'NX', at, g)
+    redis.call('ZADD', key_prefix .. bkey, score, id)
+    redis.call('ZINCRBY', keysizes, 1, bkey)
+    redis.call('HINCRBY', state, 'keyed', 1)
+  else
+    redis.call('LPUSH', src_prefix .. p .. ':' .. g, id)
+    redis.call('ZADD', active[p], 'NX', vt[p + 1] or '0', g)
+  end
+end
 for i = 3, #ARGV do
   local id = ARGV[i]
   local rec = redis.call('HGET', dead_payloads, id)
@@ -29,10 +49,7 @@ for i = 3, #ARGV do
       local env = string.sub(rec, at + #marker, -2)
       redis.call('ZADD', pending, score, id)
       redis.call('HSET', payloads, id, env)
-      local p = 3 - math.floor(tonumber(score) / 1e13)
-      local g = string.match(env, '^{"g":"([^"]*)"') or ''
-      redis.call('LPUSH', src_prefix .. p .. ':' .. g, id)
-      redis.call('ZADD', active[p], 'NX', vt[p + 1] or '0', g)
+      enter(id, env, score)
       bytes = bytes + #env
       moved = moved + 1
     else

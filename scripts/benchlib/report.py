@@ -177,6 +177,9 @@ def tables(results: dict[str, Any]) -> str:
     for key in ("p50_ms", "p99_ms", "max_ms"):
         med, rng = _fmt(lat.get(key), 1)
         lines.append(f"| {key.removesuffix('_ms')} | {med} | {rng} |")
+    if meta.get("rerun"):
+        # some sections measured again later on newer code: say which, when and on what
+        lines += ["", f"*Re-measured {meta['rerun']}.*"]
     lines += _flatness_and_memory(results)
     lines += _groups_tables(results)
     lines += _ratio_table(results)

@@ -346,3 +346,12 @@ def test_budget_set_and_show(redis_url: str) -> None:
     assert "requests: 60/min, left 60" in text and "output tokens: none" in text
     assert run(redis_url, "budget", "show").exit_code == 2  # no name, no BATCH_BUDGET
     assert run(redis_url, "budget", "set", "bad name").exit_code == 2
+
+
+def test_enqueue_with_a_batch_key_stores_it_first_in_the_envelope(
+        redis_url: str, client: redis_py.Redis) -> None:
+    done = run(redis_url, "enqueue", '{"t": 1}', "--id", "k1", "--batch-key", "summarize")
+    assert done.exit_code == 0
+    raw = client.hget(KEYS.payloads, "k1")
+    assert raw is not None and raw.startswith(b'{"g":"cli","k":"summarize",')
+    assert run(redis_url, "enqueue", "{}", "--batch-key", "no spaces").exit_code == 2

@@ -58,6 +58,15 @@ def test_register_keeps_a_known_feeds_due_time(redis: redis_py.Redis) -> None:
     assert claimed[0].feed.interval_seconds == 60 and claimed[0].validators == (None, None)
 
 
+def test_prune_drops_feeds_no_longer_in_the_file(redis: redis_py.Redis) -> None:
+    schedule = FetchSchedule(redis, "q", token="a")
+    schedule.register(_feeds())
+    kept = _feeds()[:3]
+    assert sorted(schedule.prune(kept)) == sorted(f.url for f in _feeds()[3:])
+    assert sorted(c.feed.url for c in schedule.claim(10).feeds) == sorted(f.url for f in kept)
+    assert not redis.exists(schedule.keys.fetch_feed(_feeds()[4].url))
+
+
 def test_claim_survives_script_flush_and_record_runs_in_a_pipeline(
     redis: redis_py.Redis,
 ) -> None:

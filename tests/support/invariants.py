@@ -38,11 +38,35 @@ def _assert_source_lists(client: redis_py.Redis, keys: QueueKeys, pending: set[b
         if members:
             nonempty.add(bytes(list_key))
     assert sorted(listed) == sorted(pending), "source lists and pending disagree"
-    active = {
-        keys.source_list(p, m.decode()).encode()
-        for p in (0, 1, 2) for m in _ids(client.zrange(keys.active(p), 0, -1))
-    }
+    active: set[bytes] = set()
+    for akey in client.scan_iter(match=f"{keys.base}:active:*", count=500):
+        parts = bytes(akey).decode().rsplit(":active:", 1)[1].split(":", 1)
+        for m in _ids(client.zrange(akey, 0, -1)):
+            if len(parts) == 1:  # active:<p>: the entries without a batch key
+                active.add(keys.source_list(int(parts[0]), m.decode()).encode())
+            else:  # active:<p>:<key>
+                active.add(f"{keys.source_prefix}k:{parts[1]}:{parts[0]}:{m.decode()}".encode())
     assert active == nonempty, f"active sources {active} != non-empty lists {nonempty}"
+    _assert_batch_keys(client, keys, pending)
+
+
+def _assert_batch_keys(client: redis_py.Redis, keys: QueueKeys, pending: set[bytes]) -> None:
+    """Each batch key's ZSET holds exactly its pending entries, counted in batchkeys/keyed."""
+    keyed: dict[str, set[bytes]] = {}
+    for entry_id in pending:
+        env = client.hget(keys.payloads, entry_id) or b""
+        if env.startswith(b'{"g":') and b',"k":"' in env.split(b',"id":', 1)[0]:
+            key = env.split(b',"k":"', 1)[1].split(b'"', 1)[0].decode()
+            keyed.setdefault(key, set()).add(entry_id)
+    held = {}
+    for zkey in client.scan_iter(match=f"{keys.batch_key_prefix}*", count=500):
+        name = bytes(zkey).decode().removeprefix(keys.batch_key_prefix)
+        held[name] = _ids(client.zrange(zkey, 0, -1))
+    assert {k: v for k, v in held.items() if v} == keyed, "batch key sets and pending disagree"
+    sizes = {m.decode(): int(s) for m, s in client.zrange(keys.batch_keys, 0, -1,
+                                                          withscores=True)}
+    assert {k: v for k, v in sizes.items() if v} == {k: len(v) for k, v in keyed.items()}
+    assert _count(client, keys.state, "keyed") == sum(len(v) for v in keyed.values())
 
 
 def assert_consistent(client: redis_py.Redis, keys: QueueKeys) -> None:

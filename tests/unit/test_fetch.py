@@ -322,6 +322,7 @@ def test_load_feeds_reads_the_sample_file() -> None:
         ('[[feeds]]\nurl = "http://a/x"\nsource = "s"\ninterval_seconds = 0\n', "interval"),
         ('[[feeds]]\nurl = "http://a/x"\nsource = "s"\nintervall = 5\n', "unknown key"),
         ('[[feeds]]\nurl = "http://a/x"\n', "source"),
+        ('[[feeds]]\nurl = "http://a/x"\nsource = "s"\nbatch_key = "a b"\n', "batch_key"),
         (
             '[[feeds]]\nurl = "http://a/x"\nsource = "s"\n[[feeds]]\nurl = "http://a/y"\n'
             'source = "s"\n',
@@ -339,6 +340,12 @@ def test_load_feeds_names_the_file_and_feed_on_bad_input(
     with pytest.raises(ConfigError) as raised:
         load_feeds(path)
     assert str(path) in str(raised.value) and message in str(raised.value)
+
+
+def test_a_feeds_batch_key_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "feeds.toml"
+    path.write_text('[[feeds]]\nurl = "http://a/x"\nsource = "s"\nbatch_key = "summarize"\n')
+    assert load_feeds(path)[0].batch_key == "summarize"
 
 
 def test_load_feeds_missing_file_is_a_config_error(tmp_path: Path) -> None:

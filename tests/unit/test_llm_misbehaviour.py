@@ -233,3 +233,27 @@ def test_a_worker_acks_dead_letters_the_rejected_and_records_token_usage(serve: 
     assert stats["counters"]["acked"] == 3 and stats["counters"]["dead_rejected"] == 1
     assert stats["llm"]["requests"] >= 3 and stats["llm"]["completion_tokens"] > 0
     assert stats["llm"]["tokens_per_entry"] is not None
+
+
+def test_a_slow_answer_past_the_timeout_is_an_ordinary_failure(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serve("slow", slow_ms=1500)
+    monkeypatch.setenv("LLM_TIMEOUT_SECONDS", "0.3")
+    with pytest.raises(llm.LLMTimeoutError):
+        llm.summarize(make_batch(2))
+
+
+@pytest.mark.parametrize("kind, status", [("ratelimit", 429), ("overloaded", 503),
+                                          ("error500", 500), ("quota", 429), ("auth", 401)])
+def test_error_bodies_have_the_reference_fields(serve: Serve, kind: str, status: int) -> None:
+    server = serve(kind, outage_every=1)
+    req = urllib.request.Request(
+        f"{server.base_url}/v1/chat/completions", method="POST",
+        data=json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode())
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(req, timeout=5)
+    assert caught.value.code == status
+    error = json.loads(caught.value.read())["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and isinstance(error["type"], str)

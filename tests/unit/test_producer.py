@@ -91,10 +91,17 @@ def test_queue_many_sends_one_call_per_chunk_of_500() -> None:
 
 
 def test_flush_callback_is_recorded_as_the_expected_handler() -> None:
-    manager, client = make_manager()
-    manager.expected_handler = "workers.handlers.echo:handle"
-    manager.queue_entry({}, "s", "a")
+    from workers.handlers import echo
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    config = BatchProcessingConfig(queue="unit")
+    by_function = BatchStateManager(client, config, flush_callback=echo.handle)
+    assert client.hget("batcher:{unit}:state", "handler") is None  # only with the first entry
+    by_function.queue_entry({}, "s", "a")
     assert client.hget("batcher:{unit}:state", "handler") == b"workers.handlers.echo:handle"
+    BatchStateManager(client, config, flush_callback="myapp.handlers:summarize").queue_entry(
+        {}, "s", "b")
+    assert client.hget("batcher:{unit}:state", "handler") == b"myapp.handlers:summarize"
 
 
 # the fast check and the walk that names the problem must agree on every value

@@ -129,7 +129,7 @@ def test_a_failing_llm_call_marks_its_span_failed(
 
 def test_without_an_active_span_the_envelope_has_no_trace_field() -> None:
     # the API alone (no provider configured): no span is ever active, nothing is added
-    assert tracing.current_traceparent() is None
+    assert tracing._tracer() is None and tracing.current_traceparent() is None
     _id, _p, envelope = build_envelope("x", "s", 0, {"k": 1}, index=0, max_entry_bytes=1000)
     assert b'"tp"' not in envelope
     manager = make_manager(queue="plain")
@@ -143,3 +143,34 @@ def test_malformed_traceparents_are_ignored() -> None:
         assert tracing.parse_traceparent(bad) is None
     ctx = tracing.parse_traceparent("00-" + "a" * 32 + "-" + "b" * 16 + "-01")
     assert ctx is not None and ctx.is_remote and ctx.span_id == int("b" * 16, 16)
+
+
+GLOBAL_PROVIDER = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from batcher import tracing
+from batcher.testing import make_manager, run_pending
+import orjson
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+manager = make_manager(queue="g")
+with trace.get_tracer("app").start_as_current_span("request"):
+    manager.queue_many([{"id": "x", "source": "s", "priority": 0, "payload": {}}])
+assert "tp" in orjson.loads(manager.redis.hget(manager.keys.payloads, "x"))
+run_pending(manager, lambda b: None)
+print(sorted(s.name for s in exporter.get_finished_spans()))
+"""
+
+
+def test_a_provider_set_the_usual_way_is_picked_up() -> None:
+    # in a child process: a global provider would reach every later test of this one
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", GLOBAL_PROVIDER], capture_output=True,
+                         text=True, check=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "['handle g', 'process g', 'request']"

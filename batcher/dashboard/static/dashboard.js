@@ -186,8 +186,9 @@
     const paused = data.paused_until_ms > s.now_ms;
     document.getElementById("paused").replaceChildren(paused ? el("span",
       { class: "badge paused", "data-figure": "paused" },
-      data.paused_until_ms >= data.paused_forever_ms ? "paused"
-        : `paused until ${clock(data.paused_until_ms)}`) : "");
+      (data.paused_until_ms >= data.paused_forever_ms ? "paused"
+        : `paused until ${clock(data.paused_until_ms)} UTC`)
+        + (b.paused_reason ? `: ${b.paused_reason}` : "")) : "");
     const actions = document.getElementById("actions");
     actions.replaceChildren();
     if (data.write) {
