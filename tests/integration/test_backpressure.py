@@ -86,3 +86,20 @@ def test_an_unreachable_redis_names_the_unconfirmed_ids_and_a_resend_is_safe(
         server.start()
         again = manager.queue_many(_entries("x", 4))  # the producer re-sends the chunk
         assert again.accepted == 2 and again.duplicate_ids == ["x0", "x1"]
+
+
+def test_block_policy_keeps_the_duplicates_of_the_first_try(
+    redis_url: str, real_redis: redis.Redis
+) -> None:
+    # a mutation survivor: the wait for room overwrote the duplicates the first call found
+    config = _config(redis_url, overflow_policy="block", block_timeout_seconds=60)
+    manager = BatchStateManager(connect(redis_url), config)
+    manager.queue_many(_entries("a", 5))
+    results: list[EnqueueResult] = []
+    producer = threading.Thread(target=lambda: results.append(
+        manager.queue_many([*_entries("a", 1), *_entries("b", 2)])))
+    producer.start()
+    wait_blocked(real_redis, "blpop")
+    Coordinator(real_redis, config).drain()
+    producer.join(HANG_GUARD_SECONDS)
+    assert results == [EnqueueResult(2, ["a0"], [])]

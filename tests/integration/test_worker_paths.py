@@ -72,7 +72,7 @@ def test_a_rate_limited_handler_pauses_the_queue_and_costs_no_attempt(
     # and nothing is flushed while paused, even what is due now
     BatchStateManager(real_redis, config).queue_many(
         [{"id": f"n{i}", "payload": {}} for i in range(config.size_threshold)])
-    assert Coordinator(real_redis, config).drain() > 0
+    assert 0 < Coordinator(real_redis, config).drain() <= 120_000  # waits out the pause
     assert real_redis.zcard(k.pending) == config.size_threshold
     assert_consistent(real_redis, k)
 
