@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         ConfigError,
         InvalidEntryError,
         RateLimited,
+        RedisFullError,
     )
     from batcher.models import Batch, BatchOutcome, EnqueueResult, Entry, FlushReason
     from batcher.monitoring import BatchPerformanceMetrics
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "batcher.config": ("BatchProcessingConfig", "load_config"),
     "batcher.errors": ("BatcherError", "BatcherUnavailableError", "BufferFullError",
-                       "ConfigError", "InvalidEntryError", "RateLimited"),
+                       "ConfigError", "InvalidEntryError", "RateLimited", "RedisFullError"),
     "batcher.models": ("Batch", "BatchOutcome", "EnqueueResult", "Entry", "FlushReason"),
     "batcher.monitoring": ("BatchPerformanceMetrics",),
     "batcher.presets": ("configure", "create_high_performance_batch_manager",
@@ -68,6 +69,7 @@ __all__ = [
     "FlushReason",
     "InvalidEntryError",
     "RateLimited",
+    "RedisFullError",
     "load_config",
 ]
 

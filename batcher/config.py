@@ -111,6 +111,9 @@ class BatchProcessingConfig(BaseSettings):
     urgent_time_threshold_seconds: Pos = 60.0
     early_flush_pressure: Pressure = 0.85
     emergency_flush_pressure: Pressure = 0.95
+    # Redis's used_memory / maxmemory at which the coordinator flushes as under early pressure
+    # (the coordinator reads INFO memory once per reap); 0 turns it off
+    redis_memory_flush_pressure: Annotated[float, Field(ge=0), Field(le=1)] = 0.8
     max_buffer_age_seconds: Pos = 3600.0
 
     max_inflight_batches: PosInt = 100
@@ -207,9 +210,12 @@ class BatchProcessingConfig(BaseSettings):
         return {kw: value for field, kw in _TLS_KWARGS.items()
                 if (value := getattr(self, field)) is not None}
 
-    def redis_client(self, *, blocking_seconds: float | None = None) -> redis.Redis:
-        """A client for ``redis_url`` with the TLS files; every process builds its own here."""
-        return connect(self.redis_url, blocking_seconds=blocking_seconds, tls=self.tls())
+    def redis_client(self, *, blocking_seconds: float | None = None,
+                     oom_tolerant: bool = False) -> redis.Redis:
+        """A client for ``redis_url`` with the TLS files; every process builds its own here.
+        ``oom_tolerant``: a daemon's, whose bookkeeping passes a full Redis (batcher.oom)."""
+        return connect(self.redis_url, blocking_seconds=blocking_seconds, tls=self.tls(),
+                       oom_tolerant=oom_tolerant)
 
     @property
     def keys(self) -> QueueKeys:

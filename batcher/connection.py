@@ -44,8 +44,11 @@ _QUERY_PASSWORD = re.compile(r"(?i)(^|&)(password=)[^&]*")
 
 
 def connect(url: str, *, blocking_seconds: float | None = None,
-            tls: Mapping[str, str] | None = None) -> redis.Redis:
+            tls: Mapping[str, str] | None = None, oom_tolerant: bool = False) -> redis.Redis:
     """A client for ``url`` with the project's options; no connection is made yet.
+
+    ``oom_tolerant``: the coordinator's and workers' client, whose bookkeeping writes go
+    through on a Redis over maxmemory (``batcher.oom``); never a producer's.
 
     ``blocking_seconds`` is the longest blocking call (BLPOP timeout) the client will
     make; its socket timeout is that plus a margin. ``tls`` holds the CA, certificate and
@@ -57,8 +60,13 @@ def connect(url: str, *, blocking_seconds: float | None = None,
         socket_timeout = SOCKET_TIMEOUT_SECONDS
     else:
         socket_timeout = blocking_seconds + BLOCKING_MARGIN_SECONDS
+    cls = redis.Redis
+    if oom_tolerant:
+        from batcher.oom import OomTolerantRedis
+
+        cls = OomTolerantRedis
     try:
-        return redis.Redis.from_url(
+        return cls.from_url(
             url,
             decode_responses=False,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,

@@ -18,6 +18,7 @@ import redis
 import structlog
 
 from batcher import sizing
+from batcher.backoff import Backoff, waitable
 from batcher.config import BatchProcessingConfig
 from batcher.dispatch import Dispatcher
 from batcher.scripts import EVENTS_MAXLEN, FlushedBatch, Scripts
@@ -35,8 +36,15 @@ MAX_BLOCK_SECONDS = 1.0
 SIZING_EVERY_SAMPLES = 10
 MAX_FLUSH_BURST = 16
 REAP_BATCH = 200
-# first and longest wait between reconnection attempts during a Redis outage
-OUTAGE_BACKOFF_SECONDS = (0.25, 5.0)
+
+
+def scale_memory_ratio(ratio: float, level: float, early: float) -> float:
+    """Redis's used/max memory as a buffer utilisation for flush.lua: ``level`` maps to the
+    early-flush pressure and a full Redis to 1 (past the emergency level), linearly between;
+    under ``level`` it does not count (a Redis shared with other data may sit at 70 %)."""
+    if ratio < level:
+        return 0.0
+    return min(1.0, early + (ratio - level) / (1 - level) * (1 - early)) if level < 1 else 1.0
 
 
 def new_batch_id() -> str:
@@ -75,6 +83,7 @@ class Coordinator:
         self._next_reap = 0.0
         self._next_report = clock() + config.report_interval_seconds
         self._last_sizing_sample = b""
+        self._memory_hot = False
 
     def start(self) -> None:
         """Preload the scripts and publish the limits this coordinator runs with."""
@@ -133,8 +142,30 @@ class Coordinator:
             log.warning("batch.dispatch_failed", queue=self.config.queue,
                         batch_ids=[b.id for b in batches], error=str(exc))
 
+    def read_memory(self) -> float:
+        """Redis's used_memory / maxmemory (0 without a limit), handed to flush.lua scaled so
+        the configured level counts as early pressure. One INFO per reap."""
+        level = self.config.redis_memory_flush_pressure
+        if level <= 0:
+            return 0.0
+        try:
+            info = self.client.info("memory")
+        except redis.ResponseError:  # INFO refused (an ACL): the buffer's own figures rule
+            return 0.0
+        maxmemory = int(info.get("maxmemory", 0) or 0)
+        ratio = int(info.get("used_memory", 0)) / maxmemory if maxmemory > 0 else 0.0
+        self.scripts.redis_memory_utilization = scale_memory_ratio(
+            ratio, level, self.config.early_flush_pressure)
+        hot = ratio >= level
+        if hot != self._memory_hot:
+            log.info("redis.memory_pressure" if hot else "redis.memory_pressure_over",
+                     queue=self.config.queue, used_ratio=round(ratio, 3), flush_level=level)
+            self._memory_hot = hot
+        return ratio
+
     def reap(self) -> int:
         """Re-dispatch expired leases, promote delayed entries, expire old ones, trim `seen`."""
+        self.read_memory()
         sec, usec = self.client.time()
         now_ms = int(sec) * 1000 + int(usec) // 1000
         expired = self.client.zrange(self.keys.inflight, "-inf", now_ms, byscore=True,
@@ -220,7 +251,8 @@ class Coordinator:
         while Redis is down waits for it instead of exiting.
         """
         started = False
-        backoff = OUTAGE_BACKOFF_SECONDS[0]
+        backoff = Backoff("coordinator", queue=self.config.queue, client=self.client,
+                          state_key=self.keys.state)
         while not stop.is_set():
             try:
                 if not started:
@@ -228,16 +260,13 @@ class Coordinator:
                     started = True
                     log.info("coordinator.started", queue=self.config.queue)
                 wait_ms = self.step()
-                if backoff > OUTAGE_BACKOFF_SECONDS[0]:
-                    log.info("coordinator.redis_reconnected", queue=self.config.queue)
-                backoff = OUTAGE_BACKOFF_SECONDS[0]
+                backoff.succeeded()
                 self.wait(wait_ms, stop)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                # BusyLoadingError (a restarted server replaying its AOF) is a ConnectionError
-                log.warning("coordinator.redis_unavailable", queue=self.config.queue,
-                            error=str(exc) or type(exc).__name__, retry_in_s=backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, OUTAGE_BACKOFF_SECONDS[1])
+            except redis.RedisError as exc:
+                # OOM, READONLY, LOADING, BUSY, MASTERDOWN, a lost connection: wait it out
+                if not waitable(exc):
+                    raise
+                backoff.failed(exc, stop)
         log.info("coordinator.stopped", queue=self.config.queue,
                  batches=self.stats.flushed_batches, entries=self.stats.flushed_entries)
 

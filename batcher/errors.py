@@ -33,6 +33,15 @@ class BufferFullError(BatcherError):
         self.result = result
 
 
+class RedisFullError(BufferFullError):
+    """Redis itself is over its ``maxmemory`` (``noeviction``) and refused the entries.
+
+    A ``BufferFullError``, so code that handles a full buffer handles this too; ``result``
+    says which entries were refused. Nothing refused was written; the coordinator and the
+    workers keep draining, and enqueue succeeds again once that has freed memory.
+    """
+
+
 class SourceFullError(BufferFullError):
     """A source already holds ``max_pending_per_source`` pending entries (at that priority):
     its entries were rejected, other sources' were not."""

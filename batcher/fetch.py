@@ -24,7 +24,8 @@ import httpx
 import structlog
 
 from batcher import tracing
-from batcher.errors import BatcherError, ConfigError
+from batcher.backoff import Backoff
+from batcher.errors import BatcherError, BatcherUnavailableError, ConfigError, RedisFullError
 from batcher.fetch_entries import EntryFaults, entry_id, merge_faults, payload_of
 from batcher.fetch_parse import parse_feed
 from batcher.models import PRIORITIES, EnqueueResult
@@ -211,6 +212,10 @@ class FeedFetcher:
         self._faults_logged: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # a Redis that refused the last enqueue (full, failing over, down): the feed is
+        # fetched again after a back-off, not its interval, and its entries offered again
+        self._backoff = Backoff("fetcher")
+        self._redis_fault: BaseException | None = None
 
     def close(self) -> None:
         """Close the HTTP client if this fetcher created it."""
@@ -275,10 +280,19 @@ class FeedFetcher:
                 if max_rounds is not None and rounds[i] >= max_rounds:
                     del next_due[i]
                 else:
-                    next_due[i] = time.monotonic() + feed.interval_seconds
+                    retry = self._redis_retry()
+                    next_due[i] = time.monotonic() + min(feed.interval_seconds,
+                                                         retry or feed.interval_seconds)
             if next_due:
                 stop_event.wait(max(0.0, min(next_due.values()) - time.monotonic()))
         return self.counters
+
+    def _redis_retry(self) -> float | None:
+        fault, self._redis_fault = self._redis_fault, None
+        if fault is None:
+            self._backoff.succeeded()
+            return None
+        return self._backoff.failed(fault, wait=False)
 
     def fetch_guarded(
         self, feed: FeedConfig, validators: Validators | None = None
@@ -383,6 +397,8 @@ class FeedFetcher:
             try:
                 total = total + self.sink.queue_many(envelopes[start : start + CHUNK_SIZE])
             except BatcherError as exc:
+                if isinstance(exc, BatcherUnavailableError | RedisFullError):
+                    self._redis_fault = exc
                 # Earlier chunks are in; the validators are not stored, so the next
                 # fetch offers everything again and the producer skips what it has.
                 raise _FeedFailed(

@@ -16,6 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import redis
 import structlog
 
+from batcher.backoff import Backoff
 from batcher.fetch import FeedCounters, FeedFetcher
 from batcher.fetch_schedule import Claim, ClaimedFeed, FetchSchedule, host_of
 
@@ -49,7 +50,8 @@ class ScheduledFetcher:
 
     def run(self, stop: threading.Event, *, once: bool = False) -> dict[str, FeedCounters]:
         """Until ``stop`` is set; with ``once``, until no feed is due and none is in hand."""
-        redis_failures = 0
+        # a full, failing-over, restarting or lost Redis: wait it out (batcher.backoff)
+        backoff = Backoff("fetcher", first=1.0, cap=MAX_REDIS_WAIT_SECONDS)
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="fetch") as pool:
             while not stop.is_set():
                 # Keep up to one pool's worth of claimed feeds waiting, and claim in batches
@@ -60,12 +62,9 @@ class ScheduledFetcher:
                 if room >= self.concurrency // 2 + 1 or not self._running:
                     try:
                         claim = self._claim(room)
-                        redis_failures = 0
+                        backoff.succeeded()
                     except redis.RedisError as exc:
-                        redis_failures += 1
-                        delay = min(2.0 ** redis_failures, MAX_REDIS_WAIT_SECONDS)
-                        log.warning("fetch.redis_unavailable", error=str(exc), retry_in_s=delay)
-                        stop.wait(delay)
+                        backoff.failed(exc, stop)
                         continue
                 self._start_waiting(pool)
                 idle = claim is not None and not claim.feeds

@@ -13,11 +13,13 @@ import redis
 import structlog
 
 from batcher import tracing
+from batcher.backoff import fault_kind
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.errors import (
     BatcherUnavailableError,
     BufferFullError,
     InvalidEntryError,
+    RedisFullError,
     SourceFullError,
 )
 from batcher.fairness import source_group
@@ -193,6 +195,7 @@ class BatchStateManager:
         self.keys = self.scripts.keys
         self.expected_handler = handler_path(flush_callback) if flush_callback else None
         self._handler_recorded = False
+        self._redis_full = False  # the last call's refusals came from Redis's maxmemory
 
     # -- enqueue -----------------------------------------------------------------------------
 
@@ -233,6 +236,7 @@ class BatchStateManager:
     def _enqueue(self, prepared: Sequence[tuple[str, int, bytes]]) -> EnqueueResult:
         self._record_handler()
         total = EnqueueResult()
+        self._redis_full = False
         for start in range(0, len(prepared), CHUNK_SIZE):
             chunk = prepared[start:start + CHUNK_SIZE]
             try:
@@ -244,7 +248,14 @@ class BatchStateManager:
             total = self._wait_for_room(prepared, total)
         if total.rejected_ids:
             log.warning("entries.rejected", queue=self.config.queue, rejected=total.rejected,
-                        accepted=total.accepted, source_capped=len(total.source_capped_ids))
+                        accepted=total.accepted, redis_full=self._redis_full,
+                        source_capped=len(total.source_capped_ids))
+            if self._redis_full:
+                raise RedisFullError(
+                    f"Redis is full: {total.rejected} of {len(prepared)} entries refused "
+                    f"because Redis's used memory is over its maxmemory{self._memory_figures()}"
+                    " (maxmemory-policy noeviction); nothing refused was written: retry once "
+                    "the workers have drained the buffer, or raise maxmemory", total)
             if total.source_capped_ids:
                 raise SourceFullError(
                     f"source full: {total.rejected} of {len(prepared)} entries rejected, "
@@ -256,17 +267,35 @@ class BatchStateManager:
                 f"max_buffer_bytes={self.config.max_buffer_bytes})", total)
         return total
 
+    def _memory_figures(self) -> str:
+        try:
+            info = self.redis.info("memory")
+            return (f" (used_memory={info.get('used_memory_human', '?')}, "
+                    f"maxmemory={info.get('maxmemory_human', '?')})")
+        except redis.RedisError:
+            return ""
+
     def _send_chunk(self, chunk: Sequence[tuple[str, int, bytes]]) -> EnqueueResult:
         # Enqueue is idempotent by id, so re-sending a chunk whose reply was lost is safe.
         for delay in (*RETRY_DELAYS_SECONDS, None):
             try:
                 return self.scripts.enqueue(chunk)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.exceptions.OutOfMemoryError:
+                # enqueue.lua is refused whole on a full Redis: the chunk is rejected, like a
+                # full buffer (the 'block' policy waits for a flush's room token, which
+                # comes as the workers drain)
+                self._redis_full = True
+                return EnqueueResult(0, [], [e[0] for e in chunk])
+            except redis.RedisError as exc:
+                kind = fault_kind(exc)
+                if kind is None:
+                    raise
                 if delay is None:
                     raise BatcherUnavailableError(
-                        f"Redis unreachable, {len(chunk)} entries not confirmed: {exc}") from exc
+                        f"Redis unavailable ({kind}), {len(chunk)} entries not confirmed: "
+                        f"{exc}") from exc
                 log.warning("redis.retrying", queue=self.config.queue, delay_s=delay,
-                            error=str(exc))
+                            fault=kind, error=str(exc))
                 time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -302,9 +331,11 @@ class BatchStateManager:
         if self.expected_handler and not self._handler_recorded:
             try:
                 self.redis.hset(self.keys.state, "handler", self.expected_handler)
-            except (redis.ConnectionError, redis.TimeoutError):
+            except redis.RedisError as exc:
                 # advisory only (workers warn on a mismatch): the enqueue that follows
-                # meets the outage itself and reports it with the unconfirmed ids
+                # meets the outage (or the full Redis) itself and reports it
+                if fault_kind(exc) is None:
+                    raise
                 return
             self._handler_recorded = True
 

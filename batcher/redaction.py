@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -42,9 +43,34 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-def _env_secrets() -> tuple[str, ...]:
-    raw = tuple(os.environ.get(name, "") for name in (*SECRET_VARIABLES, *SECRET_URL_VARIABLES))
-    return _secrets_of(raw)
+# any of these in a text means a pattern may apply; one search (with the secrets' values)
+# skips the rest for most fields
+_GATE = r"://|pass|pwd|key|token|secret|auth|bearer|sk-"
+# fields structlog adds itself: never a secret
+_OWN_FIELDS = frozenset({"timestamp", "level", "logger", "logger_name"})
+# the secret variables are read again at most this often: reading os.environ costs ~1 µs a
+# variable, and every log event of every process goes through scrub
+SECRETS_REFRESH_SECONDS = 1.0
+_cached: tuple[float, tuple[str, ...], re.Pattern[str]] = (float("-inf"), (), re.compile(""))
+
+
+def forget_secrets() -> None:
+    """Read the secret variables again on the next ``scrub`` (tests that change them)."""
+    global _cached
+    _cached = (float("-inf"), (), re.compile(""))
+
+
+def _env_secrets() -> tuple[tuple[str, ...], re.Pattern[str]]:
+    """The secret values, and one pattern that finds any of them or any pattern's trigger."""
+    global _cached
+    now = time.monotonic()
+    if now - _cached[0] >= SECRETS_REFRESH_SECONDS:
+        raw = tuple(os.environ.get(name, "")
+                    for name in (*SECRET_VARIABLES, *SECRET_URL_VARIABLES))
+        secrets = _secrets_of(raw)
+        gate = re.compile("|".join([*(re.escape(v) for v in secrets), f"(?i:{_GATE})"]))
+        _cached = (now, secrets, gate)
+    return _cached[1], _cached[2]
 
 
 @functools.lru_cache(maxsize=8)
@@ -64,7 +90,10 @@ def _secrets_of(raw: tuple[str, ...]) -> tuple[str, ...]:
 
 def scrub(text: str) -> str:
     """``text`` with every password, API key and secret variable's value as ``***``."""
-    for secret in _env_secrets():
+    secrets, gate = _env_secrets()
+    if gate.search(text) is None:
+        return text
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     for pattern, replacement in _PATTERNS:
@@ -88,6 +117,6 @@ def scrub_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, 
     """structlog processor: every string field of a log event scrubbed (the last before
     the renderer, after exceptions are formatted into text)."""
     for key, value in event_dict.items():
-        if isinstance(value, str | Mapping | list | tuple):
+        if key not in _OWN_FIELDS and isinstance(value, str | Mapping | list | tuple):
             event_dict[key] = scrub_value(value)
     return event_dict

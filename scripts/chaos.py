@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import redis  # noqa: E402
+from chaos_faults import FAULTS, FaultInjector  # noqa: E402
+from chaos_faults import REDIS_ARGS as FAULT_REDIS_ARGS  # noqa: E402
 from chaos_procs import Managed  # noqa: E402
 from chaos_producer import entry_id  # noqa: E402
 from chaos_verify import Verdict, verify  # noqa: E402
@@ -81,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="rq SimpleWorker, forking Worker, or the first worker forking and the "
                          "rest simple (default)")
     ap.add_argument("--redis-restarts", type=int, default=2)
+    ap.add_argument("--faults", action="store_true",
+                    help="no kills: inject Redis faults instead (" + ",".join(FAULTS) + "; "
+                         "scripts/chaos_faults.py); no daemon may exit")
     ap.add_argument("--duration-cap", type=float, default=900.0,
                     help="seconds for the whole run; undrained entries then count as lost")
     ap.add_argument("--seed", type=int, default=None)
@@ -165,6 +170,17 @@ class Run:
     def producers_done(self) -> bool:
         return all(p.exit_code() is not None for p in self.producers)
 
+    def faults(self, deadline: float) -> FaultInjector:
+        """Inject each Redis fault once, spread over the run; restart nothing but what exits."""
+        injector = FaultInjector(self.server, lambda: self.confirmed() / self.args.entries)
+        injector.start()
+        while time.monotonic() < deadline and (injector.is_alive()
+                                               or not self.producers_done()):
+            self.revive_exited()
+            time.sleep(0.05)
+        injector.stop.set()
+        return injector
+
     def chaos(self, deadline: float) -> None:
         """Kill and restart until the producers are done and Redis was restarted enough."""
         next_kill = time.monotonic() + self.rng.uniform(*KILL_EVERY_SECONDS)
@@ -232,19 +248,25 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     deadline = t0 + args.duration_cap
-    with RedisServer(extra_args=REDIS_ARGS) as server:
+    injector: FaultInjector | None = None
+    redis_args = REDIS_ARGS + (FAULT_REDIS_ARGS if args.faults else [])
+    with RedisServer(extra_args=redis_args) as server:
         run = Run(args, server, log_dir)
         print(f"chaos: redis-server {server.version} on port {server.port}, AOF always; "
               f"seed={args.seed}, logs in {log_dir}", flush=True)
         try:
             run.start()
-            run.chaos(deadline)
+            if args.faults:
+                injector = run.faults(deadline)
+            else:
+                run.chaos(deadline)
             chaos_s = time.monotonic() - t0
             drained = run.wait_drained(deadline)
             drain_s = time.monotonic() - t0 - chaos_s
         finally:
             run.stop()
-        verdict: Verdict = verify(server.url, QUEUE, run, drained, args.producers)
+        verdict: Verdict = verify(server.url, QUEUE, run, drained, args.producers,
+                                  results_may_drop=args.faults)
         print(f"chaos: chaos {chaos_s:.0f}s, drain {drain_s:.0f}s, total "
               f"{time.monotonic() - t0:.0f}s", flush=True)
         kinds = Counter(r.rsplit(":", 1)[1] for r in run.revived)
@@ -253,6 +275,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{' '.join(run.revived)}".rstrip(), flush=True)
     for line in verdict.lines:
         print(f"chaos: {line}", flush=True)
+    if injector is not None:
+        missing = [f for f in FAULTS if f not in injector.done]
+        if missing or injector.errors or run.revived:
+            verdict.ok = False
+            print(f"chaos: PROBLEM: faults not injected {missing} {injector.errors}; daemons "
+                  f"that exited: {run.revived}", flush=True)
+        verdict.summary += (f" faults={','.join(injector.done)} "
+                            f"daemon_exits={len(run.revived)}")
     print(verdict.summary, flush=True)
     if not verdict.ok:
         print(f"chaos: FAILED, logs kept in {log_dir}", file=sys.stderr)

@@ -11,10 +11,12 @@ Set ``BATCH_HANDLER=chaos_handler:handle`` with ``scripts/`` on ``PYTHONPATH``.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import redis
 
+from batcher.backoff import waitable
 from batcher.connection import connect
 from batcher.models import Batch
 from workers.handlers import simulated
@@ -27,16 +29,25 @@ _clients: dict[str, redis.Redis] = {}
 def _client() -> redis.Redis:
     url = os.environ["BATCH_REDIS_URL"]
     if url not in _clients:
-        _clients[url] = connect(url)
+        # a worker-side client: its counts pass a full Redis (batcher.oom)
+        _clients[url] = connect(url, oom_tolerant=True)
     return _clients[url]
 
 
 def _count(key: str, ids: list[str]) -> None:
-    # one MULTI: a batch's ids are counted all together or not at all
-    pipe = _client().pipeline(transaction=True)
-    for entry_id in ids:
-        pipe.hincrby(key, entry_id, 1)
-    pipe.execute()
+    # one MULTI: a batch's ids are counted all together or not at all; a fault the run
+    # injects (READONLY, MASTERDOWN, a restart) is waited out, as the worker itself does
+    for delay in (0.2, 0.4, 0.8, 1.6, 3.2, 5.0, None):
+        try:
+            pipe = _client().pipeline(transaction=True)
+            for entry_id in ids:
+                pipe.hincrby(key, entry_id, 1)
+            pipe.execute()
+            return
+        except redis.RedisError as exc:
+            if delay is None or not waitable(exc):
+                raise
+            time.sleep(delay)
 
 
 def handle(batch: Batch) -> dict[str, Any]:

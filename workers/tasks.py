@@ -15,6 +15,7 @@ import redis
 import structlog
 
 from batcher import tracing
+from batcher.backoff import fault_kind
 from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.dispatch import TASK
@@ -153,10 +154,13 @@ def _with_retries(what: str, fn: Callable[[], Any]) -> Any:
     for delay in (*ACK_RETRY_DELAYS_SECONDS, None):
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if delay is None:
+        except redis.RedisError as exc:
+            # a lost connection, a restart (LOADING), a long script (BUSY), a failover
+            # (READONLY, MASTERDOWN): the batch's lease outlasts these retries
+            kind = fault_kind(exc)
+            if delay is None or kind is None:
                 raise
-            log.warning("redis.retrying", what=what, delay_s=delay, error=str(exc))
+            log.warning("redis.retrying", what=what, delay_s=delay, fault=kind, error=str(exc))
             time.sleep(delay)
 
 
@@ -266,6 +270,9 @@ def _run_claimed(ctx: WorkerContext, batch: Batch, record: Mapping[bytes, bytes]
         log.warning("batch.ack_refused", queue=queue, batch_id=batch_id, attempt=attempt,
                     why="stale")
         return {"status": "stale", "acked": 0}
+    if ack.results_dropped:
+        log.warning("batch.results_dropped", queue=queue, batch_id=batch_id, attempt=attempt,
+                    results=ack.results_dropped, why="Redis over maxmemory refused them")
     _record_usage(ctx, outcome)
     log.info("batch.acked", queue=queue, batch_id=batch_id, attempt=attempt, size=len(batch),
              acked=ack.acked, delayed=ack.delayed, dead=ack.dead,

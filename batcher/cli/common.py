@@ -20,6 +20,7 @@ from batcher.errors import (
     BufferFullError,
     ConfigError,
     InvalidEntryError,
+    RedisFullError,
 )
 from batcher.redaction import scrub
 
@@ -28,6 +29,7 @@ EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_BUFFER_FULL = 3
 EXIT_UNREACHABLE = 4
+EXIT_REDIS_FULL = 5
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,6 +53,8 @@ def translate(exc: BaseException) -> CommandFailed | None:
         return exc
     if isinstance(exc, ConfigError | InvalidEntryError):
         return CommandFailed(str(exc), EXIT_BAD_INPUT)
+    if isinstance(exc, RedisFullError):
+        return CommandFailed(str(exc), EXIT_REDIS_FULL)
     if isinstance(exc, BufferFullError):
         return CommandFailed(str(exc), EXIT_BUFFER_FULL)
     if isinstance(exc, BatcherUnavailableError):
@@ -89,14 +93,17 @@ def open_queue(
 
 
 def open_queue_waiting(
-    queue: str | None, redis_url: str | None, *, max_delay_seconds: float = 5.0
+    queue: str | None, redis_url: str | None, *, max_delay_seconds: float = 5.0,
+    oom_tolerant: bool = True,
 ) -> tuple[BatchProcessingConfig, redis.Redis]:
     """Like ``open_queue``, but a daemon waits for Redis instead of exiting (no crash loop).
+
+    The daemon's client carries its bookkeeping through a full Redis (``batcher.oom``).
 
     SIGTERM/SIGINT while waiting end the command with exit 0, as for a running daemon.
     """
     config = settings(queue, redis_url)
-    client = config.redis_client()
+    client = config.redis_client(oom_tolerant=oom_tolerant)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
                                                                        signal.SIGINT)}

@@ -8,10 +8,16 @@ from typing import IO, Any
 import click
 import orjson
 
-from batcher.cli.common import EXIT_BUFFER_FULL, CommandFailed, queue_options, settings
+from batcher.cli.common import (
+    EXIT_BUFFER_FULL,
+    EXIT_REDIS_FULL,
+    CommandFailed,
+    queue_options,
+    settings,
+)
 from batcher.config import BatchProcessingConfig
 from batcher.connection import ping_or_raise
-from batcher.errors import BufferFullError, InvalidEntryError
+from batcher.errors import BufferFullError, InvalidEntryError, RedisFullError
 from batcher.models import EnqueueResult
 from batcher.producer import BatchStateManager, build_envelope
 
@@ -140,7 +146,8 @@ def enqueue(payload: str | None, file: IO[bytes] | None, entry_id: str | None,
         result = manager.queue_many(entries)
     except BufferFullError as exc:
         _print(exc.result, sent_ids, as_json)
-        raise CommandFailed(str(exc), EXIT_BUFFER_FULL) from None
+        code = EXIT_REDIS_FULL if isinstance(exc, RedisFullError) else EXIT_BUFFER_FULL
+        raise CommandFailed(str(exc), code) from None
     _print(result, sent_ids, as_json)
 
 

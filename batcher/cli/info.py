@@ -216,9 +216,7 @@ def keys(limit: int, queue: str | None, redis_url: str | None) -> None:
         name = cast(bytes, raw).decode()
         kind = _kind(config, name)
         if kind is not None:
-            # fetch:feed keys are counted too (a KeyError here once broke `keys` on a
-            # queue with a fetch schedule)
-            per_kind[kind] = per_kind.get(kind, 0) + 1
+            per_kind[kind] += 1
             if limit and per_kind[kind] > limit:
                 continue
         shown.append(name)

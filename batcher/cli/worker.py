@@ -23,6 +23,7 @@ import redis
 import structlog
 from rq.serializers import JSONSerializer
 
+from batcher.backoff import Backoff, waitable
 from batcher.cli.common import EXIT_BAD_INPUT, fail, open_queue_waiting, queue_options
 from batcher.config import BatchProcessingConfig, env_name
 from batcher.scripts import Scripts
@@ -33,7 +34,7 @@ log = structlog.stdlib.get_logger(__name__)
 
 # a worker that quit on a Redis error (not on a signal) is restarted after this long, doubling
 RESTART_DELAY_SECONDS = 1.0
-MAX_RESTART_DELAY_SECONDS = 30.0
+MAX_RESTART_DELAY_SECONDS = 10.0
 
 
 def worker_name() -> str:
@@ -85,7 +86,8 @@ def run_workers(config: BatchProcessingConfig, client: Any, *, burst: bool,
                 simple: bool) -> None:
     """Run one RQ worker; restart it after a Redis failure until a signal stops it."""
     worker_class = batch_worker_class(simple)
-    delay = RESTART_DELAY_SECONDS
+    backoff = Backoff("worker", queue=config.queue, client=client, state_key=config.keys.state,
+                      first=RESTART_DELAY_SECONDS, cap=MAX_RESTART_DELAY_SECONDS)
     early = _EarlyStop()
     while not early.requested.is_set():
         name = worker_name()
@@ -96,24 +98,54 @@ def run_workers(config: BatchProcessingConfig, client: Any, *, burst: bool,
             early.worker = worker
             log.info("worker.starting", queue=config.queue, name=name,
                      rq_queues=config.keys.rq_queues_by_urgency(), simple=simple, burst=burst)
+            backoff.succeeded()
             # RQ logs ~4 INFO lines per job; our batch.acked / batch.failed events carry the
             # same facts with the batch's figures, at a fraction of the cost
             worker.work(burst=burst, logging_level="WARNING")
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:
             # RQ 3.0 retries only a failed dequeue: a Redis error anywhere else (its
             # constructor, register_birth, heartbeats, the horse monitor's status read, the
-            # bookkeeping after a job) ends work(), raised by register_death in its teardown
-            log.warning("worker.redis_unavailable", queue=config.queue, name=name,
-                        error=str(exc) or type(exc).__name__)
-        else:
-            # RQ records the time of a SIGTERM/SIGINT; without one it quit on an error
-            if burst or early.requested.is_set() or worker._shutdown_requested_date is not None:
+            # bookkeeping after a job) ends work(), raised by register_death in its teardown.
+            # OOM, READONLY, LOADING, BUSY, MASTERDOWN, a lost connection: wait, start again
+            if not waitable(exc):
+                raise
+            early = _EarlyStop()
+            backoff.failed(exc, early.requested)
+            if early.requested.is_set():
                 return
-        early = _EarlyStop()
-        log.warning("worker.restarting", queue=config.queue, name=name, delay_s=delay)
-        if early.requested.wait(delay):
+            continue
+        # RQ records the time of a SIGTERM/SIGINT; without one it quit on an error (logged
+        # by RQ, who caught it)
+        if burst or early.requested.is_set() or worker._shutdown_requested_date is not None:
             return
-        delay = min(delay * 2, MAX_RESTART_DELAY_SECONDS)
+        early = _EarlyStop()
+        log.warning("worker.restarting", queue=config.queue, name=name,
+                    delay_s=backoff.delay)
+        if early.requested.wait(backoff.delay):
+            return
+        backoff.delay = min(backoff.delay * 2, backoff.cap)
+
+
+def preload_waiting(config: BatchProcessingConfig, client: redis.Redis) -> bool:
+    """Load the scripts (a Lua error fails at boot, not on the first batch), waiting out a
+    Redis fault; False when a signal came first."""
+    backoff = Backoff("worker", queue=config.queue)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
+                                                                       signal.SIGINT)}
+    try:
+        while not stop.is_set():
+            try:
+                Scripts(client, config).preload()
+                return True
+            except redis.RedisError as exc:
+                if not waitable(exc):
+                    raise
+                backoff.failed(exc, stop)
+        return False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def supervise(processes: int, argv: list[str]) -> int:
@@ -165,8 +197,8 @@ def worker(burst: bool, simple: bool, processes: int | None, warm: bool, queue: 
     if processes is not None:
         code = supervise(processes, child_argv(burst, simple, warm))
         click.get_current_context().exit(code)
-    # a Lua error fails at boot, not on the first batch
-    Scripts(client, config).preload()
+    if not preload_waiting(config, client):
+        return
     if warm:
         warm_up(config, client)
     run_workers(config, client, burst=burst, simple=simple)

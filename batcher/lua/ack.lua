@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --[[ ack.lua: a handler finished a batch; store results, retire entries, record figures.
 
 KEYS[1] batch    HASH   KEYS[2] inflight ZSET   KEYS[3] stats   HASH   KEYS[4] hist:processing_ms
@@ -10,7 +11,7 @@ KEYS[17..] result:<id> for each result pair below, in order
 ARGV[1] now_ms ('' = Redis TIME)   ARGV[2] batch id   ARGV[3] attempt
 ARGV[4] processing ms   ARGV[5] result TTL s (0 = results not kept)   ARGV[6] max in-flight batches
 ARGV[7] samples cap     ARGV[8] events MAXLEN   ARGV[9] handler start ms   ARGV[10] max attempts
-ARGV[11] number of result pairs R   ARGV[12] number of failed triples F
+ARGV[11] number of result pairs R (-D: D results dropped, none sent)   ARGV[12] failed triples F
 then R pairs (entry id, result JSON), then F triples (entry id, error text, back-off ms)
 
 Failed entries (a partial outcome) go to delayed with their attempt counted, or to the dead set
@@ -19,6 +20,9 @@ reason 'rejected' (the handler knows no retry can succeed: the LLM API refused t
 when a producer re-sent it after the seen window: a failed copy whose id is pending or delayed
 again is dropped (the other copy carries the retry), and a dead record replaces an older one of
 the same id; either way the dropped copy is counted as purged, so no accepted entry goes unseen.
+Flagged allow-oom: the ack frees the batch's memory, so it runs on a full Redis. Its variant
+'ack_results' (the same text flagged deny-oom, see scripts.py) carries results: a full Redis
+refuses it whole, and the worker acks again with -D (results are best-effort, the ack is not).
 Returns {1, acked, delayed, dead}, or {0, 'stale'} for an ack of a superseded attempt (no-op).
 ]]
 local batch, inflight, stats = KEYS[1], KEYS[2], KEYS[3]
@@ -34,6 +38,8 @@ local batch_id, attempt, proc_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local ttl, max_inflight, samples_cap, maxlen = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local started, max_attempts = tonumber(ARGV[9]), tonumber(ARGV[10])
 local n_results, n_failed = tonumber(ARGV[11]), tonumber(ARGV[12])
+local n_dropped = 0
+if n_results < 0 then n_dropped, n_results = -n_results, 0 end
 local function fmt(x) return string.format('%.0f', x) end
 local function low_water_mark(cap) return cap - math.ceil(cap / 4) end
 
@@ -121,6 +127,7 @@ if n_delayed > 0 then redis.call('HINCRBY', stats, 'retried_entries', n_delayed)
 if n_dead > 0 then redis.call('HINCRBY', stats, 'dead', n_dead) end
 if n_rejected > 0 then redis.call('HINCRBY', stats, 'dead_rejected', n_rejected) end
 if n_purged > 0 then redis.call('HINCRBY', stats, 'purged', n_purged) end
+if n_dropped > 0 then redis.call('HINCRBY', stats, 'results_dropped', n_dropped) end
 redis.call('HSET', stats, 'last_ack_ms', fmt(now))
 
 -- the sizing model's samples and the per-second throughput window (kept ~11 minutes)

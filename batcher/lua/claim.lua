@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --[[ claim.lua: a worker takes a dispatched batch before calling its handler.
 
 KEYS[1] batch    HASH    KEYS[2] inflight ZSET    KEYS[3] stats HASH

@@ -1,3 +1,4 @@
+#!lua
 --[[ enqueue.lua: accept a chunk of entries atomically (DESIGN §3 "Enqueue").
 
 KEYS[1] pending    ZSET  id -> (3 - priority) * 1e13 + enqueued_ms

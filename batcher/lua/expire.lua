@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --[[ expire.lua: pending entries older than max_buffer_age go to the dead set as 'expired'.
 
 KEYS[1] pending ZSET   KEYS[2] payloads HASH   KEYS[3] state HASH   KEYS[4] dead ZSET

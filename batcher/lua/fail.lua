@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --[[ fail.lua: a handler raised; schedule the batch's retry or dead-letter what is out of attempts.
 
 KEYS[1] batch  HASH   KEYS[2] inflight ZSET   KEYS[3] stats HASH   KEYS[4] events STREAM

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --[[ flush.lua: decide whether a batch is due and pop it, in one atomic step (DESIGN §3 "Flush").
 
 KEYS[1] pending   ZSET   KEYS[2] payloads HASH   KEYS[3] state  HASH   KEYS[4] inflight ZSET
@@ -14,6 +15,8 @@ ARGV[6]  default size threshold        ARGV[7]  max_batch_size       ARGV[8] max
 ARGV[9]  early pressure                ARGV[10] emergency pressure   ARGV[11] adaptive timeout (1/0)
 ARGV[12..14] time thresholds ms: normal, high, urgent
 ARGV[15] max in-flight batches         ARGV[16] dispatch lease ms    ARGV[17] events MAXLEN
+ARGV[18] Redis memory utilisation, scaled so that 'early' is the configured flush level
+         (used_memory / maxmemory read by the coordinator; '0' = unknown or off)
 
 Returns {1, batch_id, reason, n, priority, attempt, key}  a batch was written and popped
         {0, wait_ms}                                 nothing due; -1 = until woken
@@ -48,7 +51,8 @@ if count == 0 then
   return {0, -1}
 end
 local bytes = tonumber(redis.call('HGET', state, 'bytes') or '0')
-local util = math.max(count / max_count, bytes / max_bytes)
+-- Redis's own memory counts too: a full Redis refuses every producer, whatever our limits
+local util = math.max(count / max_count, bytes / max_bytes, tonumber(ARGV[18] or '0') or 0)
 
 -- 1. paused or at the in-flight cap: backpressure, unless the buffer is about to overflow
 if not manual and util < emergency then

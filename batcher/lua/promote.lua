@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --[[ promote.lua: delayed entries whose back-off is over return to pending with their original score.
 
 KEYS[1] pending ZSET   KEYS[2] payloads HASH   KEYS[3] delayed ZSET   KEYS[4] delayed:score HASH

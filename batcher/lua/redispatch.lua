@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --[[ redispatch.lua: the reaper's step for one batch whose lease ran out (DESIGN §3 "Reaper").
 
 KEYS[1] batch HASH   KEYS[2] inflight ZSET   KEYS[3] stats HASH   KEYS[4] events STREAM

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --[[ requeue.lua: dead entries go back to pending with their original score, or are purged.
 
 KEYS[1] pending ZSET   KEYS[2] payloads HASH   KEYS[3] state HASH   KEYS[4] dead ZSET

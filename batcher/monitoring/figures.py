@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 # The upper bounds (ms) of the latency buckets ack.lua counts into, then "+Inf". ack.lua holds
 # the same list; a unit test checks that the two agree.
@@ -197,6 +197,8 @@ class HealthInput:
     in_flight_batches: int
     paused_reason: str | None = None  # a pause a person must end (LLM quota, credentials)
     paused_for_ms: int = 0
+    # (level, reason) of a Redis fault a daemon waits out or waited out lately (backoff.py)
+    redis_fault: tuple[str, str] | None = None
 
 
 def _backlog_growing(h: HealthInput) -> bool:
@@ -216,7 +218,8 @@ def health(h: HealthInput) -> dict[str, Any]:
     critical); throughput under its target while the backlog grows (degraded); entries
     dead-lettered in the last minute (degraded); the queue paused for a reason a person must
     fix, LLM quota or credentials (critical); no live RQ worker (degraded; critical with
-    batches in flight, which then wait for nobody).
+    batches in flight, which then wait for nobody); a Redis fault a daemon is waiting out
+    (critical) or waited out in the last minute (degraded).
     """
     found: list[tuple[Status, str]] = []
     if h.utilization >= h.emergency_pressure:
@@ -244,6 +247,8 @@ def health(h: HealthInput) -> dict[str, Any]:
     if h.live_workers == 0:
         found.append(("critical" if h.in_flight_batches else "degraded",
                       "no live RQ worker listens on the queue"))
+    if h.redis_fault is not None:
+        found.append((cast(Status, h.redis_fault[0]), h.redis_fault[1]))
     status: Status = "healthy"
     for level, _ in found:
         if _RANK[level] > _RANK[status]:

@@ -28,7 +28,7 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     # issue 17
     "fairness_small_batches": ("batches until 10 small sources (20 each) are all out behind "
                                "a 10,000-entry source", "<=", 15.0),
-    "fairness_share_error_pct": ("|share − 75 %| of the source weighted 3 against 1 (points)",
+    "fairness_share_error_pct": ("distance of the 3:1-weighted source's share from 75 % (points)",
                                  "<=", 5.0),
     "budget_429s": ("429s from the provider, 4 workers on a shared budget", "<=", 0.0),
     "budget_utilization": ("input tokens/min admitted ÷ the limit", ">=", 0.9),

@@ -71,8 +71,10 @@ def test_each_role_does_its_job_with_its_own_user(
     manager = BatchStateManager(config=producer_config,
                                 flush_callback="workers.handlers.echo:handle")
     result = manager.queue_many([{"id": f"api-{i}", "source": f"feed-{i % 3}",
-                                  "priority": i % 3, "payload": {"i": i}} for i in range(9)])
-    assert result.accepted == 9
+                                  "priority": i % 3, "payload": {"i": i},
+                                  "batch_key": "summarize" if i % 2 else None}
+                                 for i in range(9)])
+    assert result.accepted == 9  # with and without a batch key (issue 17's keys)
     # a fetcher is a producer too: the shared feed schedule (fetch:* keys) and enqueue
     feeds, feeds_url = serve_feeds()
     try:

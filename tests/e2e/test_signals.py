@@ -129,7 +129,7 @@ def test_coordinator_waits_out_a_redis_outage_and_then_flushes(
         assert coordinator.poll() is None, log.read_text()[-3000:]
         server.start()
         _wait_for("the reconnection",
-                  lambda: b"coordinator.redis_reconnected" in log.read_bytes(), log)
+                  lambda: b"coordinator.redis_recovered" in log.read_bytes(), log)
         client = redis_py.Redis.from_url(server.url)
         config = _config(server.url)
         BatchStateManager(client, config).queue_many(

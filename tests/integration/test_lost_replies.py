@@ -88,7 +88,7 @@ def test_an_ack_lost_on_the_wire_is_applied_exactly_once(
     batch_id = _dispatched(real_redis, config)
     handler = Handler()
     ctx = _context(proxy.url, config, handler)
-    cut = proxy.lose(_sha(ctx, "ack"), loss)
+    cut = proxy.lose(_sha(ctx, "ack_results"), loss)  # the ack that carries results
 
     outcome = tasks.run_batch(ctx, batch_id, 1)
 

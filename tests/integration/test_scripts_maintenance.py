@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import redis as redis_py
 
-from batcher.scripts import Scripts, lua_source
+from batcher.scripts import Scripts, lua_source, server_supports_flags
 from tests.support.builders import (
     AWKWARD_PAYLOADS,
     T0,
@@ -213,7 +213,7 @@ def test_flush_many_after_script_flush_pops_each_batch_once(redis: redis_py.Redi
 def test_a_script_call_inside_a_pipeline(redis: redis_py.Redis) -> None:
     s = make_scripts(redis)
     k = s.keys
-    promote = redis.register_script(lua_source("promote"))
+    promote = redis.register_script(lua_source("promote", flags=server_supports_flags(redis)))
     _delay(s, ["a"], [10])
     redis.script_flush()  # the pipeline must load the script itself
     with redis.pipeline() as pipe:

@@ -30,6 +30,7 @@ TABLE_DEFAULTS: dict[str, object] = {
     "urgent_time_threshold_seconds": 60,
     "early_flush_pressure": 0.85,
     "emergency_flush_pressure": 0.95,
+    "redis_memory_flush_pressure": 0.8,
     "max_buffer_age_seconds": 3600,
     "max_inflight_batches": 100,
     "job_timeout_seconds": 180,
