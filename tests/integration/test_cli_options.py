@@ -210,3 +210,37 @@ def test_fetch_without_once_runs_until_sigterm(
     assert result.exit_code == 0
     assert seen == [(False, True)]  # a daemon (not --once), stopped by the signal
     assert signal.getsignal(signal.SIGTERM) is before  # its handler is put back
+
+
+class _StopWhenDrained(threading.Event):
+    """A coordinator's stop event that reads as set once the queue has nothing pending."""
+
+    def __init__(self, client: redis_py.Redis, key: str) -> None:
+        super().__init__()
+        self.client, self.key = client, key
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.client.zcard(self.key) == 0
+
+
+def test_coordinator_allow_eviction_runs_on_an_evicting_server(
+    redis_url: str, real_redis: redis_py.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batcher.cli import coordinator as coordinator_cli
+
+    s = make_scripts(real_redis, queue=QUEUE)
+    s.enqueue([entry(f"v{i}") for i in range(3)], now_ms=T0)
+    stop = _StopWhenDrained(real_redis, s.keys.pending)
+    monkeypatch.setattr(coordinator_cli, "stop_on_signals", lambda event: stop)
+    real_redis.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        refused = run(redis_url, "coordinator")
+        left_by_refused = real_redis.zcard(s.keys.pending)
+        allowed = run(redis_url, "coordinator", "--allow-eviction")
+    finally:
+        real_redis.config_set("maxmemory-policy", "noeviction")
+    assert (refused.exit_code, left_by_refused) == (1, 3)  # refused: nothing touched
+    assert allowed.exit_code == 0, allowed.stderr
+    # it ran: its reaper dead-lettered the entries, enqueued in 2023, as too old
+    assert real_redis.zcard(s.keys.pending) == 0
+    assert real_redis.zcard(s.keys.dead) == 3
