@@ -305,3 +305,19 @@ def test_flush_refuses_a_batch_id_already_in_use_and_pops_nothing(
     assert read_batch(redis, s, "b1") == before  # the two batches were not merged
     assert pending_ids(redis, s) == ["c", "d"]
     assert_consistent(redis, s.keys)
+
+
+def test_non_default_pressure_levels_are_the_ones_applied(redis: redis_py.Redis) -> None:
+    # early at 60 %, emergency at 80 %: 50 % waits, 60 % is pressure, 80 % is an emergency
+    s = make_scripts(redis, max_buffer_size=10, size_threshold=10, max_batch_size=10,
+                     early_flush_pressure=0.6, emergency_flush_pressure=0.8)
+    _fill(s, [f"e{i}" for i in range(5)])
+    assert s.flush("b0", now_ms=T0 + 100).batch is None
+    _fill(s, ["e5"], start_ms=T0 + 50)
+    pressure = s.flush("b1", now_ms=T0 + 100).batch
+    assert pressure is not None and pressure.reason is FlushReason.PRESSURE
+    left = len(pending_ids(redis, s))
+    _fill(s, [f"f{i}" for i in range(8 - left)], start_ms=T0 + 60)  # 8 of 10
+    emergency = s.flush("b2", now_ms=T0 + 100).batch
+    assert emergency is not None and emergency.reason is FlushReason.EMERGENCY
+    assert_consistent(redis, s.keys)
