@@ -13,6 +13,8 @@ are one line on stderr, never a traceback; results go to stdout, logs to stderr.
 
 from __future__ import annotations
 
+import faulthandler
+import gc
 import importlib
 from typing import Any
 
@@ -65,4 +67,12 @@ _register(cli)
 
 def main() -> None:
     """Console-script entry point (``batcher = "batcher.cli:main"``)."""
-    cli.main(prog_name="batcher")
+    # A crash in a C extension prints the Python stack of every thread, not just "-11".
+    faulthandler.enable()
+    try:
+        cli.main(prog_name="batcher")
+    finally:
+        # Collect reference cycles (redis-py's parser <-> hiredis Reader) while every module
+        # is still alive: a daemon once died with SIGSEGV after a clean stop, in the final
+        # collection at interpreter shutdown (a known hazard of C-extension deallocators).
+        gc.collect()
