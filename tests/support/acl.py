@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import secrets
-import time
 from pathlib import Path
 
 import redis
 
-from tests.support.redis_server import START_TIMEOUT_SECONDS, RedisServer, RedisServerError
+from tests.support.redis_server import RedisServer
 
 ACL_FILE = Path(__file__).resolve().parents[2] / "docs" / "acl" / "users.acl"
 ROLES = ("admin", "producer", "coordinator", "worker", "observer")
@@ -34,21 +33,5 @@ class AclRedisServer(RedisServer):
     def client(self, role: str = "admin") -> redis.Redis:
         return redis.Redis.from_url(self.url_for(role), socket_timeout=10)
 
-    def _wait_until_up(self) -> None:
-        assert self._proc is not None
-        client = self.client()
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        try:
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    raise RedisServerError(f"redis-server --aclfile exited: {self.log_tail()}")
-                try:
-                    if client.ping():
-                        self.version = str(client.info("server").get("redis_version", ""))
-                        return
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-        finally:
-            client.close()
-        self.stop()
-        raise RedisServerError(f"redis-server --aclfile did not answer: {self.log_tail()}")
+    def _probe_client(self) -> redis.Redis:
+        return self.client()

@@ -114,9 +114,13 @@ class RedisServer:
         self._wait_until_up()
         return self
 
+    def _probe_client(self) -> redis.Redis:
+        """The client that PINGs the new server (TLS and ACL servers need their own)."""
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+
     def _wait_until_up(self) -> None:
         assert self._proc is not None
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        client = self._probe_client()
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         try:
             while time.monotonic() < deadline:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
-from tests.support.redis_server import START_TIMEOUT_SECONDS, RedisServer, RedisServerError
+from tests.support.redis_server import RedisServer, RedisServerError
 
 
 @dataclass(frozen=True)
@@ -71,21 +70,5 @@ class TlsRedisServer(RedisServer):
             self.url, ssl_ca_certs=str(self.certs.ca), ssl_certfile=str(self.certs.client_cert),
             ssl_keyfile=str(self.certs.client_key), socket_timeout=5)
 
-    def _wait_until_up(self) -> None:
-        assert self._proc is not None
-        client = self.client()
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        try:
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    raise RedisServerError(f"TLS redis-server exited: {self.log_tail()}")
-                try:
-                    if client.ping():
-                        self.version = str(client.info("server").get("redis_version", ""))
-                        return
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-        finally:
-            client.close()
-        self.stop()
-        raise RedisServerError(f"TLS redis-server did not answer: {self.log_tail()}")
+    def _probe_client(self) -> redis.Redis:
+        return self.client()
