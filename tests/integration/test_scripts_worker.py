@@ -69,6 +69,48 @@ def test_claim_refuses_a_stale_attempt_and_a_second_claim(redis: redis_py.Redis)
     assert_consistent(redis, s.keys)
 
 
+def test_a_claimants_retry_of_its_own_claim_gets_the_record_back_unchanged(
+    redis: redis_py.Redis,
+) -> None:
+    # the worker's first claim ran but its reply was lost: the retry carries the same token
+    s = make_scripts(redis)
+    _flushed(s, ["a", "b"])
+    first = s.claim("b1", 1, now_ms=T0 + 50, claimant="w1")
+    again = s.claim("b1", 1, now_ms=T0 + 900, claimant="w1")
+    assert isinstance(first, dict) and again == first
+    assert again[b"claimed_ms"] == str(T0 + 50).encode()  # the lease is the first claim's
+    assert redis.zscore(s.keys.inflight, "b1") == float(T0 + 50 + LEASE_MS)
+    assert stat(redis, s, "stale_claims") == 0
+    assert _ack(s, "b1", 1, T0 + 1_000).acked == 2
+    assert s.claim("b1", 1, now_ms=T0 + 1_100, claimant="w1") == "gone"
+    assert_consistent(redis, s.keys)
+
+
+def test_a_claimed_batch_is_refused_to_another_claimant_and_to_a_claim_without_one(
+    redis: redis_py.Redis,
+) -> None:
+    s = make_scripts(redis)
+    _flushed(s, ["a"])
+    assert isinstance(s.claim("b1", 1, now_ms=T0, claimant="w1"), dict)
+    assert s.claim("b1", 1, now_ms=T0 + 1, claimant="w2") == "stale"
+    assert s.claim("b1", 1, now_ms=T0 + 2) == "stale"
+    assert stat(redis, s, "stale_claims") == 2
+    assert_consistent(redis, s.keys)
+
+
+def test_a_claimants_token_does_not_reclaim_a_superseded_attempt(redis: redis_py.Redis) -> None:
+    s = make_scripts(redis)
+    _flushed(s, ["a"])
+    assert isinstance(s.claim("b1", 1, now_ms=T0, claimant="w1"), dict)
+    # the lease ended with the worker still holding attempt 1: the reaper redelivers
+    assert s.redispatch("b1", 1, job_alive=True, now_ms=T0 + LEASE_MS).attempt == 2
+    assert s.claim("b1", 1, now_ms=T0 + LEASE_MS + 1, claimant="w1") == "stale"
+    assert isinstance(s.claim("b1", 2, now_ms=T0 + LEASE_MS + 2, claimant="w2"), dict)
+    assert s.claim("b1", 2, now_ms=T0 + LEASE_MS + 3, claimant="w1") == "stale"
+    assert stat(redis, s, "stale_claims") == 2
+    assert_consistent(redis, s.keys)
+
+
 def test_claim_of_a_gone_batch_says_gone(redis: redis_py.Redis) -> None:
     s = make_scripts(redis)
     assert s.claim("nope", 1, now_ms=T0) == "gone"
