@@ -17,9 +17,12 @@ import redis
 
 from batcher.config import BatchProcessingConfig
 from batcher.keys import QueueKeys
+from batcher.records import META_FIELDS, BatchRecord, BatchStatus
+
+# a damaged or foreign record may hold anything else
+BATCH_STATUSES = frozenset(s.value for s in BatchStatus)
 
 WINDOW = 1000
-BATCH_STATUSES = frozenset({b"dispatched", b"claimed", b"retrying"})
 _EXAMPLES = 5  # ids quoted in a problem line
 
 
@@ -218,12 +221,13 @@ class _Checker:
         for ids in _zset_windows(c, k.inflight):
             pipe = c.pipeline(transaction=False)
             for i in ids:
-                pipe.hget(k.batch(i.decode()), "status")
-            for i, status in zip(ids, pipe.execute(), strict=True):
-                if status is None:
+                pipe.hmget(k.batch(i.decode()), META_FIELDS)
+            for i, meta in zip(ids, pipe.execute(), strict=True):
+                record = BatchRecord.from_meta(i.decode(), meta)
+                if record is None:
                     no_record.append(i)
-                elif status not in BATCH_STATUSES:
-                    bad_status.append(f"{i.decode()}={status.decode(errors='replace')}")
+                elif record.status not in BATCH_STATUSES:
+                    bad_status.append(f"{record.id}={record.status}")
         prefix = k.batch("")
         entries = records = 0
         no_lease: list[bytes] = []
@@ -232,9 +236,10 @@ class _Checker:
             batch_id = cast(bytes, key)[len(prefix):]
             pipe = c.pipeline(transaction=False)
             pipe.zscore(k.inflight, batch_id)
-            pipe.hget(key, "n")
-            lease, n = pipe.execute()
-            entries += _int(n)
+            pipe.hmget(key, META_FIELDS)
+            lease, meta = pipe.execute()
+            record = BatchRecord.from_meta(batch_id.decode(), meta)
+            entries += 0 if record is None else record.size
             if lease is None:
                 no_lease.append(batch_id)
         self.report.facts.update(inflight_batches=c.zcard(k.inflight), batch_records=records,

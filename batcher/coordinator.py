@@ -21,6 +21,7 @@ from batcher import sizing
 from batcher.backoff import Backoff, waitable
 from batcher.config import BatchProcessingConfig
 from batcher.dispatch import Dispatcher
+from batcher.records import META_FIELDS, BatchRecord, BatchStatus, RedispatchOutcome
 from batcher.scripts import EVENTS_MAXLEN, FlushedBatch, Scripts
 
 log = structlog.stdlib.get_logger(__name__)
@@ -173,18 +174,20 @@ class Coordinator:
         handled = 0
         for raw in cast(list[bytes], expired):
             batch_id = raw.decode()
-            attempt_raw, status = self.client.hmget(self.keys.batch(batch_id), "attempt", "status")
-            if attempt_raw is None:
+            record = BatchRecord.from_meta(batch_id, cast(list[bytes | None], self.client.hmget(
+                self.keys.batch(batch_id), META_FIELDS)))
+            if record is None:
                 continue
-            attempt = int(attempt_raw)
-            alive = status == b"dispatched" and self.dispatcher.job_alive(batch_id, attempt)
+            attempt = record.attempt
+            alive = (record.status == BatchStatus.DISPATCHED
+                     and self.dispatcher.job_alive(batch_id, attempt))
             step = self.scripts.redispatch(batch_id, attempt, job_alive=alive)
-            if step.outcome in ("lost", "redelivered", "retry"):
+            if step.outcome.dispatches_again:
                 handled += 1
                 self.stats.redispatched += 1
-                log.info("batch.redelivered" if step.outcome == "redelivered"
+                log.info("batch.redelivered" if step.outcome == RedispatchOutcome.REDELIVERED
                          else "batch.redispatched", queue=self.config.queue, batch_id=batch_id,
-                         attempt=step.attempt, why=step.outcome)
+                         attempt=step.attempt, why=str(step.outcome))
                 try:
                     self.dispatcher.dispatch(batch_id, step.attempt, step.priority)
                 except redis.RedisError as exc:

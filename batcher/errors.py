@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,7 +57,30 @@ class BatcherUnavailableError(BatcherError):
 
 
 class ScriptError(BatcherError):
-    """A Lua script returned an error code this version does not know."""
+    """A Lua script returned an error code or a status word this version does not know."""
+
+
+class BatchExistsError(ScriptError):
+    """flush.lua refused a batch id already in use (``BATCH_EXISTS``): nothing was popped."""
+
+    def __init__(self, batch_id: str):
+        super().__init__(f"batch id {batch_id!r} is already in use (BATCH_EXISTS)")
+        self.batch_id = batch_id
+
+
+# The error codes the scripts raise (redis.error_reply('<CODE> <detail>')), each to its
+# exception: the one place a script's error becomes a Python type.
+_SCRIPT_ERRORS: dict[str, Callable[[str], BatcherError]] = {
+    "BATCH_EXISTS": BatchExistsError,
+}
+
+
+def from_script_error(exc: Exception) -> Exception:
+    """The typed error for a script's error reply, or ``exc`` itself when it carries no code
+    of ours (a Redis fault such as OOM or BUSY, which callers wait out by its redis-py type)."""
+    code, _, detail = str(exc).partition(" ")
+    make = _SCRIPT_ERRORS.get(code)
+    return exc if make is None else make(detail)
 
 
 class RateLimited(Exception):  # noqa: N818 - the public name is fixed by the design

@@ -7,20 +7,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-# score = (3 - priority) * 10**13 + enqueued_ms: ZPOPMIN order is urgent first, FIFO within.
-PRIORITY_SCORE_BASE = 10**13
+# how a priority is stored in a pending score: batcher.records.score_of
 PRIORITIES = (0, 1, 2)
 PRIORITY_NAMES = {0: "normal", 1: "high", 2: "urgent"}
-
-
-def score_of(priority: int, enqueued_ms: int) -> int:
-    return (3 - priority) * PRIORITY_SCORE_BASE + enqueued_ms
-
-
-def split_score(score: int) -> tuple[int, int]:
-    """``score`` -> (priority, enqueued_ms)."""
-    klass, enqueued_ms = divmod(score, PRIORITY_SCORE_BASE)
-    return 3 - klass, enqueued_ms
 
 
 class FlushReason(StrEnum):

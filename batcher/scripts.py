@@ -13,8 +13,10 @@ from redis.exceptions import NoScriptError
 
 from batcher import resp
 from batcher.config import BatchProcessingConfig
+from batcher.errors import from_script_error
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import EnqueueResult, FlushReason
+from batcher.records import FailOutcome, PauseOutcome, RedispatchOutcome, outcome
 
 SCRIPT_NAMES = (
     "enqueue", "flush", "claim", "ack", "ack_results", "fail", "redispatch", "promote",
@@ -119,7 +121,7 @@ class AckResult:
 
 @dataclass(frozen=True, slots=True)
 class Redispatch:
-    outcome: str  # extended | lost | redelivered | retry | stale
+    outcome: RedispatchOutcome
     attempt: int = 0
     priority: int = 0
 
@@ -167,18 +169,24 @@ class Scripts:
         pipe.execute()
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:
-        return self._scripts[name](keys=list(keys), args=list(args), client=self.client)
+        try:
+            return self._scripts[name](keys=list(keys), args=list(args), client=self.client)
+        except redis.ResponseError as exc:
+            raise from_script_error(exc) from None
 
     def _run_packed(self, name: str, keys: Sequence[str], args: Iterable[resp.Arg]) -> Any:
         """EVALSHA packed by hand (``batcher.resp``): for the calls that carry kilobytes."""
         script = self._scripts[name]
         packed = resp.pack(["EVALSHA", script.sha, str(len(keys)), *keys, *args])
         try:
-            return resp.execute_packed(self.client, packed)
-        except NoScriptError:
-            # SCRIPT FLUSH or a restarted server: nothing ran; load it and send again
-            self.client.script_load(script.script)
-            return resp.execute_packed(self.client, packed)
+            try:
+                return resp.execute_packed(self.client, packed)
+            except NoScriptError:
+                # SCRIPT FLUSH or a restarted server: nothing ran; load it and send again
+                self.client.script_load(script.script)
+                return resp.execute_packed(self.client, packed)
+        except redis.ResponseError as exc:
+            raise from_script_error(exc) from None
 
     def enqueue(
         self, entries: Sequence[tuple[str, int, bytes]], now_ms: int | None = None
@@ -262,7 +270,7 @@ class Scripts:
             if isinstance(reply, NoScriptError):
                 replies[i] = self._run("flush", *calls[i])
             elif isinstance(reply, Exception):
-                raise reply
+                raise from_script_error(reply)
         return [self._flush_decision(reply) for reply in replies]
 
     def claim(
@@ -373,8 +381,9 @@ class Scripts:
         backoff_ms: int,
         rate_limited_until_ms: int = 0,
         now_ms: int | None = None,
-    ) -> str:
-        """Record a failed call: 'retrying', 'dead', 'rate_limited' or 'stale'."""
+    ) -> FailOutcome:
+        """Record a failed call: retrying, dead (no entry had attempts left), rate limited, or
+        stale (a superseded attempt: nothing changed)."""
         c, k = self.config, self.keys
         reply = self._run(
             "fail",
@@ -384,20 +393,20 @@ class Scripts:
              str(c.max_attempts), str(int(rate_limited_until_ms)), str(EVENTS_MAXLEN),
              str(c.max_inflight_batches)],
         )
-        return _s(reply[1])
+        return outcome(FailOutcome, reply[1])
 
     def pause(
         self, batch_id: str, attempt: int, reason: str, error: str, *, probe_ms: int,
         now_ms: int | None = None,
-    ) -> str:
-        """Pause the queue with ``reason`` until a probe in ``probe_ms``: 'paused' or 'stale'."""
+    ) -> PauseOutcome:
+        """Pause the queue with ``reason`` until a probe in ``probe_ms``: paused or stale."""
         k = self.keys
         reply = self._run(
             "pause", [k.batch(batch_id), k.inflight, k.stats, k.events, k.state],
             [_now(now_ms), batch_id, str(attempt), reason[:200], error[:2000],
              str(max(0, int(probe_ms))), str(EVENTS_MAXLEN)],
         )
-        return _s(reply[1])
+        return outcome(PauseOutcome, reply[1])
 
     def redispatch(
         self, batch_id: str, attempt: int, *, job_alive: bool, now_ms: int | None = None
@@ -410,8 +419,8 @@ class Scripts:
              "1" if job_alive else "0", str(EVENTS_MAXLEN)],
         )
         if int(reply[0]) == 0:
-            return Redispatch("stale")
-        return Redispatch(_s(reply[1]), int(reply[2]), int(reply[3]))
+            return Redispatch(RedispatchOutcome.STALE)
+        return Redispatch(outcome(RedispatchOutcome, reply[1]), int(reply[2]), int(reply[3]))
 
     def promote(self, limit: int = 1000, now_ms: int | None = None) -> int:
         k = self.keys

@@ -20,8 +20,9 @@ from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig
 from batcher.fetch_status import fetch_summary
 from batcher.keys import HISTOGRAMS, QueueKeys
-from batcher.models import PRIORITIES, PRIORITY_SCORE_BASE, FlushReason
+from batcher.models import PRIORITIES, FlushReason
 from batcher.monitoring import figures
+from batcher.records import META_FIELDS, BatchRecord, priority_score_range, split_score
 from batcher.redaction import scrub_value
 from batcher.sizing import FIELD_FIT_A, FIELD_FIT_B, effective_thresholds_seconds
 
@@ -93,10 +94,9 @@ def read_snapshot(client: redis.Redis, keys: QueueKeys, now_ms: int | None = Non
     for name in HISTOGRAMS:
         pipe.hgetall(keys.hist(name))
     for p in PRIORITIES:
-        lo = (3 - p) * PRIORITY_SCORE_BASE
-        pipe.zcount(keys.pending, lo, lo + PRIORITY_SCORE_BASE - 1)
-        pipe.zrange(keys.pending, lo, lo + PRIORITY_SCORE_BASE - 1, byscore=True, offset=0,
-                    num=1, withscores=True)
+        lo, hi = priority_score_range(p)
+        pipe.zcount(keys.pending, lo, hi)
+        pipe.zrange(keys.pending, lo, hi, byscore=True, offset=0, num=1, withscores=True)
     (pending, delayed, state, stats, dead_now, dead_minute, seen_minute, inflight, tput,
      events, samples, *rest) = pipe.execute()
     hists, by_prio = rest[:len(HISTOGRAMS)], rest[len(HISTOGRAMS):]
@@ -107,8 +107,7 @@ def read_snapshot(client: redis.Redis, keys: QueueKeys, now_ms: int | None = Non
         throughput={int(k): int(v) for k, v in tput.items() if k.isdigit()},
         events=events, samples=samples,
         by_priority={p: int(by_prio[2 * i]) for i, p in enumerate(PRIORITIES)},
-        oldest_enqueued_ms=[int(float(r[0][1])) % PRIORITY_SCORE_BASE
-                            for r in by_prio[1::2] if r],
+        oldest_enqueued_ms=[split_score(r[0][1])[1] for r in by_prio[1::2] if r],
         histograms={name: {k.decode(): int(v) for k, v in raw.items()}
                     for name, raw in zip(HISTOGRAMS, hists, strict=True)},
     )
@@ -119,8 +118,10 @@ def _inflight_entries(client: redis.Redis, keys: QueueKeys, ids: Sequence[bytes]
         return 0
     pipe = client.pipeline(transaction=False)
     for b in ids:
-        pipe.hget(keys.batch(b.decode()), "n")
-    return sum(int(n) for n in pipe.execute() if n is not None)
+        pipe.hmget(keys.batch(b.decode()), META_FIELDS)
+    records = (BatchRecord.from_meta(b.decode(), meta)
+               for b, meta in zip(ids, pipe.execute(), strict=True))
+    return sum(r.size for r in records if r is not None)
 
 
 def live_workers(client: redis.Redis, keys: QueueKeys) -> list[dict[str, Any]]:

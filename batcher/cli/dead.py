@@ -35,15 +35,14 @@ def list_dead(as_json: bool, limit: int, queue: str | None, redis_url: str | Non
     records = list(dead_records(client, config, limit))
     total = client.zcard(config.keys.dead)
     if as_json:
-        click.echo(orjson.dumps(records).decode())
+        click.echo(orjson.dumps([r.view() for r in records]).decode())
         return
     table = Table(title=f"dead entries of queue {config.queue!r}: {total:,}",
                   title_justify="left")
     for column in ("id", "reason", "error", "attempts", "died at (UTC)"):
         table.add_column(column, overflow="fold")
     for r in records:
-        table.add_row(r["id"], str(r["reason"]), str(r["error"]), str(r["attempts"]),
-                      _iso(r["died_at_ms"]))
+        table.add_row(r.id, str(r.reason), str(r.error), str(r.attempts), _iso(r.died_at_ms))
     Console(width=160).print(table)
     if len(records) < total:
         click.echo(f"... {total - len(records):,} more (--limit 0 lists all)")

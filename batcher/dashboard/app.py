@@ -163,7 +163,7 @@ class Dashboard:
             "paused_until_ms": control.paused_until_ms(client, config),
             "paused_forever_ms": control.PAUSED_FOREVER_MS,
             "inflight": reads.inflight_batches(client, config.keys, INFLIGHT_SHOWN),
-            "dead": list(reads.dead_records(client, config, DEAD_SHOWN)),
+            "dead": [r.view() for r in reads.dead_records(client, config, DEAD_SHOWN)],
         })
 
     def batch(self, request: Request) -> Response:

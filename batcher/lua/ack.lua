@@ -24,6 +24,8 @@ Flagged allow-oom: the ack frees the batch's memory, so it runs on a full Redis.
 'ack_results' (the same text flagged deny-oom, see scripts.py) carries results: a full Redis
 refuses it whole, and the worker acks again with -D (results are best-effort, the ack is not).
 Returns {1, acked, delayed, dead}, or {0, 'stale'} for an ack of a superseded attempt (no-op).
+Dead record (dead:payloads, parsed by batcher.records.DeadRecord; requeue.lua cuts it apart):
+'{"score":<pending score>,"attempts":<calls>,"reason":"<reason>","error":<JSON>,"envelope":<env>}'
 ]]
 local batch, inflight, stats = KEYS[1], KEYS[2], KEYS[3]
 local h_proc, h_wait, h_e2e, samples, events = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -42,6 +44,11 @@ local n_dropped = 0
 if n_results < 0 then n_dropped, n_results = -n_results, 0 end
 local function fmt(x) return string.format('%.0f', x) end
 local function low_water_mark(cap) return cap - math.ceil(cap / 4) end
+-- the dead record (batcher.records.DeadRecord): the same text in ack, fail and expire.lua
+local function dead_record(score, attempts, reason, err, envelope)
+  return '{"score":' .. score .. ',"attempts":' .. attempts .. ',"reason":"' .. reason ..
+    '","error":' .. cjson.encode(err) .. ',"envelope":' .. envelope .. '}'
+end
 
 local meta = redis.call('HMGET', batch, 'attempt', 'status', 'free')
 if meta[1] ~= attempt or meta[2] ~= 'claimed' then
@@ -79,9 +86,8 @@ for line in string.gmatch(ix, '[^\n]+') do
     if total >= max_attempts or rejected then
       n_purged = n_purged + redis.call('HEXISTS', dead_payloads, id)
       redis.call('ZADD', dead, fmt(now), id)
-      redis.call('HSET', dead_payloads, id, '{"score":' .. score .. ',"attempts":' .. total ..
-        ',"reason":"' .. (rejected and 'rejected' or 'failed') .. '","error":' ..
-        cjson.encode(fail[1]) .. ',"envelope":' .. env .. '}')
+      redis.call('HSET', dead_payloads, id,
+        dead_record(score, total, rejected and 'rejected' or 'failed', fail[1], env))
       n_dead = n_dead + 1
       if rejected then n_rejected = n_rejected + 1 end
     elseif redis.call('HEXISTS', payloads, id) == 1 then

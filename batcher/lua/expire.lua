@@ -8,12 +8,19 @@ KEYS[13] batch keys ZSET   KEYS[14] the batch keys' prefix (enqueue.lua)
 ARGV[1] now_ms ('' = Redis TIME)   ARGV[2] max age ms   ARGV[3] at most this many per priority
 ARGV[4] events MAXLEN
 A dead record replaces an older one of the same id (re-sent after the seen window); the older
-copy is counted as purged. Returns the number of entries expired.
+copy is counted as purged. Dead record (dead:payloads, parsed by batcher.records.DeadRecord):
+'{"score":<pending score>,"attempts":<calls>,"reason":"<reason>","error":<JSON>,"envelope":<env>}'
+Returns the number of entries expired.
 ]]
 local pending, payloads, state, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dead_payloads, stats, attempts, events = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local active, src_prefix = {[0] = KEYS[9], KEYS[10], KEYS[11]}, KEYS[12]
 local keysizes, key_prefix = KEYS[13], KEYS[14]
+-- the dead record (batcher.records.DeadRecord): the same text in ack, fail and expire.lua
+local function dead_record(score, attempts, reason, err, envelope)
+  return '{"score":' .. score .. ',"attempts":' .. attempts .. ',"reason":"' .. reason ..
+    '","error":' .. cjson.encode(err) .. ',"envelope":' .. envelope .. '}'
+end
 -- out of its source list (the oldest of its source: at or near the head) and its key's records
 local function leave(id, env, p)
   local g, bkey = string.match(env, '^{"g":"([^"]*)","k":"([^"]*)"')
@@ -50,9 +57,8 @@ for p = 0, 2 do
       bytes = bytes + #envs[i]
       n_purged = n_purged + redis.call('HEXISTS', dead_payloads, ids[i])
       redis.call('ZADD', dead, fmt(now), ids[i])
-      redis.call('HSET', dead_payloads, ids[i], '{"score":' .. r[2 * i] .. ',"attempts":' ..
-        (prior[i] or '0') .. ',"reason":"expired","error":"older than max_buffer_age","envelope":' ..
-        envs[i] .. '}')
+      redis.call('HSET', dead_payloads, ids[i], dead_record(r[2 * i], prior[i] or '0', 'expired',
+        'older than max_buffer_age', envs[i]))
       leave(ids[i], envs[i], p)
     end
     redis.call('ZREM', pending, unpack(ids))

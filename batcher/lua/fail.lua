@@ -16,6 +16,8 @@ A dead record replaces an older one of the same id (re-sent after the seen windo
 copy is counted as purged.
 Returns {1, 'retrying'|'dead'|'rate_limited', dead_count}, or {0, 'stale'} (a superseded attempt:
 no-op, also after an ack).
+Dead record (dead:payloads, parsed by batcher.records.DeadRecord; requeue.lua cuts it apart):
+'{"score":<pending score>,"attempts":<calls>,"reason":"<reason>","error":<JSON>,"envelope":<env>}'
 ]]
 local batch, inflight, stats, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dead, dead_payloads, state, wakeup = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -28,6 +30,11 @@ local backoff, max_attempts, limited_until = tonumber(ARGV[5]), tonumber(ARGV[6]
 local maxlen, max_inflight = ARGV[8], tonumber(ARGV[9])
 local function fmt(x) return string.format('%.0f', x) end
 local function low_water_mark(cap) return cap - math.ceil(cap / 4) end
+-- the dead record (batcher.records.DeadRecord): the same text in ack, fail and expire.lua
+local function dead_record(score, attempts, reason, err, envelope)
+  return '{"score":' .. score .. ',"attempts":' .. attempts .. ',"reason":"' .. reason ..
+    '","error":' .. cjson.encode(err) .. ',"envelope":' .. envelope .. '}'
+end
 
 local meta = redis.call('HMGET', batch, 'attempt', 'status', 'free')
 if meta[1] ~= attempt or meta[2] ~= 'claimed' then
@@ -59,8 +66,7 @@ for line in string.gmatch(redis.call('HGET', batch, 'ix'), '[^\n]+') do
     local env = redis.call('HGET', batch, 'e:' .. id)
     n_purged = n_purged + redis.call('HEXISTS', dead_payloads, id)
     redis.call('ZADD', dead, fmt(now), id)
-    redis.call('HSET', dead_payloads, id, '{"score":' .. score .. ',"attempts":' .. total ..
-      ',"reason":"failed","error":' .. cjson.encode(err) .. ',"envelope":' .. env .. '}')
+    redis.call('HSET', dead_payloads, id, dead_record(score, total, 'failed', err, env))
     gone[#gone + 1] = 'e:' .. id
     n_dead = n_dead + 1
   else

@@ -5,6 +5,7 @@ dashboard both read here, so a figure means the same wherever it is shown.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -13,7 +14,7 @@ import redis
 
 from batcher.config import BatchProcessingConfig
 from batcher.keys import PREFIX, QUEUE_NAME_RE, QueueKeys
-from batcher.models import split_score
+from batcher.records import ENVELOPE_PREFIX, INDEX, META_FIELDS, BatchRecord, DeadRecord
 from batcher.redaction import scrub
 
 CHUNK = 500
@@ -33,8 +34,8 @@ def discover_queues(client: redis.Redis) -> list[str]:
 
 
 def dead_records(client: redis.Redis, config: BatchProcessingConfig,
-                 limit: int) -> Iterator[dict[str, Any]]:
-    """Dead entries, oldest death first: id, reason, error, attempts, died_at_ms, envelope."""
+                 limit: int) -> Iterator[DeadRecord]:
+    """Dead entries, oldest death first."""
     k = config.keys
     start = 0
     while not limit or start < limit:
@@ -45,19 +46,12 @@ def dead_records(client: redis.Redis, config: BatchProcessingConfig,
             return
         raw = cast(list[bytes | None], client.hmget(k.dead_payloads, [i for i, _ in rows]))
         for (entry_id, died_ms), record in zip(rows, raw, strict=True):
-            parsed: dict[str, Any] = {}
-            if record is not None:
-                try:
-                    parsed = orjson.loads(record)
-                except orjson.JSONDecodeError:
-                    parsed = {"error": "(unreadable dead record)"}
-            yield {"id": entry_id.decode(), "reason": parsed.get("reason"),
-                   "error": _scrubbed(parsed.get("error")), "attempts": parsed.get("attempts"),
-                   "died_at_ms": int(died_ms), "envelope": parsed.get("envelope")}
+            dead = DeadRecord.parse(entry_id.decode(), int(died_ms), record)
+            yield dataclasses.replace(dead, error=_scrubbed(dead.error))
         start += CHUNK
 
 
-def _scrubbed(error: Any) -> Any:
+def _scrubbed(error: str | None) -> str | None:
     # worker-side errors are scrubbed when stored; this covers records written before that
     return scrub(error) if isinstance(error, str) else error
 
@@ -69,15 +63,18 @@ def inflight_batches(client: redis.Redis, keys: QueueKeys,
                 client.zrange(keys.inflight, 0, limit - 1, withscores=True))
     pipe = client.pipeline(transaction=False)
     for batch_id, _ in rows:
-        pipe.hmget(keys.batch(batch_id.decode()), "status", "n", "attempt", "reason",
-                   "priority", "created_ms")
+        pipe.hmget(keys.batch(batch_id.decode()), META_FIELDS)
     out = []
     for (batch_id, lease), meta in zip(rows, pipe.execute() if rows else [], strict=True):
-        status, n, attempt, reason, priority, created = (
-            None if v is None else v.decode() for v in meta)
-        out.append({"id": batch_id.decode(), "lease_ms": int(lease), "status": status,
-                    "size": int(n or 0), "attempt": int(attempt or 0), "reason": reason,
-                    "priority": int(priority or 0), "created_ms": int(created or 0)})
+        record = BatchRecord.from_meta(batch_id.decode(), meta)
+        if record is None:
+            out.append({"id": batch_id.decode(), "lease_ms": int(lease), "status": None,
+                        "size": 0, "attempt": 0, "reason": None, "priority": 0,
+                        "created_ms": 0})
+            continue
+        out.append({"id": record.id, "lease_ms": int(lease), "status": record.status,
+                    "size": record.size, "attempt": record.attempt, "reason": record.reason,
+                    "priority": record.priority, "created_ms": record.created_ms})
     return out
 
 
@@ -91,20 +88,20 @@ def batch_detail(client: redis.Redis, keys: QueueKeys, batch_id: str) -> dict[st
     record, lease = cast(tuple[dict[bytes, bytes], float | None], pipe.execute())
     if not record:
         return None
+    batch = BatchRecord.from_hash(batch_id, record)
     entries = []
-    lines = [line.split(b" ", 2) for line in record.get(b"ix", b"").split(b"\n") if line]
-    # best score first: the order the handler gets them in (workers.tasks.build_batch)
-    for score, prior, entry_id in sorted((int(float(s)), p, i) for s, p, i in lines):
-        priority, enqueued_ms = split_score(score)
-        envelope: Any = record.get(b"e:" + entry_id, b"").decode(errors="replace")
+    # best score first: the order the handler gets them in (BatchRecord.to_batch)
+    for line in batch.entries_best_first():
+        envelope: Any = batch.envelopes.get(line.entry_id, b"").decode(errors="replace")
         try:
             envelope = orjson.loads(envelope)
         except orjson.JSONDecodeError:
             pass
-        entries.append({"id": entry_id.decode(errors="replace"), "priority": priority,
-                        "enqueued_ms": enqueued_ms, "prior_attempts": int(prior),
+        entries.append({"id": line.entry_id, "priority": line.priority,
+                        "enqueued_ms": line.enqueued_ms, "prior_attempts": line.prior_attempts,
                         "envelope": envelope})
+    index, prefix = INDEX.encode(), ENVELOPE_PREFIX.encode()
     meta = {k.decode(): v.decode(errors="replace") for k, v in record.items()
-            if k != b"ix" and not k.startswith(b"e:")}
+            if k != index and not k.startswith(prefix)}
     return {"id": batch_id, "lease_ms": None if lease is None else int(lease), "meta": meta,
             "entries": entries}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -16,6 +16,7 @@ from batcher.fairness import set_weight
 from batcher.fake_llm import serve_fake_llm
 from batcher.models import Batch, Entry, FlushReason
 from batcher.provider_limits import ProviderLimits
+from batcher.records import BatchRecord
 from batcher.scripts import Scripts
 from workers import budget_guard
 from workers.handlers import llm
@@ -46,8 +47,9 @@ def _enqueue(scripts: Scripts, source: str, n: int) -> None:
 
 
 def _sources_of(client: redis.Redis, scripts: Scripts, batch_id: str) -> list[str]:
-    fields = client.hkeys(scripts.keys.batch(batch_id))
-    return [f.decode()[2:].rsplit("-", 1)[0] for f in fields if f.startswith(b"e:")]
+    record = BatchRecord.from_hash(batch_id, cast(dict[bytes, bytes], client.hgetall(
+        scripts.keys.batch(batch_id))))
+    return [entry_id.rsplit("-", 1)[0] for entry_id in record.envelopes]
 
 
 def fairness(base: BatchProcessingConfig) -> dict[str, Any]:

@@ -11,8 +11,8 @@ import redis
 from rq import Queue
 
 from batcher.config import BatchProcessingConfig
-from batcher.models import score_of
 from batcher.producer import CHUNK_SIZE, BatchStateManager
+from batcher.records import score_of
 from benchlib import rq_tasks
 from benchlib.common import make_entries
 

@@ -14,8 +14,8 @@ from typing import cast
 import redis
 
 from batcher.config import BatchProcessingConfig
-from batcher.models import split_score
 from batcher.producer import BatchStateManager
+from batcher.records import BatchRecord
 from benchlib.common import config_env, make_entries, percentile
 from benchlib.procs import Children
 
@@ -74,11 +74,10 @@ def _lateness(client: redis.Redis, config: BatchProcessingConfig, threshold_ms: 
             continue
         reasons[fields[b"reason"]] = reasons.get(fields[b"reason"], 0) + 1
         flushed_ms = int(fields[b"ms"])
-        record = cast(dict[bytes, bytes], client.hgetall(config.keys.batch(
-            fields[b"batch"].decode())))
-        for line in record[b"ix"].split(b"\n"):  # '<score> <prior attempts> <id>' lines
-            _prio, enqueued_ms = split_score(int(float(line.split(b" ", 1)[0])))
-            lateness.append(flushed_ms - (enqueued_ms + threshold_ms))
+        batch_id = fields[b"batch"].decode()
+        record = BatchRecord.from_hash(batch_id, cast(dict[bytes, bytes], client.hgetall(
+            config.keys.batch(batch_id))))
+        lateness += [flushed_ms - (line.enqueued_ms + threshold_ms) for line in record.index]
     if len(lateness) != count or set(reasons) != {b"deadline"}:
         raise RuntimeError(f"lateness: {len(lateness)} of {count} entries were flushed, "
                            f"reasons {reasons}")

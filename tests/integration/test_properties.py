@@ -38,8 +38,8 @@ from hypothesis.stateful import (
 
 from batcher.errors import InvalidEntryError
 from batcher.fairness import source_group
-from batcher.models import PRIORITY_SCORE_BASE, score_of
 from batcher.producer import BatchStateManager
+from batcher.records import PRIORITY_SCORE_BASE, score_of
 from batcher.scripts import AckResult, Scripts
 from tests.support.builders import batch_entries, entry, envelope, make_config
 from tests.support.invariants import assert_consistent

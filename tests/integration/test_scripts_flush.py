@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import redis as redis_py
 
+from batcher.errors import BatchExistsError
 from batcher.models import FlushReason
 from batcher.scripts import Scripts
 from tests.support.builders import (
@@ -296,12 +298,9 @@ def test_flush_refuses_a_batch_id_already_in_use_and_pops_nothing(
     _fill(s, ["a", "b", "c", "d"])
     assert s.flush("b1", now_ms=T0 + 10).batch is not None
     before = read_batch(redis, s, "b1")
-    try:
+    with pytest.raises(BatchExistsError) as info:
         s.flush("b1", now_ms=T0 + 20)
-    except redis_py.ResponseError as exc:
-        assert str(exc) == "BATCH_EXISTS b1"
-    else:
-        raise AssertionError("a reused batch id was accepted")
+    assert info.value.batch_id == "b1"
     assert read_batch(redis, s, "b1") == before  # the two batches were not merged
     assert pending_ids(redis, s) == ["c", "d"]
     assert_consistent(redis, s.keys)

@@ -9,7 +9,7 @@ import redis as redis_py
 
 from batcher.config import BatchProcessingConfig
 from batcher.fairness import source_group
-from batcher.models import score_of
+from batcher.records import score_of
 from batcher.scripts import Scripts
 
 T0 = 1_700_000_000_000  # a fixed "now" (ms) so every score and deadline is predictable
