@@ -1,11 +1,16 @@
-"""Waiting out a Redis that cannot serve us for now: one helper for every daemon.
+"""Waiting out a Redis that cannot serve us for now: the one retry helper of the library.
 
-The coordinator, the worker loop and the fetcher meet the same transient faults: a full
-Redis (OOM), a replica (READONLY), a restart replaying its data (LOADING), a long script
-(BUSY), a replica whose master is gone (MASTERDOWN), a paused or lost connection. None of
-them is a reason to exit: the daemon logs the fault, records it where ``batcher stats`` shows
-it (the queue's state hash, field ``redis_fault``, when Redis takes the write), waits a
-capped exponential back-off with jitter and goes on.
+The coordinator, the worker, the producer and the fetcher meet the same transient faults: a
+full Redis (OOM), a replica (READONLY), a restart replaying its data (LOADING), a long script
+(BUSY), a replica whose master is gone (MASTERDOWN), a paused or lost connection
+(:func:`fault_kind`). Every wait for Redis goes through here, in one of two shapes:
+
+- a daemon never gives up: :class:`Backoff` logs the fault, records it where ``batcher
+  stats`` shows it (the queue's state hash, field ``redis_fault``, when Redis takes the
+  write), waits a capped exponential back-off with jitter and goes on
+  (:meth:`Backoff.until_stopped` for a loop, :meth:`Backoff.until_done` for one call);
+- a caller holding something a lease or a user waits on retries on a fixed schedule, then
+  raises (:func:`retry_on_fault`).
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import redis
 import structlog
 
 log = structlog.stdlib.get_logger(__name__)
+T = TypeVar("T")
 
 FIRST_DELAY_SECONDS = 0.25
 MAX_DELAY_SECONDS = 5.0
@@ -65,8 +73,9 @@ class Backoff:
 
     def __init__(self, who: str, *, queue: str | None = None, client: redis.Redis | None = None,
                  state_key: str | None = None, first: float = FIRST_DELAY_SECONDS,
-                 cap: float = MAX_DELAY_SECONDS):
+                 cap: float = MAX_DELAY_SECONDS, event: str | None = None):
         self.who, self.queue, self.client, self.state_key = who, queue, client, state_key
+        self.event = event or f"{who}.redis_unavailable"
         self.first, self.cap = first, cap
         self.delay = first
         self.reason: str | None = None  # the fault being waited out, None when healthy
@@ -87,10 +96,10 @@ class Backoff:
         self.faults += 1
         self.reason = f"{kind}: {text[:200]}"
         pause = self.delay * random.uniform(0.75, 1.25)
-        log.warning(f"{self.who}.redis_unavailable", queue=self.queue, fault=kind, error=text,
+        log.warning(self.event, queue=self.queue, fault=kind, error=text,
                     retry_in_s=round(pause, 3))
         self._record(f"{self.since_ms}|{now_ms}||{self.who}|{self.reason}")
-        self.delay = min(self.delay * 2, self.cap)
+        self.grow()
         if not wait:
             return pause
         if stop is not None:
@@ -98,6 +107,40 @@ class Backoff:
         else:
             time.sleep(pause)
         return pause
+
+    def grow(self) -> None:
+        """Double the next delay, up to the cap (a restart that was not a Redis fault)."""
+        self.delay = min(self.delay * 2, self.cap)
+
+    def until_stopped(self, stop: threading.Event, work: Callable[[], T],
+                      then: Callable[[T], object] = lambda _: None) -> None:
+        """``work()`` then ``then(result)`` again and again until ``stop`` is set; a fault a
+        daemon waits out is logged, recorded and waited out, any other error raised. The
+        recovery is recorded between the two, so a long ``then`` (a wait) does not hide it."""
+        while not stop.is_set():
+            try:
+                result = work()
+                self.succeeded()
+                then(result)
+            except redis.RedisError as exc:
+                if not waitable(exc):
+                    raise
+                self.failed(exc, stop)
+
+    def until_done(self, stop: threading.Event, work: Callable[[], T]) -> T | None:
+        """``work()``'s result once Redis lets it run, waiting faults out; None when ``stop``
+        was set first. Any other error is raised."""
+        while not stop.is_set():
+            try:
+                result = work()
+            except redis.RedisError as exc:
+                if not waitable(exc):
+                    raise
+                self.failed(exc, stop)
+            else:
+                self.succeeded()
+                return result
+        return None
 
     def succeeded(self) -> None:
         if self.reason is None:
@@ -127,6 +170,25 @@ class Backoff:
             self.client.hset(self.state_key, FAULT_FIELD, value)
         except redis.RedisError:
             pass
+
+
+def retry_on_fault(what: str, work: Callable[[], T], delays: Sequence[float],
+                   **fields: Any) -> T:
+    """``work()``, called again after each of ``delays`` (seconds) while it raises a fault
+    :func:`fault_kind` knows; the last fault is raised once the delays are used up, any other
+    error at once. For a caller that must give up in bounded time: a worker holding a
+    batch's lease, a producer whose caller waits. ``fields`` go to the ``redis.retrying`` log."""
+    for delay in (*delays, None):
+        try:
+            return work()
+        except redis.RedisError as exc:
+            kind = fault_kind(exc)
+            if delay is None or kind is None:
+                raise
+            log.warning("redis.retrying", what=what, delay_s=delay, fault=kind, error=str(exc),
+                        **fields)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def describe_fault(raw: bytes | str | None, now_ms: int, recent_ms: int = 60_000

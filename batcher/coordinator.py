@@ -18,7 +18,7 @@ import redis
 import structlog
 
 from batcher import sizing
-from batcher.backoff import Backoff, waitable
+from batcher.backoff import Backoff
 from batcher.config import BatchProcessingConfig
 from batcher.dispatch import Dispatcher
 from batcher.records import META_FIELDS, BatchRecord, BatchStatus, RedispatchOutcome
@@ -254,22 +254,19 @@ class Coordinator:
         while Redis is down waits for it instead of exiting.
         """
         started = False
-        backoff = Backoff("coordinator", queue=self.config.queue, client=self.client,
-                          state_key=self.keys.state)
-        while not stop.is_set():
-            try:
-                if not started:
-                    self.start()
-                    started = True
-                    log.info("coordinator.started", queue=self.config.queue)
-                wait_ms = self.step()
-                backoff.succeeded()
-                self.wait(wait_ms, stop)
-            except redis.RedisError as exc:
-                # OOM, READONLY, LOADING, BUSY, MASTERDOWN, a lost connection: wait it out
-                if not waitable(exc):
-                    raise
-                backoff.failed(exc, stop)
+
+        def one_round() -> int:
+            nonlocal started
+            if not started:
+                self.start()
+                started = True
+                log.info("coordinator.started", queue=self.config.queue)
+            return self.step()
+
+        # OOM, READONLY, LOADING, BUSY, MASTERDOWN, a lost connection: waited out
+        Backoff("coordinator", queue=self.config.queue, client=self.client,
+                state_key=self.keys.state).until_stopped(
+            stop, one_round, lambda wait_ms: self.wait(wait_ms, stop))
         log.info("coordinator.stopped", queue=self.config.queue,
                  batches=self.stats.flushed_batches, entries=self.stats.flushed_entries)
 

@@ -13,7 +13,7 @@ import redis
 import structlog
 
 from batcher import tracing
-from batcher.backoff import fault_kind
+from batcher.backoff import fault_kind, retry_on_fault
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.errors import (
     BatcherUnavailableError,
@@ -276,8 +276,7 @@ class BatchStateManager:
             return ""
 
     def _send_chunk(self, chunk: Sequence[tuple[str, int, bytes]]) -> EnqueueResult:
-        # Enqueue is idempotent by id, so re-sending a chunk whose reply was lost is safe.
-        for delay in (*RETRY_DELAYS_SECONDS, None):
+        def send() -> EnqueueResult:
             try:
                 return self.scripts.enqueue(chunk)
             except redis.exceptions.OutOfMemoryError:
@@ -286,18 +285,17 @@ class BatchStateManager:
                 # comes as the workers drain)
                 self._redis_full = True
                 return EnqueueResult(0, [], [e[0] for e in chunk])
-            except redis.RedisError as exc:
-                kind = fault_kind(exc)
-                if kind is None:
-                    raise
-                if delay is None:
-                    raise BatcherUnavailableError(
-                        f"Redis unavailable ({kind}), {len(chunk)} entries not confirmed: "
-                        f"{exc}") from exc
-                log.warning("redis.retrying", queue=self.config.queue, delay_s=delay,
-                            fault=kind, error=str(exc))
-                time.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        # Enqueue is idempotent by id, so re-sending a chunk whose reply was lost is safe.
+        try:
+            return retry_on_fault("enqueue", send, RETRY_DELAYS_SECONDS, queue=self.config.queue)
+        except redis.RedisError as exc:
+            kind = fault_kind(exc)
+            if kind is None:
+                raise
+            raise BatcherUnavailableError(
+                f"Redis unavailable ({kind}), {len(chunk)} entries not confirmed: {exc}"
+            ) from exc
 
     def _wait_for_room(
         self, prepared: Sequence[tuple[str, int, bytes]], total: EnqueueResult

@@ -13,6 +13,7 @@ import redis
 import structlog
 
 from batcher import logs
+from batcher.backoff import Backoff
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.connection import ping_or_raise
 from batcher.errors import (
@@ -107,18 +108,11 @@ def open_queue_waiting(
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
                                                                        signal.SIGINT)}
-    delay = 0.25
+    backoff = Backoff("daemon", queue=config.queue, cap=max_delay_seconds, event="redis.waiting")
     try:
-        while True:
-            try:
-                ping_or_raise(client)
-                return config, client
-            except BatcherUnavailableError as exc:
-                structlog.stdlib.get_logger(__name__).warning(
-                    "redis.waiting", queue=config.queue, error=str(exc), retry_in_s=delay)
-            if stop.wait(delay):
-                raise click.exceptions.Exit(EXIT_OK)
-            delay = min(delay * 2, max_delay_seconds)
+        if backoff.until_done(stop, client.ping) is None:
+            raise click.exceptions.Exit(EXIT_OK)
+        return config, client
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

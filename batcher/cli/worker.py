@@ -123,26 +123,21 @@ def run_workers(config: BatchProcessingConfig, client: Any, *, burst: bool,
                     delay_s=backoff.delay)
         if early.requested.wait(backoff.delay):
             return
-        backoff.delay = min(backoff.delay * 2, backoff.cap)
+        backoff.grow()
 
 
 def preload_waiting(config: BatchProcessingConfig, client: redis.Redis) -> bool:
     """Load the scripts (a Lua error fails at boot, not on the first batch), waiting out a
     Redis fault; False when a signal came first."""
-    backoff = Backoff("worker", queue=config.queue)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
                                                                        signal.SIGINT)}
+    def preload() -> bool:
+        Scripts(client, config).preload()
+        return True
+
     try:
-        while not stop.is_set():
-            try:
-                Scripts(client, config).preload()
-                return True
-            except redis.RedisError as exc:
-                if not waitable(exc):
-                    raise
-                backoff.failed(exc, stop)
-        return False
+        return bool(Backoff("worker", queue=config.queue).until_done(stop, preload))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis as redis_py
 
-from batcher.backoff import Backoff, describe_fault, fault_kind
+from batcher.backoff import Backoff, describe_fault, fault_kind, retry_on_fault
 from batcher.coordinator import scale_memory_ratio
 from batcher.monitoring import figures
 
@@ -65,3 +66,59 @@ def test_redis_memory_counts_as_pressure_from_its_level_on() -> None:
     assert scale_memory_ratio(0.8, 0.8, 0.85) == pytest.approx(0.85)
     assert scale_memory_ratio(1.2, 0.8, 0.85) == 1.0
     assert 0.85 < scale_memory_ratio(0.9, 0.8, 0.85) < 0.95
+
+
+def test_a_daemon_loop_waits_out_faults_and_raises_a_bug() -> None:
+    stop = threading.Event()
+    calls: list[str] = []
+    replies: list[BaseException | None] = [E.ConnectionError("down"), E.BusyLoadingError("x"),
+                                           None, E.ResponseError("WRONGTYPE bug")]
+
+    def work() -> int:
+        reply = replies.pop(0)
+        calls.append("work")
+        if reply is not None:
+            raise reply
+        return 7
+
+    b = Backoff("coordinator", first=0.0)
+    with pytest.raises(E.ResponseError, match="WRONGTYPE"):
+        b.until_stopped(stop, work, lambda result: calls.append(f"then {result}"))
+    assert calls == ["work", "work", "work", "then 7", "work"]
+    assert b.reason is None and b.faults == 2  # the good round ended the wait
+
+
+def test_one_call_waited_for_gives_its_result_or_none_once_stopped() -> None:
+    stop = threading.Event()
+    faults = [E.ConnectionError("down")]
+
+    def work() -> str:
+        if faults:
+            raise faults.pop()
+        return "ok"
+
+    assert Backoff("worker", first=0.0).until_done(stop, work) == "ok"
+    stop.set()
+    assert Backoff("worker", first=0.0).until_done(stop, work) is None
+
+
+def test_a_bounded_retry_waits_each_delay_once_then_raises_the_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+
+    def down() -> None:
+        raise E.ConnectionError("down")
+
+    with pytest.raises(E.ConnectionError):
+        retry_on_fault("ack", down, (0.1, 0.3))
+    assert slept == [0.1, 0.3]
+    slept.clear()
+
+    def bug() -> None:
+        raise E.ResponseError("WRONGTYPE")
+
+    with pytest.raises(E.ResponseError):
+        retry_on_fault("ack", bug, (0.1, 0.3))
+    assert slept == []  # a bug is not retried
