@@ -20,8 +20,8 @@ import structlog
 from batcher import sizing
 from batcher.backoff import Backoff
 from batcher.config import BatchProcessingConfig
-from batcher.dispatch import Dispatcher
 from batcher.records import META_FIELDS, BatchRecord, BatchStatus, RedispatchOutcome
+from batcher.rq.dispatch import Dispatcher
 from batcher.scripts import EVENTS_MAXLEN, FlushedBatch, Scripts
 
 log = structlog.stdlib.get_logger(__name__)

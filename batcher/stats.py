@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 import redis
-from rq import Queue, Worker
 
 from batcher.backoff import describe_fault
 from batcher.budget import Budget
@@ -122,16 +121,6 @@ def _inflight_entries(client: redis.Redis, keys: QueueKeys, ids: Sequence[bytes]
     records = (BatchRecord.from_meta(b.decode(), meta)
                for b, meta in zip(ids, pipe.execute(), strict=True))
     return sum(r.size for r in records if r is not None)
-
-
-def live_workers(client: redis.Redis, keys: QueueKeys) -> list[dict[str, Any]]:
-    """The RQ workers registered on any of the queue's three RQ queues (alive: key not expired)."""
-    found: dict[str, dict[str, Any]] = {}
-    for name in keys.rq_queues_by_urgency():
-        for worker in Worker.all(queue=Queue(name, connection=client)):
-            found.setdefault(worker.name, {"name": worker.name, "state": str(worker.get_state()),
-                                           "queues": worker.queue_names()})
-    return sorted(found.values(), key=lambda w: str(w["name"]))
 
 
 def _decode_event(eid: bytes, fields: Mapping[bytes, bytes]) -> dict[str, Any]:
@@ -269,7 +258,11 @@ def detailed_stats(
     performance = _performance(snap, latency, config)
     counters = _counters(snap)
     sizing_stats = _sizing(snap, config, buffer["utilization"])
-    workers = live_workers(client, keys) if check_workers else None
+    workers = None
+    if check_workers:
+        from batcher.rq.status import live_workers  # RQ only where its registry is read
+
+        workers = live_workers(client, keys)
     samples = figures.parse_samples(snap.samples)
     health = figures.health(figures.HealthInput(
         utilization=buffer["utilization"], early_pressure=config.early_flush_pressure,

@@ -63,10 +63,10 @@ def run_pending(
     """Flush everything pending (reason ``manual``) and run each batch through ``handler``.
 
     Each batch is claimed, handled and acked or failed exactly as an RQ worker would
-    (``workers.tasks.run_batch``). Returns the batches the handler saw, in flush order.
+    (``batcher.processing.run_batch``). Returns the batches the handler saw, in flush order.
     Entries a failure sends to ``delayed`` stay there; call again after their back-off.
     """
-    from workers.tasks import WorkerContext, run_batch
+    from batcher.processing import WorkerContext, run_batch
 
     seen: list[Batch] = []
 

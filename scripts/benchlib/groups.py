@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import redis
 
+from batcher import budget_guard
 from batcher.budget import Budget, BudgetLimits
 from batcher.config import BatchProcessingConfig
 from batcher.errors import RateLimited
@@ -18,7 +19,6 @@ from batcher.models import Batch, Entry, FlushReason
 from batcher.provider_limits import ProviderLimits
 from batcher.records import BatchRecord
 from batcher.scripts import Scripts
-from workers import budget_guard
 from workers.handlers import llm
 
 FAIR_BATCH = 25

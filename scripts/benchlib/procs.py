@@ -48,14 +48,11 @@ def run_ours_coordinator() -> None:
 
 
 def run_ours_worker(simple: bool) -> None:
-    from rq.serializers import JSONSerializer
-
     from batcher import logs
     from batcher.config import load_config
     from batcher.connection import connect
-    from workers.job import BatchJob
-    from workers.tasks import context
-    from workers.worker import worker_class
+    from batcher.processing import context
+    from batcher.rq.run import make_worker
 
     config = load_config()
     logs.configure(json=True)  # as `batcher worker` runs: one JSON line per batch
@@ -64,9 +61,7 @@ def run_ours_worker(simple: bool) -> None:
     # config and the scripts, and shares RQ's connection
     context(config.queue, conn).scripts.preload()
     # as `batcher worker` runs them: RQ's worker classes with batched heartbeats
-    worker = worker_class(simple)(config.keys.rq_queues_by_urgency(), connection=conn,
-                                  serializer=JSONSerializer, job_class=BatchJob)
-    worker.work(logging_level="WARNING")
+    make_worker(config, conn, simple=simple).work(logging_level="WARNING")
 
 
 def run_rq_worker(simple: bool, queues: Sequence[str]) -> None:

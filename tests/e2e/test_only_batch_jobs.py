@@ -15,6 +15,7 @@ from batcher.config import load_config
 from batcher.coordinator import Coordinator
 from batcher.keys import QueueKeys
 from batcher.producer import BatchStateManager
+from batcher.rq import TASK
 from tests.e2e.test_cli_processes import Batcher, _env, procs  # noqa: F401 - fixture
 
 QUEUE = "proc"
@@ -66,14 +67,14 @@ def test_a_refused_job_leaves_the_sender_no_callback_or_retry(
     # in-process: the guard stops a job whose callbacks or arguments could reach code too
     from rq import Callback
 
-    from workers.job import BatchJob
-    from workers.worker import BatchSimpleWorker
+    from batcher.rq.job import BatchJob
+    from batcher.rq.worker import BatchSimpleWorker
 
     queue = Queue(KEYS.rq_queue(0), connection=real_redis, serializer=JSONSerializer,
                   job_class=BatchJob)
-    with_callback = queue.enqueue("workers.tasks.process_batch", args=(QUEUE, "b", 1),
+    with_callback = queue.enqueue(TASK, args=(QUEUE, "b", 1),
                                   on_failure=Callback("os.getcwd"))
-    bad_args = queue.enqueue("workers.tasks.process_batch", args=(QUEUE, "b"),
+    bad_args = queue.enqueue(TASK, args=(QUEUE, "b"),
                              kwargs={"x": 1})
     worker = BatchSimpleWorker([queue], connection=real_redis, serializer=JSONSerializer,
                                job_class=BatchJob)

@@ -11,15 +11,15 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from batcher import processing as tasks
 from batcher.config import BatchProcessingConfig
 from batcher.coordinator import Coordinator
 from batcher.producer import BatchStateManager
+from batcher.rq import worker as lean
+from batcher.rq.job import BatchJob
+from batcher.rq.worker import BatchSimpleWorker, BatchWorker
 from batcher.scripts import Scripts
 from tests.support.spies import count_round_trips
-from workers import tasks
-from workers import worker as lean
-from workers.job import BatchJob
-from workers.worker import BatchSimpleWorker, BatchWorker
 
 QUEUE = "jobclass"
 
@@ -81,9 +81,7 @@ def test_other_jobs_keep_rqs_clean_up(real_redis: redis_py.Redis) -> None:
     assert 0 < real_redis.ttl(fetched.key) <= 60
 
 
-# -- the claim in the job's start transaction (RQ 3) ----------------------------------------
-
-needs_rq3 = pytest.mark.skipif(not lean._MERGE_PREPARE, reason="RQ 2.x keeps its own start")
+# -- the claim in the job's start transaction ------------------------------------------------
 
 
 def _flush_batches_of_5(client: redis_py.Redis, config: BatchProcessingConfig
@@ -119,13 +117,12 @@ def _stat(client: redis_py.Redis, config: BatchProcessingConfig, name: str) -> i
     return int(client.hget(config.keys.stats, name) or 0)
 
 
-@needs_rq3
 def test_a_batch_is_claimed_in_its_jobs_start_transaction(
     real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _work_batches(real_redis, config, monkeypatch)  # connections and scripts made once
     with monkeypatch.context() as patch:  # run_batch claims on its own, as in a forked horse
-        patch.setattr(lean, "claim_with", lambda pipe, job: None)
+        patch.setattr(lean, "batch_args", lambda job: None)
         jobs, apart = _work_batches(real_redis, config, monkeypatch)
     assert (jobs, _stat(real_redis, config, "acked")) == (6, 30)
     jobs, merged = _work_batches(real_redis, config, monkeypatch)
@@ -136,7 +133,6 @@ def test_a_batch_is_claimed_in_its_jobs_start_transaction(
     assert _stat(real_redis, config, "batches_processed") == 6
 
 
-@needs_rq3
 def test_a_claim_that_failed_in_the_start_transaction_is_made_again(
     real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -146,15 +142,15 @@ def test_a_claim_that_failed_in_the_start_transaction_is_made_again(
     assert _stat(real_redis, config, "stale_claims") == 0
 
 
-@needs_rq3
 def test_a_refused_early_claim_is_what_the_job_reports(
     real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reports: list[dict[str, Any]] = []
     original = tasks.run_batch
 
-    def run_batch(ctx: tasks.WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]:
-        reports.append(original(ctx, batch_id, attempt))
+    def run_batch(ctx: tasks.WorkerContext, batch_id: str, attempt: int,
+                  claimed: Any = None) -> dict[str, Any]:
+        reports.append(original(ctx, batch_id, attempt, claimed))
         return reports[-1]
 
     monkeypatch.setattr(tasks, "run_batch", run_batch)
@@ -169,7 +165,6 @@ def test_a_refused_early_claim_is_what_the_job_reports(
     assert _stat(real_redis, config, "stale_claims") == 1  # the one refusal, not one per claim
 
 
-@needs_rq3
 def test_a_forked_work_horse_claims_in_its_jobs_start_transaction(
     real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

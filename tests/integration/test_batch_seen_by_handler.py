@@ -17,18 +17,18 @@ import pytest
 import redis as redis_py
 from rq.serializers import JSONSerializer
 
+from batcher import processing as tasks
 from batcher.config import BatchProcessingConfig, env_name
 from batcher.coordinator import Coordinator
 from batcher.errors import RateLimited
 from batcher.models import Batch, BatchOutcome, Entry, FlushReason
 from batcher.producer import BatchStateManager
+from batcher.rq.job import BatchJob
+from batcher.rq.worker import BatchSimpleWorker
 from batcher.scripts import Scripts
 from tests.support import seen_batches
 from tests.support.invariants import assert_consistent
 from tests.support.waiting import wait_until
-from workers import tasks
-from workers.job import BatchJob
-from workers.worker import BatchSimpleWorker
 
 QUEUE = "seen"
 HANDLER = "tests.support.seen_batches:handle"

@@ -9,10 +9,10 @@ from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 from rq.suspension import resume, suspend
 
+from batcher.rq import worker as lean
+from batcher.rq.job import BatchJob
+from batcher.rq.worker import BatchSimpleWorker
 from tests.support.spies import count_round_trips
-from workers import worker as lean
-from workers.job import BatchJob
-from workers.worker import BatchSimpleWorker
 
 QUEUE = "lean"
 
@@ -20,7 +20,7 @@ QUEUE = "lean"
 @pytest.fixture(autouse=True)
 def _allow_plain_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     # these tests time RQ's per-job bookkeeping with a trivial job; a batcher worker refuses
-    # any job but its own task (workers/guard.py), so let this one through here
+    # any job but its own task (batcher/rq/guard.py), so let this one through here
     monkeypatch.setattr(lean.LeanHeartbeats, "allowed_functions",
                         frozenset({"builtins.len", *lean.guard.ALLOWED_FUNCTIONS}))
 

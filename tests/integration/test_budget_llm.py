@@ -7,12 +7,12 @@ from collections.abc import Iterator
 import pytest
 import redis as redis_py
 
+from batcher import budget_guard
 from batcher.budget import Budget, BudgetLimits
 from batcher.errors import RateLimited
 from batcher.fake_llm import FakeLLMServer, serve_fake_llm
 from batcher.models import Batch, Entry, FlushReason
 from batcher.provider_limits import ProviderLimits
-from workers import budget_guard
 from workers.handlers import llm
 
 

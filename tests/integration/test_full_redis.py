@@ -10,19 +10,19 @@ import pytest
 import redis as redis_py
 from rq.serializers import JSONSerializer
 
+from batcher import processing as tasks
 from batcher.connection import connect
 from batcher.coordinator import Coordinator
 from batcher.errors import BufferFullError, RedisFullError
 from batcher.models import FlushReason
 from batcher.oom import OomTolerantRedis, replayed_commands
 from batcher.producer import BatchStateManager
+from batcher.rq.job import BatchJob
+from batcher.rq.worker import BatchSimpleWorker
 from batcher.scripts import lua_source, server_supports_flags
 from tests.support.builders import make_config, stat
 from tests.support.invariants import assert_consistent
 from tests.support.redis_server import RedisServer
-from workers import tasks
-from workers.job import BatchJob
-from workers.worker import BatchSimpleWorker
 
 QUEUE = "full"
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis as redis_py
 
+from batcher import processing as tasks
 from batcher.config import BatchProcessingConfig
 from batcher.connection import connect
 from batcher.coordinator import Coordinator
@@ -24,7 +25,6 @@ from tests.support.invariants import assert_consistent
 from tests.support.proxy import FaultProxy, Loss
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
-from workers import tasks
 
 QUEUE = "lossy"
 N = 3

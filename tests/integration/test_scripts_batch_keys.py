@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batcher.errors import InvalidEntryError
+from batcher.processing import build_batch
 from batcher.producer import BatchStateManager, build_envelope
 from batcher.scripts import Scripts
 from tests.support.builders import T0, batch_entries, make_config, make_scripts, read_batch
 from tests.support.invariants import assert_consistent
-from workers.tasks import build_batch
 
 BATCH = 10
 

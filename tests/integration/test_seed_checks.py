@@ -14,6 +14,7 @@ import redis as redis_py
 from rq import Queue
 from structlog.testing import capture_logs
 
+from batcher import processing as tasks
 from batcher.config import BatchProcessingConfig
 from batcher.coordinator import Coordinator
 from batcher.errors import BufferFullError
@@ -29,11 +30,11 @@ from batcher.presets import (
     log_batch_performance_summary,
     reset_global_manager,
 )
+from batcher.rq.task import process_batch
 from batcher.sizing import effective_threshold_factor
 from batcher.stats import detailed_stats
 from tests.support.builders import T0, entry
 from tests.support.known_acks import record_known_acks
-from workers import tasks
 
 pytestmark = pytest.mark.real
 
@@ -118,7 +119,7 @@ def test_urgent_entries_flush_first_and_every_result_comes_back(
     assert [e.priority for e in first.entries] == [2, 2, 1, 1, 0]
 
     for batch_id, attempt in urgent + normal:
-        assert tasks.process_batch("prio", batch_id, attempt)["status"] == "acked"
+        assert process_batch("prio", batch_id, attempt)["status"] == "acked"
     assert [manager.get_result(f"e{i}") for i in range(7)] == [{"n": i} for i in range(7)]
     after = detailed_stats(real_redis, manager.config, check_workers=False)
     assert after["performance"]["entries_processed"] == 7

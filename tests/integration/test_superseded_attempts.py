@@ -10,17 +10,19 @@ import redis as redis_py
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from batcher import processing as tasks
 from batcher.config import BatchProcessingConfig
 from batcher.connection import connect
 from batcher.coordinator import Coordinator
-from batcher.dispatch import Dispatcher, job_id
 from batcher.models import Batch
 from batcher.producer import BatchStateManager
+from batcher.rq import job_id
+from batcher.rq.dispatch import Dispatcher
+from batcher.rq.task import process_batch
 from batcher.scripts import Scripts
 from tests.support.invariants import assert_consistent
 from tests.support.redis_server import free_port
 from tests.support.waiting import wait_until
-from workers import tasks
 
 QUEUE = "late"
 FAR_FUTURE_MS = 10**15
@@ -158,7 +160,7 @@ def test_a_late_ack_from_a_superseded_attempt_is_refused_counted_and_not_applied
     config = _config(redis_url)
     batch_id = _dispatched(real_redis, config)
 
-    assert tasks.process_batch(QUEUE, batch_id, 1) == {"status": "stale", "acked": 0}
+    assert process_batch(QUEUE, batch_id, 1) == {"status": "stale", "acked": 0}
 
     stats = config.keys.stats
     assert real_redis.hget(stats, "stale_acks") == b"1"

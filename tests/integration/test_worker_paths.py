@@ -9,6 +9,7 @@ import pytest
 import redis as redis_py
 from structlog.testing import capture_logs
 
+from batcher import processing as tasks
 from batcher.config import BatchProcessingConfig
 from batcher.coordinator import Coordinator
 from batcher.errors import RateLimited
@@ -16,7 +17,6 @@ from batcher.models import Batch
 from batcher.producer import BatchStateManager
 from batcher.scripts import Scripts
 from tests.support.invariants import assert_consistent
-from workers import tasks
 
 QUEUE = "paths"
 

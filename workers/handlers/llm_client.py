@@ -27,8 +27,8 @@ from typing import Any
 import openai
 import structlog
 
+from batcher import budget_guard
 from batcher.errors import QueuePaused, RateLimited
-from workers import budget_guard
 
 log = structlog.stdlib.get_logger(__name__)
 

@@ -29,19 +29,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import rq
 from rq import SimpleWorker, Worker
 from rq.executions import Execution
 from rq.job import JobStatus
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from workers import guard
-from workers.job import BatchJob
-from workers.tasks import claim_with
-
-# the merged start mirrors RQ 3's prepare_execution and prepare_job_execution
-_MERGE_PREPARE = int(rq.__version__.split(".")[0]) >= 3
+from batcher import processing
+from batcher.rq import guard
+from batcher.rq.job import BatchJob, batch_args
 
 PLAIN_HEARTBEAT_EVERY_SECONDS = 1.0
 SUSPENSION_CHECK_EVERY_SECONDS = 1.0
@@ -53,11 +49,12 @@ class LeanHeartbeats:
     _plain_heartbeat_due = 0.0
     _suspension_check_due = 0.0
     _deferred_state: str | None = None  # written by the next plain heartbeat
-    allowed_functions = guard.ALLOWED_FUNCTIONS  # any other job is refused (workers/guard.py)
+    allowed_functions = guard.ALLOWED_FUNCTIONS  # any other job is refused (guard.py)
     # the job ran in this process: its commit can carry the heartbeat that follows a job
     _heartbeat_in_commit = False
     _heartbeat_sent_with_commit = False
     connection: Any
+    name: str
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         parent: Any = super()
@@ -134,24 +131,33 @@ class LeanHeartbeats:
     def _start_batch_job(self, pipe: Any, job: Any, remove_from_intermediate_queue: bool
                          ) -> None:
         """RQ 3's prepare_job_execution body on ``pipe`` (a MULTI/EXEC), plus the batch's
-        claim: the job runs next in this process, so the claim costs no round trip."""
+        claim: the job runs next in this process, so the claim costs no round trip. Its
+        outcome goes to ``job.claimed``; a claim whose reply is an error (NOSCRIPT) is simply
+        made again by the task."""
         with pipe:
             ttl = self.get_heartbeat_ttl(job)  # type: ignore[attr-defined]
             self.heartbeat(ttl, pipeline=pipe)
             job.heartbeat(now(), ttl, pipeline=pipe)
-            job.prepare_for_execution(self.name, pipeline=pipe)  # type: ignore[attr-defined]
+            job.prepare_for_execution(self.name, pipeline=pipe)
             pipe.persist(job.key)
             if remove_from_intermediate_queue:
                 queue = self.queue_class(  # type: ignore[attr-defined]
                     job.origin, connection=self.connection)
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-            claimed = claim_with(pipe, job)
-            replies = pipe.execute(raise_on_error=claimed is None)
-            if claimed is not None:
-                for reply in replies[:-2]:
-                    if isinstance(reply, Exception):
-                        raise reply
-                claimed(replies[-2:])
+            args = batch_args(job)
+            scripts = None
+            if args is not None:
+                scripts = processing.context(args[0], job.connection).scripts
+                scripts.claim_into(pipe, args[1], args[2])
+            replies = pipe.execute(raise_on_error=scripts is None)
+            if scripts is None:
+                return
+            for reply in replies[:-2]:
+                if isinstance(reply, Exception):
+                    raise reply
+            reply, record = replies[-2:]
+            if not (isinstance(reply, Exception) or isinstance(record, Exception)):
+                job.claimed = scripts.claim_outcome(reply, record)
 
 
 def _plain_batch_job(job: Any) -> bool:
@@ -171,7 +177,7 @@ class BatchSimpleWorker(LeanHeartbeats, SimpleWorker):
 
     def prepare_execution(self, job: Any) -> Any:
         self._start_pipe = None  # never carry a start over to another job
-        if not (_MERGE_PREPARE and _plain_batch_job(job)):
+        if not _plain_batch_job(job):
             return super().prepare_execution(job)
         # RQ writes the execution record in one MULTI/EXEC and, first thing in perform_job,
         # the job's start in another; in this process nothing runs between the two, so
@@ -217,13 +223,9 @@ class BatchWorker(LeanHeartbeats, Worker):
     def prepare_job_execution(self, job: Any, remove_from_intermediate_queue: bool = False
                               ) -> None:
         # runs in the work horse, which performs the job right after
-        if not (_MERGE_PREPARE and _plain_batch_job(job)):
+        if not _plain_batch_job(job):
             super().prepare_job_execution(job, remove_from_intermediate_queue)
             return
         self._start_batch_job(self.connection.pipeline(), job, remove_from_intermediate_queue)
         message = f"Processing {job.func_name} from {job.origin} since {time.time()}"
         self.procline(message)  # type: ignore[no-untyped-call]
-
-
-def worker_class(simple: bool) -> type[BatchSimpleWorker] | type[BatchWorker]:
-    return BatchSimpleWorker if simple else BatchWorker

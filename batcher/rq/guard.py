@@ -15,7 +15,8 @@ from typing import Any
 import structlog
 from rq.job import JobStatus
 
-from batcher.dispatch import FAILURE_TTL_SECONDS, TASK
+from batcher.rq import FAILURE_TTL_SECONDS, TASK
+from batcher.rq.job import batch_args
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -31,7 +32,7 @@ def refusal(job: Any, allowed: frozenset[str] = ALLOWED_FUNCTIONS) -> str | None
     """
     try:
         func_name = job.func_name
-        args, kwargs = job.args, job.kwargs
+        _ = job.args, job.kwargs  # decoded here, so undecodable data is refused
     except Exception as exc:  # noqa: BLE001 - undecodable data: refuse, whatever the cause
         return f"refused: undecodable job data ({type(exc).__name__})"
     if func_name not in allowed:
@@ -40,7 +41,7 @@ def refusal(job: Any, allowed: frozenset[str] = ALLOWED_FUNCTIONS) -> str | None
     if callbacks:
         # RQ would import a callback by name, which is as open as func_name
         return f"refused: a batcher job with callbacks: {', '.join(callbacks)}"
-    if func_name == TASK and not _task_arguments(args, kwargs):
+    if func_name == TASK and batch_args(job) is None:
         return "refused: a batcher job's arguments must be (queue, batch_id, attempt)"
     return None
 
@@ -59,12 +60,6 @@ def refuse(worker: Any, job: Any, queue: Any, reason: str) -> None:
         job._handle_failure(reason, pipeline=pipe, worker_name=worker.name)
         pipe.execute()
     log.warning("worker.job_refused", job_id=job.id, rq_queue=queue.name, reason=reason)
-
-
-def _task_arguments(args: Any, kwargs: Any) -> bool:
-    # process_batch(queue, batch_id, attempt), positional, as the dispatcher sends them
-    return (not kwargs and isinstance(args, list | tuple) and len(args) == 3
-            and isinstance(args[0], str) and isinstance(args[1], str) and type(args[2]) is int)
 
 
 def _shown(func_name: object) -> str:

@@ -1,4 +1,8 @@
-"""RQ entry points: thin wrappers that claim a batch, run the handler, and ack or fail it."""
+"""One attempt of one batch on a worker: claim it, call the handler once, ack or fail it.
+
+RQ-free: ``batcher.rq.task.process_batch`` calls :func:`run_batch` for a job, with the claim
+the worker made in the job's start transaction; ``batcher.testing`` calls it directly.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +18,14 @@ import orjson
 import redis
 import structlog
 
-from batcher import tracing
+from batcher import budget_guard, tracing
 from batcher.backoff import fault_kind
 from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig, load_config
-from batcher.dispatch import TASK
 from batcher.errors import QueuePaused, RateLimited
 from batcher.models import Batch, BatchOutcome, Entry, FlushReason
 from batcher.redaction import scrub
 from batcher.scripts import Scripts
-from workers import budget_guard
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -43,10 +45,6 @@ class WorkerContext:
 
 
 _CONTEXTS: dict[str, WorkerContext] = {}
-
-# A claim made in the worker's own start-of-job transaction (claim_with), for run_batch to use
-# instead of claiming again: (queue, batch id, attempt) and what the claim returned
-_early_claim: tuple[tuple[str, str, int], dict[bytes, bytes] | str] | None = None
 
 
 def load_handler(path: str) -> Handler:
@@ -164,55 +162,12 @@ def _with_retries(what: str, fn: Callable[[], Any]) -> Any:
             time.sleep(delay)
 
 
-def claim_with(pipe: Any, job: Any) -> Callable[[list[Any]], None] | None:
-    """Claim ``job``'s batch in ``pipe``, the MULTI/EXEC that starts the job in its worker.
-
-    The claim then costs no round trip of its own: the process that sends it (a
-    ``BatchSimpleWorker``, or a ``BatchWorker``'s work horse) runs the job right after.
-    Returns None for any other job; else a function to call with the pipe's last two
-    replies. A claim that failed there (NOSCRIPT) is simply made again by run_batch.
-    """
-    if job.func_name != TASK or job.kwargs or len(job.args) != 3:
-        return None
-    queue, batch_id, attempt = job.args
-    if not (isinstance(queue, str) and isinstance(batch_id, str) and type(attempt) is int):
-        return None
-    scripts = context(queue, job.connection).scripts
-    scripts.claim_into(pipe, batch_id, attempt)
-
-    def keep(replies: list[Any]) -> None:
-        global _early_claim
-        reply, record = replies
-        if isinstance(reply, Exception) or isinstance(record, Exception):
-            _early_claim = None
-            return
-        _early_claim = ((queue, batch_id, attempt), scripts.claim_outcome(reply, record))
-
-    return keep
-
-
-def _take_early_claim(key: tuple[str, str, int]) -> dict[bytes, bytes] | str | None:
-    global _early_claim
-    held, _early_claim = _early_claim, None
-    return held[1] if held is not None and held[0] == key else None
-
-
-def process_batch(queue: str, batch_id: str, attempt: int) -> dict[str, Any]:
-    """The RQ job: claim ``batch_id``'s ``attempt``, call the handler once, ack or fail it."""
-    return run_batch(context(queue, _rq_connection()), batch_id, attempt)
-
-
-def _rq_connection() -> redis.Redis | None:
-    from rq import get_current_job
-
-    job = get_current_job()
-    return None if job is None else job.connection
-
-
-def run_batch(ctx: WorkerContext, batch_id: str, attempt: int) -> dict[str, Any]:
-    """One attempt of one batch with an explicit context (also used by ``batcher.testing``)."""
+def run_batch(ctx: WorkerContext, batch_id: str, attempt: int,
+              claimed: dict[bytes, bytes] | str | None = None) -> dict[str, Any]:
+    """Claim ``batch_id``'s ``attempt`` (unless ``claimed`` is that claim's outcome, made
+    already), call the handler once, ack or fail it. Returns the status RQ keeps as a result."""
     queue = ctx.config.queue
-    record = _take_early_claim((queue, batch_id, attempt))
+    record = claimed
     if record is None:
         record = _with_retries("claim", lambda: ctx.scripts.claim(batch_id, attempt))
     if isinstance(record, str):

@@ -6,6 +6,9 @@ and, twice, its executions (about seven round trips per job) to find registries 
 job without dependents, group or rate limit is not in: the worker's own ``cleanup_execution``
 removes the one execution in the same pipeline. ``BatchJob`` deletes the same keys in that
 pipeline without the reads; anything else goes through RQ's code unchanged.
+
+A ``BatchJob`` also carries its batch's claim from the worker's start transaction to
+``process_batch`` (``claimed``), so the task need not claim again.
 """
 
 from __future__ import annotations
@@ -15,8 +18,14 @@ from typing import Any
 from rq.job import Job
 from rq.results import Result
 
+from batcher.rq import TASK
+
 
 class BatchJob(Job):
+    # what claim.lua answered in this job's start transaction (a record, or why it refused);
+    # None: not claimed there (another worker class, or the claim's reply was an error)
+    claimed: dict[bytes, bytes] | str | None = None
+
     def cleanup(self, ttl: int | None = None, pipeline: Any = None,
                 remove_from_queue: bool = True) -> None:
         if ttl == 0 and pipeline is not None and not remove_from_queue and self._plain():
@@ -27,5 +36,17 @@ class BatchJob(Job):
         super().cleanup(ttl, pipeline=pipeline, remove_from_queue=remove_from_queue)
 
     def _plain(self) -> bool:
-        # has_rate_limit is RQ 3's; a rate-limited job keeps RQ's slot accounting
-        return not self.group_id and not getattr(self, "has_rate_limit", False)
+        # a rate-limited job keeps RQ's slot accounting
+        return not self.group_id and not self.has_rate_limit
+
+
+def batch_args(job: Any) -> tuple[str, str, int] | None:
+    """``(queue, batch_id, attempt)`` of a job calling the batcher's task as the dispatcher
+    sends it (positional, nothing else); None for any other job."""
+    if job.func_name != TASK or job.kwargs:
+        return None
+    args = job.args
+    if not (isinstance(args, list | tuple) and len(args) == 3 and isinstance(args[0], str)
+            and isinstance(args[1], str) and type(args[2]) is int):
+        return None
+    return args[0], args[1], args[2]

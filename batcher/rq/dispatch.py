@@ -1,6 +1,6 @@
 """The hand-off to RQ: one job per batch attempt, on the RQ queue of the batch's best priority.
 
-RQ is untyped at its edges; this module and ``workers/`` are the only places that touch it.
+The coordinator side of the RQ edge (``batcher.rq``).
 """
 
 from __future__ import annotations
@@ -17,21 +17,16 @@ from rq.serializers import JSONSerializer
 
 from batcher.config import BatchProcessingConfig
 from batcher.keys import QueueKeys
+from batcher.rq import FAILURE_TTL_SECONDS, TASK, job_id
 
 log = structlog.stdlib.get_logger(__name__)
 
-TASK = "workers.tasks.process_batch"
-FAILURE_TTL_SECONDS = 3600
 # jobs that wait for their time without being in a queue list
 _WAITING = {JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
-def job_id(batch_id: str, attempt: int) -> str:
-    return f"{batch_id}-{attempt}"
-
-
 class Dispatcher:
-    """Enqueues ``workers.tasks.process_batch(queue, batch_id, attempt)``, JSON-serialised."""
+    """Enqueues ``batcher.rq.task.process_batch(queue, batch_id, attempt)``, JSON-serialised."""
 
     def __init__(self, client: redis.Redis, config: BatchProcessingConfig):
         self.client = client

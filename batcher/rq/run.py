@@ -1,0 +1,103 @@
+"""``batcher worker``'s loop: one RQ worker on the queue's three RQ queues, urgent first,
+restarted after a Redis fault until a signal stops it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import uuid
+from types import FrameType
+from typing import Any
+
+import redis
+import structlog
+from rq.serializers import JSONSerializer
+
+from batcher.backoff import Backoff, waitable
+from batcher.config import BatchProcessingConfig
+from batcher.rq.job import BatchJob
+from batcher.rq.worker import BatchSimpleWorker, BatchWorker
+
+log = structlog.stdlib.get_logger(__name__)
+
+# a worker that quit on a Redis error (not on a signal) is restarted after this long, doubling
+RESTART_DELAY_SECONDS = 1.0
+MAX_RESTART_DELAY_SECONDS = 10.0
+
+
+def worker_name() -> str:
+    # hostname + pid say where it runs; the suffix keeps a restarted container's pid 1 from
+    # colliding with its own dead predecessor, whose registration lives until its TTL
+    return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+
+
+def make_worker(config: BatchProcessingConfig, client: redis.Redis, *, simple: bool,
+                name: str | None = None) -> BatchSimpleWorker | BatchWorker:
+    """An RQ worker on the queue's three RQ queues, urgent first, running batch jobs."""
+    worker_class = BatchSimpleWorker if simple else BatchWorker
+    return worker_class(config.keys.rq_queues_by_urgency(), name=name, connection=client,
+                        serializer=JSONSerializer, job_class=BatchJob)
+
+
+class _EarlyStop:
+    """Catches SIGTERM/SIGINT until RQ's ``work()`` installs its own handlers.
+
+    A signal that lands while a worker registers (a supervisor stopping its children right
+    after starting them) would otherwise kill the process with RQ's registration left behind.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.worker: Any = None
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("worker.stop_requested", signal=signal.Signals(signum).name)
+        self.requested.set()
+        if self.worker is not None:
+            # RQ checks this flag before each dequeue, then tears down (deregisters) cleanly
+            self.worker._stop_requested = True
+
+
+def run_workers(config: BatchProcessingConfig, client: Any, *, burst: bool,
+                simple: bool) -> None:
+    """Run one RQ worker; restart it after a Redis failure until a signal stops it."""
+    backoff = Backoff("worker", queue=config.queue, client=client, state_key=config.keys.state,
+                      first=RESTART_DELAY_SECONDS, cap=MAX_RESTART_DELAY_SECONDS)
+    early = _EarlyStop()
+    while not early.requested.is_set():
+        name = worker_name()
+        try:
+            worker = make_worker(config, client, simple=simple, name=name)
+            early.worker = worker
+            log.info("worker.starting", queue=config.queue, name=name,
+                     rq_queues=config.keys.rq_queues_by_urgency(), simple=simple, burst=burst)
+            backoff.succeeded()
+            # RQ logs ~4 INFO lines per job; our batch.acked / batch.failed events carry the
+            # same facts with the batch's figures, at a fraction of the cost
+            worker.work(burst=burst, logging_level="WARNING")
+        except redis.RedisError as exc:
+            # RQ 3.0 retries only a failed dequeue: a Redis error anywhere else (its
+            # constructor, register_birth, heartbeats, the horse monitor's status read, the
+            # bookkeeping after a job) ends work(), raised by register_death in its teardown.
+            # OOM, READONLY, LOADING, BUSY, MASTERDOWN, a lost connection: wait, start again
+            if not waitable(exc):
+                raise
+            early = _EarlyStop()
+            backoff.failed(exc, early.requested)
+            if early.requested.is_set():
+                return
+            continue
+        # RQ records the time of a SIGTERM/SIGINT; without one it quit on an error (logged
+        # by RQ, who caught it)
+        if burst or early.requested.is_set() or worker._shutdown_requested_date is not None:
+            return
+        early = _EarlyStop()
+        log.warning("worker.restarting", queue=config.queue, name=name,
+                    delay_s=backoff.delay)
+        if early.requested.wait(backoff.delay):
+            return
+        backoff.grow()
