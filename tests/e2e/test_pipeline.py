@@ -84,4 +84,6 @@ def test_every_entry_is_handled_exactly_once(
     check = subprocess.run([sys.executable, "-m", "batcher", "check"], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert real_redis.get("batcher:{e2e}:result:p1-7") is not None
+    # the handler returns each payload: its result is the payload as the producer sent it
+    assert real_redis.get("batcher:{e2e}:result:p1-7") == (
+        b'{"producer":1,"i":7,"tags":[],"big":9223372036854775807}')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -321,7 +322,8 @@ def test_fetch_once_enqueues_the_sample_feeds(redis_url: str, client: redis_py.R
         server.stop()
     assert result.exit_code == 0, result.stderr
     assert "tech_daily: fetched=1" in result.stdout
-    assert client.zcard(KEYS.pending) > 0
+    accepted = sum(int(n) for n in re.findall(r" accepted=(\d+)", result.stdout))
+    assert client.zcard(KEYS.pending) == accepted == 60  # the sample feeds' 60 entries
     assert_check_clean(redis_url)
 
 

@@ -69,5 +69,5 @@ def test_rejected_entries_go_dead_at_once_and_the_rest_are_acked(redis: redis_py
     assert record["reason"] == "rejected" and record["attempts"] == 1
     assert "invalid_prompt" in record["error"]
     assert stat(redis, s, "dead_rejected") == 1 and stat(redis, s, "dead") == 1
-    assert redis.zscore(s.keys.delayed, "c") is not None
+    assert redis.zscore(s.keys.delayed, "c") == T0 + 100 + 1000  # the ack's now + back-off
     assert_consistent(redis, s.keys)

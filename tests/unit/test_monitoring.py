@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import replace
 from importlib import resources
 
 import fakeredis
 import pytest
+from rich.console import Console
 
 from batcher.exporter import metric_families
 from batcher.monitoring import BatchPerformanceMetrics
@@ -164,6 +166,8 @@ def test_metrics_report_top_and_exporter_accept_empty_stats(
     assert metrics.queue == "t" and metrics.memory_efficiency == 1.0
     assert metrics.last_optimization_ms is None
     assert performance_report(empty_stats)["recommendations"] == []
-    assert render_top(empty_stats) is not None
+    console = Console(width=120, color_system=None, record=True, file=io.StringIO())
+    console.print(render_top(empty_stats))
+    assert console.export_text().startswith("batcher top  queue t  ")
     names = {family.name for family in metric_families(empty_stats)}
     assert {"batcher_up", "batcher_batch_processing_seconds", "batcher_flushes"} <= names
