@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import random
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -162,14 +163,25 @@ def _with_retries(what: str, fn: Callable[[], Any]) -> Any:
             time.sleep(delay)
 
 
+def new_claimant() -> str:
+    """A token for one run of one job's claim, kept by every retry of it (see claim.lua)."""
+    return secrets.token_hex(8)
+
+
 def run_batch(ctx: WorkerContext, batch_id: str, attempt: int,
-              claimed: dict[bytes, bytes] | str | None = None) -> dict[str, Any]:
+              claimed: dict[bytes, bytes] | str | None = None,
+              claimant: str | None = None) -> dict[str, Any]:
     """Claim ``batch_id``'s ``attempt`` (unless ``claimed`` is that claim's outcome, made
-    already), call the handler once, ack or fail it. Returns the status RQ keeps as a result."""
+    already, by ``claimant``), call the handler once, ack or fail it. Returns the status RQ
+    keeps as a result."""
     queue = ctx.config.queue
     record = claimed
     if record is None:
-        record = _with_retries("claim", lambda: ctx.scripts.claim(batch_id, attempt))
+        # one token for every retry: a retry after a lost reply gets the record back, so the
+        # batch runs now instead of waiting a whole lease for the reaper
+        token = claimant or new_claimant()
+        record = _with_retries("claim", lambda: ctx.scripts.claim(batch_id, attempt,
+                                                                  claimant=token))
     if isinstance(record, str):
         log.info("batch.claim_refused", queue=queue, batch_id=batch_id, attempt=attempt,
                  why=record)

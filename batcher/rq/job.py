@@ -25,6 +25,8 @@ class BatchJob(Job):
     # what claim.lua answered in this job's start transaction (a record, or why it refused);
     # None: not claimed there (another worker class, or the claim's reply was an error)
     claimed: dict[bytes, bytes] | str | None = None
+    # the claimant token of that claim: the task's own claim, if it must make one, reuses it
+    claimant: str | None = None
 
     def cleanup(self, ttl: int | None = None, pipeline: Any = None,
                 remove_from_queue: bool = True) -> None:

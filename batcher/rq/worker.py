@@ -148,7 +148,8 @@ class LeanHeartbeats:
             scripts = None
             if args is not None:
                 scripts = processing.context(args[0], job.connection).scripts
-                scripts.claim_into(pipe, args[1], args[2])
+                job.claimant = processing.new_claimant()
+                scripts.claim_into(pipe, args[1], args[2], claimant=job.claimant)
             replies = pipe.execute(raise_on_error=scripts is None)
             if scripts is None:
                 return

@@ -142,6 +142,20 @@ def test_a_claim_that_failed_in_the_start_transaction_is_made_again(
     assert _stat(real_redis, config, "stale_claims") == 0
 
 
+def test_a_start_transaction_claim_whose_outcome_was_lost_is_taken_back_by_the_task(
+    real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each batch is claimed in Redis by its job's start transaction, but the task never sees
+    # the outcome (as when that reply is lost): it claims again with the job's claimant token
+    # and gets the record back, where any other claim of a claimed batch is refused.
+    monkeypatch.setattr(BatchJob, "claimed", property(lambda job: None, lambda job, v: None),
+                        raising=False)
+    _work_batches(real_redis, config, monkeypatch)
+    assert _stat(real_redis, config, "acked") == 30
+    assert _stat(real_redis, config, "batches_processed") == 6
+    assert _stat(real_redis, config, "stale_claims") == 0
+
+
 def test_a_refused_early_claim_is_what_the_job_reports(
     real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,8 +163,8 @@ def test_a_refused_early_claim_is_what_the_job_reports(
     original = tasks.run_batch
 
     def run_batch(ctx: tasks.WorkerContext, batch_id: str, attempt: int,
-                  claimed: Any = None) -> dict[str, Any]:
-        reports.append(original(ctx, batch_id, attempt, claimed))
+                  claimed: Any = None, claimant: str | None = None) -> dict[str, Any]:
+        reports.append(original(ctx, batch_id, attempt, claimed, claimant))
         return reports[-1]
 
     monkeypatch.setattr(tasks, "run_batch", run_batch)

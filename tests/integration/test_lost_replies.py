@@ -144,25 +144,49 @@ def test_a_claim_whose_request_was_lost_is_retried_and_the_batch_handled_once(
     assert_consistent(real_redis, config.keys)
 
 
-def _redis_ms(client: redis_py.Redis) -> int:
-    sec, usec = client.time()
-    return int(sec) * 1000 + int(usec) // 1000
-
-
-def test_a_claim_whose_reply_was_lost_leaves_the_batch_to_the_reaper_never_twice(
+def test_a_claim_whose_reply_was_lost_is_taken_back_by_its_retry_and_acked_once(
     proxy: FaultProxy, redis_url: str, real_redis: redis_py.Redis
 ) -> None:
-    # The claim ran; its retry finds the batch already claimed and is refused ('stale'), so
-    # this attempt calls no handler. The batch stays leased until the job lease ends; then
-    # the reaper dispatches attempt 2, which is handled once.
-    config = _config(redis_url)
+    # The claim ran but its reply never came back; the retry carries the same claimant token,
+    # so claim.lua hands the record back and this same attempt runs the batch. Before, the
+    # retry was refused as already claimed and the batch waited out its lease for the reaper.
+    config = _config(redis_url).with_overrides(job_timeout_seconds=180, lease_grace_seconds=5)
     batch_id = _dispatched(real_redis, config)
     handler = Handler()
     ctx = _context(proxy.url, config, handler)
     cut = proxy.lose(_sha(ctx, "claim"), "reply")
 
-    assert tasks.run_batch(ctx, batch_id, 1) == {"status": "stale"}
-    assert cut.is_set() and handler.calls == []
+    assert tasks.run_batch(ctx, batch_id, 1) == {"status": "acked", "acked": N}
+
+    assert cut.is_set() and len(handler.calls) == 1
+    stats = _stats(real_redis, config)
+    assert stats["acked"] == N and stats["batches_processed"] == 1
+    assert "stale_claims" not in stats and "redeliveries" not in stats
+    # acked by attempt 1, the one the claim's lease was for: no reaper was involved
+    (ack,) = [fields for _id, fields in real_redis.xrange(config.keys.events)
+              if fields[b"type"] == b"ack"]
+    assert (ack[b"attempt"], ack[b"n"]) == (b"1", str(N).encode())
+    assert not real_redis.exists(config.keys.batch(batch_id))
+    assert real_redis.zcard(config.keys.inflight) == 0
+    assert_consistent(real_redis, config.keys)
+
+
+def test_a_claim_whose_reply_was_lost_is_refused_to_another_worker(
+    proxy: FaultProxy, redis_url: str, real_redis: redis_py.Redis
+) -> None:
+    # A worker that lost the reply and died: another worker's claim of the same attempt (a
+    # new token) is refused, so the batch waits for the reaper and is handled once.
+    config = _config(redis_url)
+    batch_id = _dispatched(real_redis, config)
+    handler = Handler()
+    ctx = _context(proxy.url, config, handler)
+    cut = proxy.lose(_sha(ctx, "claim"), "reply")
+    with pytest.raises(redis_py.ConnectionError):  # the first worker gives up at once
+        ctx.scripts.claim(batch_id, 1, claimant="worker-a")
+    assert cut.is_set()
+
+    assert tasks.run_batch(ctx, batch_id, 1, claimant="worker-b") == {"status": "stale"}
+    assert handler.calls == []
     assert real_redis.hget(config.keys.batch(batch_id), "status") == b"claimed"
     assert _stats(real_redis, config)["stale_claims"] == 1
 
@@ -173,3 +197,8 @@ def test_a_claim_whose_reply_was_lost_leaves_the_batch_to_the_reaper_never_twice
     assert len(handler.calls) == 1
     assert _stats(real_redis, config)["acked"] == N
     assert_consistent(real_redis, config.keys)
+
+
+def _redis_ms(client: redis_py.Redis) -> int:
+    sec, usec = client.time()
+    return int(sec) * 1000 + int(usec) // 1000
