@@ -92,8 +92,8 @@ class FaultProxy:
             while data := src.recv(_CHUNK):
                 trap = self._take_trap(data)
                 if trap is not None and trap.loss == "request":
+                    trap.sprung.set()  # before the cut: a client that sees it finds it set
                     _cut(src, dst)
-                    trap.sprung.set()
                     return
                 if trap is not None:
                     armed.append(trap)
@@ -104,8 +104,8 @@ class FaultProxy:
         with contextlib.suppress(OSError):
             while data := src.recv(_CHUNK):
                 if armed:  # the reply to the marked request: swallow it and hang up
-                    _cut(src, dst)
                     armed[0].sprung.set()
+                    _cut(src, dst)
                     return
                 dst.sendall(data)
         _cut(src, dst)
