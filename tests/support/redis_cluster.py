@@ -1,0 +1,148 @@
+"""A throw-away Redis Cluster: 3 masters + 3 replicas of the system redis-server on loopback.
+
+Every node is a :class:`RedisServer` (own dir, free port, ended by its pid); the cluster bus
+gets a free port of its own (``cluster-port``, Redis 7) instead of port + 10000, which may be
+taken or past 65535. ``redis-cli --cluster create`` assigns the slots and the replicas.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from types import TracebackType
+
+import redis
+from redis.cluster import RedisCluster
+
+from tests.support.redis_server import RedisServer, RedisServerError, free_port
+from tests.support.waiting import wait_until
+
+# how long a master may be unreachable before its replica takes over: short, for tests
+NODE_TIMEOUT_MS = 1000
+MASTERS, REPLICAS_PER_MASTER = 3, 1
+FORM_GUARD_SECONDS = 60.0
+
+
+class ClusterNode(RedisServer):
+    def __init__(self) -> None:
+        self.bus_port = free_port()
+        super().__init__(extra_args=[
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+            "--cluster-port", str(self.bus_port),
+        ])
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def info(self, section: str) -> dict[str, object]:
+        client = self.client()
+        try:
+            return dict(client.info(section))
+        finally:
+            client.close()
+
+    def cluster_info(self) -> dict[str, str]:
+        client = self.client()
+        try:
+            raw = client.execute_command("CLUSTER", "INFO")
+        finally:
+            client.close()
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+
+def find_redis_cli() -> str:
+    found = shutil.which("redis-cli")
+    if found is None:
+        raise RedisServerError("no redis-cli on PATH: install redis-tools (./.ci/run does)")
+    return found
+
+
+class RedisClusterFixture:
+    """Six nodes; ``start()`` forms the cluster and waits for ``cluster_state:ok`` on all."""
+
+    def __init__(self) -> None:
+        self.nodes = [ClusterNode() for _ in range(MASTERS * (1 + REPLICAS_PER_MASTER))]
+
+    def start(self) -> RedisClusterFixture:
+        try:
+            for node in self.nodes:
+                node.start()
+            create = subprocess.run(
+                [find_redis_cli(), "--cluster", "create",
+                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", str(REPLICAS_PER_MASTER), "--cluster-yes"],
+                capture_output=True, text=True, timeout=120, check=False)
+            if create.returncode != 0:
+                raise RedisServerError(f"redis-cli --cluster create: {create.stdout[-2000:]}"
+                                       f"{create.stderr[-2000:]}")
+            wait_until(lambda: self._formed(self.nodes), "cluster_state:ok, 3 masters with "
+                       "a replica each, on every node", guard_seconds=FORM_GUARD_SECONDS)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _formed(self, nodes: list[ClusterNode]) -> bool:
+        for node in nodes:
+            info = node.cluster_info()
+            if info.get("cluster_state") != "ok" or info.get("cluster_size") != str(MASTERS):
+                return False
+        return len(self.masters()) == MASTERS and all(
+            self.replica_of(m) is not None for m in self.masters())
+
+    @property
+    def running(self) -> list[ClusterNode]:
+        return [n for n in self.nodes if n.running]
+
+    def role(self, node: ClusterNode) -> str:
+        return str(node.info("replication").get("role"))
+
+    def masters(self) -> list[ClusterNode]:
+        return [n for n in self.running if self.role(n) == "master"]
+
+    def replica_of(self, master: ClusterNode) -> ClusterNode | None:
+        """The running node that replicates ``master`` (by its port)."""
+        for node in self.running:
+            info = node.info("replication")
+            if info.get("role") == "slave" and int(str(info.get("master_port"))) == master.port:
+                return node
+        return None
+
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", n.port) for n in self.running]
+
+    def client(self, **options: object) -> RedisCluster:
+        """A redis-py cluster client (bytes replies, as the batcher's clients)."""
+        from redis.cluster import ClusterNode as Startup
+
+        return RedisCluster(startup_nodes=[Startup(h, p) for h, p in self.startup_nodes()],
+                            decode_responses=False, **options)  # type: ignore[arg-type]
+
+    def kill_master(self, master: ClusterNode) -> ClusterNode:
+        """SIGKILL ``master``; wait until its replica is a master and every survivor is ok.
+
+        Returns the promoted node.
+        """
+        replica = self.replica_of(master)
+        assert replica is not None, f"master on {master.port} has no replica"
+        master.kill()
+        wait_until(lambda: self.role(replica) == "master", f"replica {replica.port} promoted",
+                   guard_seconds=FORM_GUARD_SECONDS)
+        wait_until(lambda: all(n.cluster_info().get("cluster_state") == "ok"
+                               for n in self.running),
+                   "cluster_state:ok on every survivor", guard_seconds=FORM_GUARD_SECONDS)
+        return replica
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> RedisClusterFixture:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
