@@ -284,9 +284,9 @@ class Coordinator:
     def report(self) -> None:
         """The seed's automated performance report: one ``performance.summary`` log event."""
         from batcher.monitoring.report import log_performance_summary
-        from batcher.stats import detailed_stats
+        from batcher.stats import read_queue_stats
 
-        log_performance_summary(detailed_stats(self.client, self.config))
+        log_performance_summary(read_queue_stats(self.client, self.config))
 
     def wait(self, wait_ms: int, stop: threading.Event) -> None:
         """Wait for a wake (the wakeup list), the next flush deadline or the reap, if sooner.

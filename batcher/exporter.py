@@ -1,4 +1,4 @@
-"""``batcher exporter``: Prometheus metrics read from ``detailed_stats`` on every scrape.
+"""``batcher exporter``: Prometheus metrics read from ``read_queue_stats`` on every scrape.
 
 Every metric is named ``batcher_*`` and labelled with ``queue``. Durations are in seconds, as
 Prometheus expects; the latency histograms are ack.lua's bucket hashes made cumulative, with
@@ -25,7 +25,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from batcher.config import BatchProcessingConfig
 from batcher.monitoring import figures
-from batcher.stats import COUNTERS, detailed_stats
+from batcher.monitoring.queue_stats import QueueStats, as_queue_stats
+from batcher.stats import read_queue_stats
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -80,97 +81,98 @@ def _seconds(ms: float | None) -> float | None:
     return None if ms is None else ms / 1000
 
 
-def _buffer_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
-    b = stats["buffer"]
-    f.gauge("batcher_buffer_pending_entries", "Entries pending.", b["pending"], q)
+def _buffer_metrics(f: _Families, q: str, stats: QueueStats) -> None:
+    b = stats.buffer
+    f.gauge("batcher_buffer_pending_entries", "Entries pending.", b.pending, q)
     f.gauge("batcher_buffer_delayed_entries", "Entries backing off after a failure.",
-            b["delayed"], q)
-    f.gauge("batcher_buffer_bytes", "Bytes of the pending envelopes.", b["bytes"], q)
+            b.delayed, q)
+    f.gauge("batcher_buffer_bytes", "Bytes of the pending envelopes.", b.bytes, q)
     f.gauge("batcher_buffer_utilization_ratio",
-            "Buffer utilisation, max of count and bytes (0-1).", b["utilization"], q)
+            "Buffer utilisation, max of count and bytes (0-1).", b.utilization, q)
     f.gauge("batcher_buffer_utilization_count_ratio", "Pending ÷ max_buffer_size.",
-            b["utilization_count"], q)
+            b.utilization_count, q)
     f.gauge("batcher_buffer_utilization_bytes_ratio", "Pending bytes ÷ max_buffer_bytes.",
-            b["utilization_bytes"], q)
-    for p, n in b["by_priority"].items():
+            b.utilization_bytes, q)
+    for p, n in b.by_priority.items():
         f.gauge("batcher_buffer_pending_by_priority_entries", "Entries pending per priority.",
                 n, q, priority=p)
     f.gauge("batcher_buffer_oldest_age_seconds", "Age of the oldest pending entry.",
-            b["oldest_age_ms"] / 1000, q)
+            b.oldest_age_ms / 1000, q)
     f.gauge("batcher_inflight_batches", "Batches flushed and not yet acked.",
-            b["in_flight_batches"], q)
+            b.in_flight_batches, q)
     f.gauge("batcher_inflight_entries", "Entries in in-flight batches.",
-            b["in_flight_entries"], q)
-    f.gauge("batcher_dead_entries", "Entries in the dead set now.", b["dead"], q)
+            b.in_flight_entries, q)
+    f.gauge("batcher_dead_entries", "Entries in the dead set now.", b.dead, q)
     f.gauge("batcher_dead_last_minute_entries", "Entries dead-lettered in the last minute.",
-            stats.get("dead_last_minute", 0), q)
-    reason = b.get("paused_reason")
+            stats.dead_last_minute, q)
+    reason = b.paused_reason
     f.gauge("batcher_paused", "1 while the queue is paused for a reason a person must fix "
             "(LLM quota, credentials).", int(reason is not None), q, reason=reason or "")
 
 
-def _llm_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
-    llm = stats.get("llm")
-    if not llm or not llm["requests"]:
+def _llm_metrics(f: _Families, q: str, stats: QueueStats) -> None:
+    llm = stats.llm
+    if not llm.requests:
         return
-    for kind in ("prompt", "completion", "cached"):
-        f.counter("batcher_llm_tokens", "LLM tokens used, by kind.", llm[f"{kind}_tokens"], q,
-                  kind=kind)
-    f.counter("batcher_llm_requests", "LLM requests answered.", llm["requests"], q)
+    for kind, n in (("prompt", llm.prompt_tokens), ("completion", llm.completion_tokens),
+                    ("cached", llm.cached_tokens)):
+        f.counter("batcher_llm_tokens", "LLM tokens used, by kind.", n, q, kind=kind)
+    f.counter("batcher_llm_requests", "LLM requests answered.", llm.requests, q)
     f.counter("batcher_llm_cost_usd", "Estimated LLM cost (LLM_PRICE_* settings).",
-              llm["cost_usd"], q)
+              llm.cost_usd, q)
     f.gauge("batcher_llm_tokens_per_second", "Completion tokens per second of request time.",
-            llm["tokens_per_second"], q)
+            llm.tokens_per_second, q)
     f.gauge("batcher_llm_tokens_per_entry", "Prompt and completion tokens per acked entry.",
-            llm["tokens_per_entry"], q)
+            llm.tokens_per_entry, q)
 
 
-def _performance_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
-    p = stats["performance"]
-    for window, key in (("10s", "throughput_eps"), ("60s", "throughput_eps_60s")):
-        f.gauge("batcher_throughput_entries_per_second", "Entries acked per second.", p[key], q,
+def _performance_metrics(f: _Families, q: str, stats: QueueStats) -> None:
+    p = stats.performance
+    for window, eps in (("10s", p.throughput_eps), ("60s", p.throughput_eps_60s)):
+        f.gauge("batcher_throughput_entries_per_second", "Entries acked per second.", eps, q,
                 window=window)
     f.gauge("batcher_arrival_entries_per_second", "Entries accepted per second (60 s).",
-            p.get("arrival_eps_60s"), q, window="60s")
+            p.arrival_eps_60s, q, window="60s")
     f.gauge("batcher_recent_processing_p95_seconds",
             "p95 handler time of the batches acked in the last minute.",
-            _seconds(p.get("recent_p95_processing_ms")), q)
+            _seconds(p.recent_p95_processing_ms), q)
     f.gauge("batcher_avg_batch_size_entries", "Entries acked per processed batch.",
-            p["avg_batch_size"], q)
-    f.counter("batcher_batches_processed", "Batches acked.", p["batches_processed"], q)
-    f.counter("batcher_batches_failed", "Failed handler calls.", p["batches_failed"], q)
-    for name, summary in stats["latency"].items():
-        for stat in ("avg", "p50", "p95", "p99"):
+            p.avg_batch_size, q)
+    f.counter("batcher_batches_processed", "Batches acked.", p.batches_processed, q)
+    f.counter("batcher_batches_failed", "Failed handler calls.", p.batches_failed, q)
+    for name, summary in stats.latency.items():
+        for stat, ms in (("avg", summary.avg_ms), ("p50", summary.p50_ms),
+                         ("p95", summary.p95_ms), ("p99", summary.p99_ms)):
             f.gauge("batcher_latency_seconds", "Latency figures (avg and bucket quantiles).",
-                    _seconds(summary[f"{stat}_ms"]), q, histogram=name.removesuffix("_ms"),
-                    stat=stat)
+                    _seconds(ms), q, histogram=name.removesuffix("_ms"), stat=stat)
 
 
-def _other_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
-    c, s, health = stats["counters"], stats["sizing"], stats["health"]
-    for name in COUNTERS:
-        f.counter(f"batcher_{name}", f"Cumulative {name.replace('_', ' ')}.", c[name], q)
-    for reason, n in c["flushes"].items():
+def _other_metrics(f: _Families, q: str, stats: QueueStats) -> None:
+    c, s, health = stats.counters, stats.sizing, stats.health
+    for name, n in c.items():
+        f.counter(f"batcher_{name}", f"Cumulative {name.replace('_', ' ')}.", n, q)
+    for reason, n in c.flushes.items():
         f.counter("batcher_flushes", "Batches flushed, by reason.", n, q, reason=reason)
     f.gauge("batcher_size_threshold_entries", "The live adaptive size threshold.",
-            s["size_threshold"], q)
-    f.gauge("batcher_size_min_entries", "min_batch_size.", s["min"], q)
-    f.gauge("batcher_size_max_entries", "max_batch_size.", s["max"], q)
-    f.counter("batcher_sizing_adjustments", "Size threshold changes.", s["adjustments"], q)
-    for p, secs in s["effective_thresholds_seconds"].items():
+            s.size_threshold, q)
+    f.gauge("batcher_size_min_entries", "min_batch_size.", s.min, q)
+    f.gauge("batcher_size_max_entries", "max_batch_size.", s.max, q)
+    f.counter("batcher_sizing_adjustments", "Size threshold changes.", s.adjustments, q)
+    for p, secs in s.effective_thresholds_seconds.items():
         f.gauge("batcher_effective_time_threshold_seconds",
                 "Deadline per priority after the adaptive timeout.", secs, q, priority=p)
     for status in _STATUSES:
         f.gauge("batcher_health_status", "1 for the current health status.",
-                int(health["status"] == status), q, status=status)
-    f.gauge("batcher_health_reasons", "Health rules firing.", len(health["reasons"]), q)
+                int(health.status == status), q, status=status)
+    f.gauge("batcher_health_reasons", "Health rules firing.", len(health.reasons), q)
     f.gauge("batcher_memory_efficiency_ratio", "accepted ÷ (accepted + rejected).",
-            stats["memory_efficiency"], q)
-    for figure, t in stats["trends"].items():
+            stats.memory_efficiency, q)
+    for figure, t in (("throughput", stats.trends.throughput),
+                      ("processing_time", stats.trends.processing_time)):
         for direction in _TRENDS:
             f.gauge("batcher_trend", "1 for the current trend (last minute vs the ten before).",
-                    int(t["trend"] == direction), q, figure=figure, direction=direction)
-    budget = stats.get("budget")
+                    int(t.trend == direction), q, figure=figure, direction=direction)
+    budget = stats.budget
     if budget:
         for bucket in ("req", "in", "out"):
             b = budget[bucket]
@@ -181,9 +183,9 @@ def _other_metrics(f: _Families, q: str, stats: Mapping[str, Any]) -> None:
                     budget=budget["name"], bucket=bucket)
         f.counter("batcher_budget_waits", "Calls that waited for a budget's refill.",
                   budget["waits"], q, budget=budget["name"])
-    if stats.get("workers") is not None:
+    if stats.workers is not None:
         f.gauge("batcher_workers_live", "RQ workers registered on the queue's RQ queues.",
-                len(stats["workers"]), q)
+                len(stats.workers), q)
 
 
 def _fetch_metrics(f: _Families, q: str, fetch: Mapping[str, Any] | None) -> None:
@@ -204,23 +206,24 @@ def _fetch_metrics(f: _Families, q: str, fetch: Mapping[str, Any] | None) -> Non
                       feed[name], q, feed=feed["source"])
 
 
-def metric_families(stats: Mapping[str, Any]) -> list[Metric]:
-    """Every metric of one ``detailed_stats`` dict."""
-    q = stats["queue"]
+def metric_families(figures: QueueStats | Mapping[str, Any]) -> list[Metric]:
+    """Every metric of one queue's figures (a ``detailed_stats`` dict is read too)."""
+    stats = as_queue_stats(figures)
+    q = stats.queue
     f = _Families()
     f.gauge("batcher_up", "1 when the queue's figures could be read from Redis.", 1, q)
     _buffer_metrics(f, q, stats)
     _performance_metrics(f, q, stats)
     _other_metrics(f, q, stats)
     _llm_metrics(f, q, stats)
-    _fetch_metrics(f, q, stats.get("fetch"))
-    hists = [histogram(name, doc, q, stats["histograms"][key], stats["latency"][key]["sum_ms"])
+    _fetch_metrics(f, q, stats.fetch)
+    hists = [histogram(name, doc, q, stats.histograms[key], stats.latency[key].sum_ms)
              for key, (name, doc) in HISTOGRAM_METRICS.items()]
     return [*f.all.values(), *hists]
 
 
 class BatcherCollector(Collector):
-    """Reads ``detailed_stats`` of each queue on every scrape; ``batcher_up 0`` when it fails."""
+    """Reads ``read_queue_stats`` of each queue on every scrape; ``batcher_up 0`` when it fails."""
 
     def __init__(self, client: redis.Redis, configs: Sequence[BatchProcessingConfig], *,
                  check_workers: bool = True):
@@ -231,7 +234,7 @@ class BatcherCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         for config in self.configs:
             try:
-                stats = detailed_stats(self.client, config, check_workers=self.check_workers)
+                stats = read_queue_stats(self.client, config, check_workers=self.check_workers)
             except redis.RedisError as exc:
                 log.warning("exporter.scrape_failed", queue=config.queue, error=str(exc))
                 up = GaugeMetricFamily("batcher_up", "1 when the queue's figures could be read "

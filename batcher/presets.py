@@ -20,6 +20,7 @@ from typing import Any
 import redis as redis_py
 
 from batcher.config import load_config
+from batcher.monitoring.queue_stats import QueueStats
 from batcher.monitoring.report import log_performance_summary, performance_report
 from batcher.producer import BatchStateManager
 
@@ -155,10 +156,17 @@ def reset_global_manager() -> None:
 def get_batch_performance_report(manager: BatchStateManager | None = None) -> dict[str, Any]:
     """The performance report of ``manager`` (default: the global one): metrics, health,
     trends, latency, memory efficiency, the latest size changes and recommendations."""
-    return performance_report((manager or get_global_manager()).get_detailed_stats())
+    return performance_report(_queue_stats(manager))
 
 
 def log_batch_performance_summary(manager: BatchStateManager | None = None) -> None:
     """Log one ``performance.summary`` event with the key figures of ``manager``'s queue
     (default: the global one)."""
-    log_performance_summary((manager or get_global_manager()).get_detailed_stats())
+    log_performance_summary(_queue_stats(manager))
+
+
+def _queue_stats(manager: BatchStateManager | None) -> QueueStats:
+    from batcher.stats import read_queue_stats
+
+    chosen = manager or get_global_manager()
+    return read_queue_stats(chosen.redis, chosen.config)

@@ -1,8 +1,9 @@
 """Figures read back from Redis: the same data for ``stats``, ``top``, the exporter and logs.
 
-:func:`detailed_stats` reads one queue's keys in two pipelined round trips (plus one for the
-RQ workers) and assembles the dict of DESIGN §9; the arithmetic lives in
-:mod:`batcher.monitoring.figures`, pure and unit-tested.
+:func:`read_queue_stats` reads one queue's keys in two pipelined round trips (plus one for
+the RQ workers) into the typed figures of :mod:`batcher.monitoring.queue_stats`;
+:func:`detailed_stats` is their dict (DESIGN §9, ``batcher stats --json``). The arithmetic
+lives in :mod:`batcher.monitoring.figures`, pure and unit-tested.
 """
 
 from __future__ import annotations
@@ -21,14 +22,22 @@ from batcher.fetch_status import fetch_summary
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import PRIORITIES, FlushReason
 from batcher.monitoring import figures
+from batcher.monitoring.queue_stats import (
+    COUNTERS,
+    BufferFigures,
+    Counters,
+    LatencySummary,
+    PerformanceFigures,
+    QueueStats,
+    SizingEvent,
+    SizingFigures,
+    SizingFit,
+    Trends,
+)
 from batcher.records import META_FIELDS, BatchRecord, priority_score_range, split_score
 from batcher.redaction import scrub_value
 from batcher.sizing import FIELD_FIT_A, FIELD_FIT_B, effective_thresholds_seconds
 
-COUNTERS = ("accepted", "duplicates", "rejected", "acked", "redeliveries", "dead", "expired",
-            "requeued", "purged", "batches_flushed", "entries_flushed", "retried_entries",
-            "retries", "rate_limited", "lost_dispatches", "stale_acks", "stale_claims",
-            "stale_fails", "pauses", "dead_rejected", "results_dropped")
 EVENTS_SHOWN = 20
 # events read per call: enough to find the latest sizing events among acks and flushes
 EVENTS_SCANNED = 500
@@ -129,40 +138,42 @@ def _decode_event(eid: bytes, fields: Mapping[bytes, bytes]) -> dict[str, Any]:
     return event
 
 
-def sizing_events(snap: Snapshot) -> list[dict[str, Any]]:
+def sizing_events(snap: Snapshot) -> list[SizingEvent]:
     """The latest size changes, newest first, with their evidence decoded."""
-    out: list[dict[str, Any]] = []
+    out: list[SizingEvent] = []
     for eid, fields in snap.events:
         if fields.get(b"type") != b"sizing":
             continue
         event = _decode_event(eid, fields)
-        event["before"], event["after"] = int(event["before"]), int(event["after"])
+        evidence: Any = event.get("evidence", "{}")
         try:
-            event["evidence"] = orjson.loads(event.get("evidence", "{}"))
+            evidence = orjson.loads(evidence)
         except orjson.JSONDecodeError:
             pass
-        out.append(event)
+        out.append(SizingEvent(id=event["id"], ms=event["ms"], type="sizing",
+                               before=int(event["before"]), after=int(event["after"]),
+                               mode=event.get("mode", "?"), evidence=evidence))
         if len(out) == SIZING_EVENTS_SHOWN:
             break
     return out
 
 
-def _buffer(snap: Snapshot, config: BatchProcessingConfig) -> dict[str, Any]:
+def _buffer(snap: Snapshot, config: BatchProcessingConfig) -> BufferFigures:
     pending_bytes = _int(snap.state, "bytes")
     by_count = snap.pending / config.max_buffer_size
     by_bytes = pending_bytes / config.max_buffer_bytes
     oldest = snap.oldest_enqueued_ms
-    return {
-        "pending": snap.pending, "delayed": snap.delayed, "bytes": pending_bytes,
-        "utilization": round(max(by_count, by_bytes), 4),
-        "utilization_count": round(by_count, 4), "utilization_bytes": round(by_bytes, 4),
-        "by_priority": {str(p): snap.by_priority[p] for p in PRIORITIES},
-        "oldest_age_ms": (snap.now_ms - min(oldest)) if oldest else 0,
-        "in_flight_batches": len(snap.inflight_ids), "in_flight_entries": snap.inflight_entries,
-        "dead": snap.dead_now, "paused_until_ms": _int(snap.state, "paused_until_ms"),
-        "paused_reason": paused_reason(snap),
-        "capacity": config.max_buffer_size, "capacity_bytes": config.max_buffer_bytes,
-    }
+    return BufferFigures(
+        pending=snap.pending, delayed=snap.delayed, bytes=pending_bytes,
+        utilization=round(max(by_count, by_bytes), 4),
+        utilization_count=round(by_count, 4), utilization_bytes=round(by_bytes, 4),
+        by_priority={str(p): snap.by_priority[p] for p in PRIORITIES},
+        oldest_age_ms=(snap.now_ms - min(oldest)) if oldest else 0,
+        in_flight_batches=len(snap.inflight_ids), in_flight_entries=snap.inflight_entries,
+        dead=snap.dead_now, paused_until_ms=_int(snap.state, "paused_until_ms"),
+        paused_reason=paused_reason(snap),
+        capacity=config.max_buffer_size, capacity_bytes=config.max_buffer_bytes,
+    )
 
 
 def paused_reason(snap: Snapshot) -> str | None:
@@ -173,7 +184,7 @@ def paused_reason(snap: Snapshot) -> str | None:
     return raw.decode()
 
 
-def _latency(snap: Snapshot) -> dict[str, dict[str, Any]]:
+def _latency(snap: Snapshot) -> dict[str, LatencySummary]:
     return {
         name: figures.latency_summary(snap.histograms[name],
                                       _float(snap.stats, f"{name}_sum") or 0.0)
@@ -181,8 +192,8 @@ def _latency(snap: Snapshot) -> dict[str, dict[str, Any]]:
     }
 
 
-def _performance(snap: Snapshot, latency: Mapping[str, Mapping[str, Any]],
-                 config: BatchProcessingConfig) -> dict[str, Any]:
+def _performance(snap: Snapshot, latency: Mapping[str, LatencySummary],
+                 config: BatchProcessingConfig) -> PerformanceFigures:
     now_s = snap.now_ms // 1000
     batches, entries = _int(snap.stats, "batches_processed"), _int(snap.stats, "acked")
     proc = latency["processing_ms"]
@@ -191,60 +202,59 @@ def _performance(snap: Snapshot, latency: Mapping[str, Mapping[str, Any]],
     # arrivals are counted from the de-duplication window, when it spans the last minute
     arrival = (round(snap.seen_last_minute / 60, 3)
                if config.dedupe_window_seconds >= 60 and config.dedupe_max_ids > 0 else None)
-    return {
-        "throughput_eps": round(figures.throughput_eps(snap.throughput, now_s, 10), 3),
-        "throughput_eps_60s": round(figures.throughput_eps(snap.throughput, now_s, 60), 3),
-        "arrival_eps_60s": arrival,
-        "avg_processing_time_ms": proc["avg_ms"],
-        "p50_processing_ms": proc["p50_ms"], "p95_processing_ms": proc["p95_ms"],
-        "p99_processing_ms": proc["p99_ms"],
-        "recent_p95_processing_ms": figures.exact_percentile(recent, 0.95),
-        "recent_batches": len(recent),
-        "avg_queue_wait_ms": latency["queue_wait_ms"]["avg_ms"],
-        "avg_end_to_end_ms": latency["end_to_end_ms"]["avg_ms"],
-        "avg_batch_size": round(entries / batches, 2) if batches else 0.0,
-        "batches_processed": batches, "entries_processed": entries,
-        "batches_failed": _int(snap.stats, "batches_failed"),
-        "performance_target_ms": config.performance_target_ms,
-        "throughput_target_eps": config.throughput_target_eps,
-    }
+    return PerformanceFigures(
+        throughput_eps=round(figures.throughput_eps(snap.throughput, now_s, 10), 3),
+        throughput_eps_60s=round(figures.throughput_eps(snap.throughput, now_s, 60), 3),
+        arrival_eps_60s=arrival,
+        avg_processing_time_ms=proc.avg_ms,
+        p50_processing_ms=proc.p50_ms, p95_processing_ms=proc.p95_ms,
+        p99_processing_ms=proc.p99_ms,
+        recent_p95_processing_ms=figures.exact_percentile(recent, 0.95),
+        recent_batches=len(recent),
+        avg_queue_wait_ms=latency["queue_wait_ms"].avg_ms,
+        avg_end_to_end_ms=latency["end_to_end_ms"].avg_ms,
+        avg_batch_size=round(entries / batches, 2) if batches else 0.0,
+        batches_processed=batches, entries_processed=entries,
+        batches_failed=_int(snap.stats, "batches_failed"),
+        performance_target_ms=config.performance_target_ms,
+        throughput_target_eps=config.throughput_target_eps,
+    )
 
 
-def _counters(snap: Snapshot) -> dict[str, Any]:
-    counters: dict[str, Any] = {name: _int(snap.stats, name) for name in COUNTERS}
-    counters["flushes"] = {r.value: _int(snap.stats, f"flushes:{r.value}") for r in FlushReason}
-    return counters
+def _counters(snap: Snapshot) -> Counters:
+    return Counters(**{name: _int(snap.stats, name) for name in COUNTERS},
+                    flushes={r.value: _int(snap.stats, f"flushes:{r.value}")
+                             for r in FlushReason})
 
 
-def _sizing(snap: Snapshot, config: BatchProcessingConfig, util: float) -> dict[str, Any]:
+def _sizing(snap: Snapshot, config: BatchProcessingConfig, util: float) -> SizingFigures:
     normal, high, urgent = config.thresholds_ms()
     thresholds = effective_thresholds_seconds(
         (normal / 1000, high / 1000, urgent / 1000), util, config.early_flush_pressure,
         config.enable_adaptive_timeout)
     events = sizing_events(snap)
     fit_a, fit_b = _float(snap.state, FIELD_FIT_A), _float(snap.state, FIELD_FIT_B)
-    return {
-        "size_threshold": _int(snap.state, "size_threshold") or config.size_threshold,
-        "min": config.min_batch_size, "max": config.max_batch_size,
-        "adjustments": _int(snap.stats, "sizing_adjustments"),
-        "adaptive": config.enable_adaptive_sizing,
-        "effective_thresholds_seconds": {
+    return SizingFigures(
+        size_threshold=_int(snap.state, "size_threshold") or config.size_threshold,
+        min=config.min_batch_size, max=config.max_batch_size,
+        adjustments=_int(snap.stats, "sizing_adjustments"),
+        adaptive=config.enable_adaptive_sizing,
+        effective_thresholds_seconds={
             str(p): round(t, 3) for p, t in zip(PRIORITIES, thresholds, strict=True)},
-        "fit": None if fit_a is None or fit_b is None
-        else {"a_ms": round(fit_a, 3), "b_ms_per_entry": round(fit_b, 3)},
-        "events": events,
-        # thresholds in the order they were set, for a sparkline
-        "history": [e["after"] for e in reversed(events)],
-    }
+        fit=None if fit_a is None or fit_b is None
+        else SizingFit(a_ms=round(fit_a, 3), b_ms_per_entry=round(fit_b, 3)),
+        events=events,
+        history=[e.after for e in reversed(events)],
+    )
 
 
-def detailed_stats(
+def read_queue_stats(
     client: redis.Redis,
     config: BatchProcessingConfig,
     *,
     now_ms: int | None = None,
     check_workers: bool = True,
-) -> dict[str, Any]:
+) -> QueueStats:
     """Buffer, performance, latency, counters, sizing, health, trends and events (DESIGN §9).
 
     ``now_ms`` pins the clock (tests); by default Redis's ``TIME``. ``check_workers=False``
@@ -257,7 +267,7 @@ def detailed_stats(
     latency = _latency(snap)
     performance = _performance(snap, latency, config)
     counters = _counters(snap)
-    sizing_stats = _sizing(snap, config, buffer["utilization"])
+    sizing_figures = _sizing(snap, config, buffer.utilization)
     workers = None
     if check_workers:
         from batcher.rq.status import live_workers  # RQ only where its registry is read
@@ -265,37 +275,47 @@ def detailed_stats(
         workers = live_workers(client, keys)
     samples = figures.parse_samples(snap.samples)
     health = figures.health(figures.HealthInput(
-        utilization=buffer["utilization"], early_pressure=config.early_flush_pressure,
+        utilization=buffer.utilization, early_pressure=config.early_flush_pressure,
         emergency_pressure=config.emergency_flush_pressure,
-        recent_p95_processing_ms=performance["recent_p95_processing_ms"],
+        recent_p95_processing_ms=performance.recent_p95_processing_ms,
         performance_target_ms=config.performance_target_ms,
-        throughput_eps_60s=performance["throughput_eps_60s"],
+        throughput_eps_60s=performance.throughput_eps_60s,
         throughput_target_eps=config.throughput_target_eps,
-        arrival_eps_60s=performance["arrival_eps_60s"],
-        backlog=snap.pending + snap.delayed, size_threshold=sizing_stats["size_threshold"],
+        arrival_eps_60s=performance.arrival_eps_60s,
+        backlog=snap.pending + snap.delayed, size_threshold=sizing_figures.size_threshold,
         dead_last_minute=snap.dead_last_minute,
         live_workers=None if workers is None else len(workers),
-        in_flight_batches=buffer["in_flight_batches"],
-        paused_reason=buffer["paused_reason"],
-        paused_for_ms=max(0, buffer["paused_until_ms"] - snap.now_ms),
+        in_flight_batches=buffer.in_flight_batches,
+        paused_reason=buffer.paused_reason,
+        paused_for_ms=max(0, buffer.paused_until_ms - snap.now_ms),
         redis_fault=describe_fault(snap.state.get(b"redis_fault"), snap.now_ms)))
-    # scrubbed: events and health carry error text a handler raised (batcher.redaction)
-    stats: dict[str, Any] = scrub_value({
-        "queue": config.queue, "now_ms": snap.now_ms, "buffer": buffer,
-        "performance": performance, "latency": latency, "counters": counters,
-        "sizing": sizing_stats, "health": health, "llm": figures.llm_figures(snap.stats),
-        "trends": {"throughput": figures.throughput_trend(snap.throughput, snap.now_ms // 1000),
-                   "processing_time": figures.processing_trend(samples, snap.now_ms)},
-        "memory_efficiency": figures.memory_efficiency(counters["accepted"],
-                                                       counters["rejected"]),
-        "dead_last_minute": snap.dead_last_minute,
-        "workers": workers,
-        "events": [_decode_event(eid, e) for eid, e in snap.events[:EVENTS_SHOWN]],
-        "histograms": snap.histograms,
+    stats = QueueStats(
+        queue=config.queue, now_ms=snap.now_ms, buffer=buffer, performance=performance,
+        latency=latency, counters=counters, sizing=sizing_figures, health=health,
+        llm=figures.llm_figures(snap.stats),
+        trends=Trends(figures.throughput_trend(snap.throughput, snap.now_ms // 1000),
+                      figures.processing_trend(samples, snap.now_ms)),
+        memory_efficiency=figures.memory_efficiency(counters.accepted, counters.rejected),
+        dead_last_minute=snap.dead_last_minute,
+        workers=workers,
+        events=[_decode_event(eid, e) for eid, e in snap.events[:EVENTS_SHOWN]],
+        histograms=snap.histograms,
         # the shared feed schedule of `batcher fetch`, None when no fetcher used this queue
-        "fetch": fetch_summary(client, keys, now_ms=snap.now_ms),
+        fetch=fetch_summary(client, keys, now_ms=snap.now_ms),
         # the shared LLM budget this queue's workers draw from (issue 17), when one is set
-        "budget": Budget(client, config.budget).show() if config.budget else None,
-    })
-    return stats
+        budget=Budget(client, config.budget).show() if config.budget else None,
+    )
+    # scrubbed, every string of it: events, health, pause reasons and fetch errors carry
+    # text a handler or a feed raised (batcher.redaction)
+    return QueueStats.from_dict(scrub_value(stats.to_dict()))
 
+
+def detailed_stats(
+    client: redis.Redis,
+    config: BatchProcessingConfig,
+    *,
+    now_ms: int | None = None,
+    check_workers: bool = True,
+) -> dict[str, Any]:
+    """:func:`read_queue_stats` as the dict of DESIGN §9 (``batcher stats --json``)."""
+    return read_queue_stats(client, config, now_ms=now_ms, check_workers=check_workers).to_dict()

@@ -1,11 +1,11 @@
-"""``batcher top``: a live terminal view of one queue, drawn with rich from ``detailed_stats``."""
+"""``batcher top``: a live terminal view of one queue, drawn with rich from its figures."""
 
 from __future__ import annotations
 
 import io
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,8 @@ from rich.text import Text
 from batcher.config import BatchProcessingConfig
 from batcher.keys import HISTOGRAMS
 from batcher.models import PRIORITY_NAMES
-from batcher.stats import detailed_stats
+from batcher.monitoring.queue_stats import QueueStats, as_queue_stats
+from batcher.stats import read_queue_stats
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 HISTORY_POINTS = 60
@@ -37,13 +38,13 @@ class TopHistory:
     thresholds: deque[int] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
     throughput: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
 
-    def record(self, stats: Mapping[str, Any]) -> None:
-        sizing = stats["sizing"]
+    def record(self, stats: QueueStats) -> QueueStats:
         if not self.thresholds:
             # start from the recorded size changes, so the line has a past on the first frame
-            self.thresholds.extend(sizing.get("history", []))
-        self.thresholds.append(int(sizing["size_threshold"]))
-        self.throughput.append(float(stats["performance"]["throughput_eps"]))
+            self.thresholds.extend(stats.sizing.history)
+        self.thresholds.append(stats.sizing.size_threshold)
+        self.throughput.append(stats.performance.throughput_eps)
+        return stats
 
 
 def sparkline(values: list[float] | list[int] | deque[int] | deque[float]) -> str:
@@ -67,83 +68,81 @@ def _fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-def _header(stats: Mapping[str, Any]) -> RenderableType:
-    status = stats["health"]["status"]
-    text = Text.assemble(("batcher top", "bold"), f"  queue {stats['queue']}  ",
+def _header(stats: QueueStats) -> RenderableType:
+    status = stats.health.status
+    text = Text.assemble(("batcher top", "bold"), f"  queue {stats.queue}  ",
                          (status.upper(), _STATUS_STYLE.get(status, "")))
-    for reason in stats["health"]["reasons"]:
+    for reason in stats.health.reasons:
         text.append(f"\n  - {reason}")
     return text
 
 
-def _throughput(stats: Mapping[str, Any], history: TopHistory) -> RenderableType:
-    perf, trends = stats["performance"], stats.get("trends", {})
+def _throughput(stats: QueueStats, history: TopHistory) -> RenderableType:
+    perf = stats.performance
     table = Table(title="throughput (entries/s)", expand=True)
     for col in ("10 s", "60 s", "arrivals 60 s", "trend", "processed", "efficiency"):
         table.add_column(col, justify="right")
-    arrival = perf.get("arrival_eps_60s")
+    arrival = perf.arrival_eps_60s
     table.add_row(
-        f"{perf['throughput_eps']:.2f}", f"{perf['throughput_eps_60s']:.2f}",
-        "-" if arrival is None else f"{arrival:.2f}",
-        trends.get("throughput", {}).get("trend", "-"),
-        f"{perf['entries_processed']} in {perf['batches_processed']} batches",
-        f"{stats.get('memory_efficiency', 1.0):.1%}")
+        f"{perf.throughput_eps:.2f}", f"{perf.throughput_eps_60s:.2f}",
+        "-" if arrival is None else f"{arrival:.2f}", stats.trends.throughput.trend,
+        f"{perf.entries_processed} in {perf.batches_processed} batches",
+        f"{stats.memory_efficiency:.1%}")
     spark = sparkline(history.throughput)
     return Group(table, Text(f"  throughput {spark}")) if spark else table
 
 
-def _latency(stats: Mapping[str, Any]) -> RenderableType:
+def _latency(stats: QueueStats) -> RenderableType:
     table = Table(title="latency (ms)", expand=True)
     table.add_column("")
     for col in ("count", "avg", "p50", "p95", "p99"):
         table.add_column(col, justify="right")
     for name in HISTOGRAMS:
-        row = stats["latency"][name]
-        table.add_row(_LATENCY_NAMES[name], str(row["count"]), _fmt_ms(row["avg_ms"]),
-                      _fmt_ms(row["p50_ms"]), _fmt_ms(row["p95_ms"]), _fmt_ms(row["p99_ms"]))
-    trend = stats.get("trends", {}).get("processing_time", {}).get("trend", "-")
-    return Group(table, Text(f"  processing time trend: {trend}"))
+        row = stats.latency[name]
+        table.add_row(_LATENCY_NAMES[name], str(row.count), _fmt_ms(row.avg_ms),
+                      _fmt_ms(row.p50_ms), _fmt_ms(row.p95_ms), _fmt_ms(row.p99_ms))
+    return Group(table, Text(f"  processing time trend: {stats.trends.processing_time.trend}"))
 
 
-def _buffer(stats: Mapping[str, Any]) -> RenderableType:
-    buf = stats["buffer"]
-    capacity = max(1, int(buf.get("capacity", 1)))
+def _buffer(stats: QueueStats) -> RenderableType:
+    buf = stats.buffer
+    capacity = max(1, buf.capacity)
     table = Table(title="buffer", expand=True, show_header=False)
     table.add_column("what")
     table.add_column("bar")
     table.add_column("n", justify="right")
     for p in ("2", "1", "0"):
-        n = buf["by_priority"][p]
+        n = buf.by_priority[p]
         table.add_row(PRIORITY_NAMES[int(p)], bar(n / capacity), str(n))
-    table.add_row("by count", bar(buf["utilization_count"]), f"{buf['utilization_count']:.1%}")
-    table.add_row("by bytes", bar(buf["utilization_bytes"]), f"{buf['utilization_bytes']:.1%}")
-    table.add_row("delayed / dead", "", f"{buf['delayed']} / {buf['dead']}")
-    table.add_row("in flight", "", f"{buf['in_flight_batches']} batches, "
-                                   f"{buf['in_flight_entries']} entries")
-    table.add_row("oldest", "", f"{buf['oldest_age_ms'] / 1000:.1f} s")
-    if buf.get("paused_reason"):
-        table.add_row("paused", "", str(buf["paused_reason"]))
-    llm = stats.get("llm")
-    if llm and llm["requests"]:
-        table.add_row("LLM tokens in / out", "", f"{llm['prompt_tokens']:,} / "
-                                                f"{llm['completion_tokens']:,}")
-        table.add_row("LLM tokens/s, /entry", "", f"{llm['tokens_per_second'] or '-'}, "
-                                                 f"{llm['tokens_per_entry'] or '-'}")
-        table.add_row("LLM est. cost", "", f"${llm['cost_usd']:,.4f}")
+    table.add_row("by count", bar(buf.utilization_count), f"{buf.utilization_count:.1%}")
+    table.add_row("by bytes", bar(buf.utilization_bytes), f"{buf.utilization_bytes:.1%}")
+    table.add_row("delayed / dead", "", f"{buf.delayed} / {buf.dead}")
+    table.add_row("in flight", "", f"{buf.in_flight_batches} batches, "
+                                   f"{buf.in_flight_entries} entries")
+    table.add_row("oldest", "", f"{buf.oldest_age_ms / 1000:.1f} s")
+    if buf.paused_reason:
+        table.add_row("paused", "", buf.paused_reason)
+    llm = stats.llm
+    if llm.requests:
+        table.add_row("LLM tokens in / out", "", f"{llm.prompt_tokens:,} / "
+                                                f"{llm.completion_tokens:,}")
+        table.add_row("LLM tokens/s, /entry", "", f"{llm.tokens_per_second or '-'}, "
+                                                 f"{llm.tokens_per_entry or '-'}")
+        table.add_row("LLM est. cost", "", f"${llm.cost_usd:,.4f}")
     return table
 
 
-def _sizing(stats: Mapping[str, Any], history: TopHistory) -> RenderableType:
-    sizing = stats["sizing"]
+def _sizing(stats: QueueStats, history: TopHistory) -> RenderableType:
+    sizing = stats.sizing
     lines = Text()
-    lines.append(f"size threshold {sizing['size_threshold']} "
-                 f"[{sizing['min']}..{sizing['max']}]  adjustments {sizing['adjustments']}\n")
+    lines.append(f"size threshold {sizing.size_threshold} "
+                 f"[{sizing.min}..{sizing.max}]  adjustments {sizing.adjustments}\n")
     lines.append(f"  {sparkline(history.thresholds)}\n")
-    eff = sizing["effective_thresholds_seconds"]
+    eff = sizing.effective_thresholds_seconds
     lines.append(f"deadlines s: normal {eff['0']:g}  high {eff['1']:g}  urgent {eff['2']:g}\n")
-    for event in sizing.get("events", [])[:3]:
-        lines.append(f"  {event['before']} -> {event['after']} ({event.get('mode', '?')})\n")
-    budget = stats.get("budget")
+    for event in sizing.events[:3]:
+        lines.append(f"  {event.before} -> {event.after} ({event.mode})\n")
+    budget = stats.budget
     if budget:
         lines.append(f"budget {budget['name']}: waits {budget['waits']}\n")
         for bucket, label in (("req", "requests"), ("in", "input tok"), ("out", "output tok")):
@@ -155,21 +154,21 @@ def _sizing(stats: Mapping[str, Any], history: TopHistory) -> RenderableType:
     return Panel(lines, title="sizing")
 
 
-def _flushes_and_workers(stats: Mapping[str, Any]) -> RenderableType:
+def _flushes_and_workers(stats: QueueStats) -> RenderableType:
     table = Table(title="flushes and workers", expand=True)
     table.add_column("flush reason")
     table.add_column("count", justify="right")
     table.add_column("worker")
     table.add_column("state")
-    flushes = list(stats["counters"]["flushes"].items())
-    workers = stats.get("workers")
+    flushes = list(stats.counters.flushes.items())
+    workers = stats.workers
     rows: list[tuple[str, str]]
     if workers is None:
         rows = [("(not checked)", "")]
     elif not workers:
         rows = [("(none alive)", "")]
     else:
-        rows = [(str(w["name"]), str(w["state"])) for w in workers]
+        rows = [(w.name, w.state) for w in workers]
     for i in range(max(len(flushes), len(rows))):
         reason, count = flushes[i] if i < len(flushes) else ("", "")
         name, state = rows[i] if i < len(rows) else ("", "")
@@ -177,8 +176,11 @@ def _flushes_and_workers(stats: Mapping[str, Any]) -> RenderableType:
     return table
 
 
-def render_top(stats: Mapping[str, Any], history: TopHistory | None = None) -> RenderableType:
-    """One frame of ``top`` from a ``detailed_stats`` dict and what earlier frames recorded."""
+def render_top(figures: QueueStats | Mapping[str, Any],
+               history: TopHistory | None = None) -> RenderableType:
+    """One frame of ``top`` from a queue's figures (or a ``detailed_stats`` dict) and what
+    earlier frames recorded."""
+    stats = as_queue_stats(figures)
     history = history or TopHistory()
     if not history.thresholds:
         history.record(stats)
@@ -189,13 +191,38 @@ def render_top(stats: Mapping[str, Any], history: TopHistory | None = None) -> R
 def top_snapshot(client: redis.Redis, config: BatchProcessingConfig, *,
                  check_workers: bool = True) -> str:
     """``top`` rendered once to plain text, 100 columns wide. Raises ``redis.RedisError``."""
-    stats = detailed_stats(client, config, check_workers=check_workers)
     history = TopHistory()
-    history.record(stats)
+    stats = history.record(read_queue_stats(client, config, check_workers=check_workers))
     console = Console(file=io.StringIO(), width=SNAPSHOT_WIDTH, color_system=None,
                       force_terminal=False, record=True)
     console.print(render_top(stats, history))
     return console.export_text()
+
+
+def live_view(read: Callable[[], QueueStats], render: Callable[[QueueStats], RenderableType],
+              refresh_seconds: float, *, stop: threading.Event | None = None,
+              console: Console | None = None) -> None:
+    """Draw ``render(read())``, then again every ``refresh_seconds`` until ``stop`` is set or
+    Ctrl-C: the one live loop of ``top`` and ``stats --watch``.
+
+    The first read raises ``redis.RedisError`` when Redis is unreachable; later failures are
+    shown under the last frame and retried, so a Redis restart does not end the session.
+    """
+    stop = stop or threading.Event()
+    stats = read()
+    try:
+        with Live(render(stats), console=console, auto_refresh=False, screen=False) as live:
+            while not stop.wait(refresh_seconds):
+                try:
+                    stats = read()
+                except redis.RedisError as exc:
+                    live.update(Group(render(stats),
+                                      Text(f"Redis unreachable: {exc}", style="bold red")),
+                                refresh=True)
+                    continue
+                live.update(render(stats), refresh=True)
+    except KeyboardInterrupt:
+        return
 
 
 def run_top(
@@ -206,27 +233,8 @@ def run_top(
     stop: threading.Event | None = None,
     console: Console | None = None,
 ) -> None:
-    """Redraw ``top`` every ``refresh_seconds`` until ``stop`` is set or Ctrl-C.
-
-    The first read raises ``redis.RedisError`` when Redis is unreachable; later failures are
-    shown in the view and retried, so a Redis restart does not end the session.
-    """
-    stop = stop or threading.Event()
+    """Redraw ``top`` every ``refresh_seconds`` until ``stop`` is set or Ctrl-C (``live_view``)."""
     history = TopHistory()
-    stats = detailed_stats(client, config)
-    history.record(stats)
-    try:
-        with Live(render_top(stats, history), console=console, auto_refresh=False,
-                  screen=False) as live:
-            while not stop.wait(refresh_seconds):
-                try:
-                    stats = detailed_stats(client, config)
-                except redis.RedisError as exc:
-                    live.update(Group(render_top(stats, history),
-                                      Text(f"Redis unreachable: {exc}", style="bold red")),
-                                refresh=True)
-                    continue
-                history.record(stats)
-                live.update(render_top(stats, history), refresh=True)
-    except KeyboardInterrupt:
-        return
+    live_view(lambda: history.record(read_queue_stats(client, config)),
+              lambda stats: render_top(stats, history), refresh_seconds, stop=stop,
+              console=console)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-import time
+import threading
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -11,19 +11,21 @@ import click
 import orjson
 import redis
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from batcher.check import check_queue
 from batcher.cli.common import EXIT_CHECK_FAILED, fail, open_queue, queue_options
 from batcher.config import BatchProcessingConfig
 from batcher.models import PRIORITY_NAMES
+from batcher.monitoring.queue_stats import LlmFigures, QueueStats, as_queue_stats
 from batcher.redaction import scrub
-from batcher.stats import detailed_stats
+from batcher.stats import read_queue_stats
+from batcher.top import live_view
 
 # key kinds with one key per batch, entry or scheduled feed
 PER_ID_KINDS = ("batch", "result", "fetch:feed")
 KEYS_SHOWN_PER_KIND = 20
+WATCH_SECONDS = 1.0
 _INSPECT = {
     "zset": "ZRANGE {key} 0 9 WITHSCORES",
     "hash": "HSCAN {key} 0 COUNT 10",
@@ -42,63 +44,59 @@ def _ms(value: Any) -> str:
     return "∞" if value == float("inf") else f"{value:,.0f} ms"
 
 
-def _rows(stats: Mapping[str, Any]) -> dict[str, list[tuple[str, str]]]:
-    b, p, c, s, h = (stats[k] for k in ("buffer", "performance", "counters", "sizing", "health"))
-    by_p = b["by_priority"]
-    paused = b.get("paused_until_ms", 0)
-    classes = ", ".join(f"{PRIORITY_NAMES[i]} {by_p[str(i)]:,}" for i in (2, 1, 0))
+def _rows(stats: QueueStats) -> dict[str, list[tuple[str, str]]]:
+    b, p, c, s, h = stats.buffer, stats.performance, stats.counters, stats.sizing, stats.health
+    paused = b.paused_until_ms
+    classes = ", ".join(f"{PRIORITY_NAMES[i]} {b.by_priority[str(i)]:,}" for i in (2, 1, 0))
     return {
         "buffer": [
-            ("pending", f"{b['pending']:,} ({classes})"),
-            ("delayed", f"{b['delayed']:,}"),
-            ("bytes", f"{b['bytes']:,}"),
-            ("utilization", f"{b['utilization']:.1%}"),
-            ("oldest", _ms(b["oldest_age_ms"])),
-            ("in flight", f"{b['in_flight_batches']:,} batches, "
-                          f"{b['in_flight_entries']:,} entries"),
-            ("dead", f"{b['dead']:,}"),
-            ("paused until", str(paused) if paused and paused > stats["now_ms"] else "-"),
-            ("paused because", b.get("paused_reason") or "-"),
+            ("pending", f"{b.pending:,} ({classes})"),
+            ("delayed", f"{b.delayed:,}"),
+            ("bytes", f"{b.bytes:,}"),
+            ("utilization", f"{b.utilization:.1%}"),
+            ("oldest", _ms(b.oldest_age_ms)),
+            ("in flight", f"{b.in_flight_batches:,} batches, {b.in_flight_entries:,} entries"),
+            ("dead", f"{b.dead:,}"),
+            ("paused until", str(paused) if paused and paused > stats.now_ms else "-"),
+            ("paused because", b.paused_reason or "-"),
         ],
-        "llm": _llm_rows(stats.get("llm")),
+        "llm": _llm_rows(stats.llm),
         "performance": [
-            ("throughput", f"{p['throughput_eps']:,.2f} entries/s"),
-            ("processing avg / p50", f"{_ms(p['avg_processing_time_ms'])} / "
-                                     f"{_ms(p['p50_processing_ms'])}"),
-            ("processing p95 / p99", f"{_ms(p['p95_processing_ms'])} / "
-                                     f"{_ms(p['p99_processing_ms'])}"),
-            ("queue wait avg", _ms(p["avg_queue_wait_ms"])),
-            ("batches processed / failed", f"{p['batches_processed']:,} / "
-                                           f"{p['batches_failed']:,}"),
-            ("entries processed", f"{p['entries_processed']:,}"),
+            ("throughput", f"{p.throughput_eps:,.2f} entries/s"),
+            ("processing avg / p50", f"{_ms(p.avg_processing_time_ms)} / "
+                                     f"{_ms(p.p50_processing_ms)}"),
+            ("processing p95 / p99", f"{_ms(p.p95_processing_ms)} / "
+                                     f"{_ms(p.p99_processing_ms)}"),
+            ("queue wait avg", _ms(p.avg_queue_wait_ms)),
+            ("batches processed / failed", f"{p.batches_processed:,} / {p.batches_failed:,}"),
+            ("entries processed", f"{p.entries_processed:,}"),
         ],
-        "counters": [(name, f"{value:,}") for name, value in c.items() if name != "flushes"],
-        "flush reasons": [(name, f"{value:,}") for name, value in c["flushes"].items()],
+        "counters": [(name, f"{value:,}") for name, value in c.items()],
+        "flush reasons": [(name, f"{value:,}") for name, value in c.flushes.items()],
         "sizing": [
-            ("size threshold", f"{s['size_threshold']} (min {s['min']}, max {s['max']})"),
-            ("adjustments", f"{s['adjustments']:,}"),
+            ("size threshold", f"{s.size_threshold} (min {s.min}, max {s.max})"),
+            ("adjustments", f"{s.adjustments:,}"),
             ("effective deadlines", ", ".join(
                 f"{PRIORITY_NAMES[int(k)]} {v:g} s"
-                for k, v in sorted(s["effective_thresholds_seconds"].items(), reverse=True))),
+                for k, v in sorted(s.effective_thresholds_seconds.items(), reverse=True))),
         ],
-        "health": [("status", h["status"])] + [("", reason) for reason in h["reasons"]],
-        **_fetch_rows(stats.get("fetch")),
+        "health": [("status", h.status)] + [("", reason) for reason in h.reasons],
+        **_fetch_rows(stats.fetch),
     }
 
 
-def _llm_rows(llm: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    if not llm or not llm["requests"]:
+def _llm_rows(llm: LlmFigures) -> list[tuple[str, str]]:
+    if not llm.requests:
         return [("requests", "0")]
-    per_s, per_entry = llm["tokens_per_second"], llm["tokens_per_entry"]
+    per_s, per_entry = llm.tokens_per_second, llm.tokens_per_entry
     return [
-        ("requests", f"{llm['requests']:,} ({llm['truncated']:,} truncated, "
-                     f"{llm['refusals']:,} refusals, {llm['bisections']:,} bisections)"),
-        ("tokens prompt / completion", f"{llm['prompt_tokens']:,} / "
-                                       f"{llm['completion_tokens']:,}"),
-        ("tokens cached", f"{llm['cached_tokens']:,}"),
+        ("requests", f"{llm.requests:,} ({llm.truncated:,} truncated, "
+                     f"{llm.refusals:,} refusals, {llm.bisections:,} bisections)"),
+        ("tokens prompt / completion", f"{llm.prompt_tokens:,} / {llm.completion_tokens:,}"),
+        ("tokens cached", f"{llm.cached_tokens:,}"),
         ("tokens/s, tokens/entry", f"{'-' if per_s is None else per_s}, "
                                    f"{'-' if per_entry is None else per_entry}"),
-        ("estimated cost", f"${llm['cost_usd']:,.4f}"),
+        ("estimated cost", f"${llm.cost_usd:,.4f}"),
     ]
 
 
@@ -122,9 +120,10 @@ def _fetch_rows(fetch: Mapping[str, Any] | None) -> dict[str, list[tuple[str, st
     return {"feeds (batcher fetch-status)": rows}
 
 
-def render_stats(stats: Mapping[str, Any]) -> Table:
+def render_stats(figures: QueueStats | Mapping[str, Any]) -> Table:
     """The figures of DESIGN §6 as one table, a section per group."""
-    table = Table(title=f"batcher queue {stats['queue']!r}", show_header=False,
+    stats = as_queue_stats(figures)
+    table = Table(title=f"batcher queue {stats.queue!r}", show_header=False,
                   title_justify="left")
     table.add_column("figure", style="bold")
     table.add_column("value")
@@ -144,21 +143,19 @@ def stats(as_json: bool, watch: bool, queue: str | None, redis_url: str | None) 
     """Buffer, performance, counters, flush reasons, sizing and health of the queue."""
     config, client = open_queue(queue, redis_url)
     if as_json and not watch:
-        click.echo(orjson.dumps(detailed_stats(client, config),
+        click.echo(orjson.dumps(read_queue_stats(client, config).to_dict(),
                                 option=orjson.OPT_INDENT_2).decode())
         return
-    console = Console()
     if not watch:
-        console.print(render_stats(detailed_stats(client, config)))
+        Console().print(render_stats(read_queue_stats(client, config)))
         return
-    try:
-        with Live(render_stats(detailed_stats(client, config)), console=console,
-                  refresh_per_second=4) as live:
-            while True:
-                time.sleep(1.0)
-                live.update(render_stats(detailed_stats(client, config)))
-    except KeyboardInterrupt:
-        pass
+    live_view(lambda: read_queue_stats(client, config), render_stats, WATCH_SECONDS,
+              stop=watch_stop())
+
+
+def watch_stop() -> threading.Event:
+    """What ends ``stats --watch`` besides Ctrl-C (a test's stop; none by default)."""
+    return threading.Event()
 
 
 # -- check -----------------------------------------------------------------------------------

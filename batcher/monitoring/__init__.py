@@ -1,7 +1,7 @@
 """Monitoring: pure figures (``figures``) and the seed's ``BatchPerformanceMetrics`` (``metrics``).
 
-``batcher.stats.detailed_stats`` reads Redis and builds on these; ``batcher.top`` and
-``batcher.exporter`` display what it returns.
+``batcher.stats.read_queue_stats`` reads Redis and builds the typed figures of
+``queue_stats`` on these; ``batcher.top``, ``batcher stats`` and ``batcher.exporter`` display them.
 """
 
 from batcher.monitoring.metrics import BatchPerformanceMetrics

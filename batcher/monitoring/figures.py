@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Literal, cast
+
+from batcher.monitoring.queue_stats import Health, LatencySummary, LlmFigures, TrendFigures
 
 # The upper bounds (ms) of the latency buckets ack.lua counts into, then "+Inf". ack.lua holds
 # the same list; a unit test checks that the two agree.
@@ -68,7 +70,7 @@ def percentile(hist: Mapping[str, int], q: float) -> float | None:
     return lower  # pragma: no cover - the +Inf bucket always holds the total
 
 
-def latency_summary(hist: Mapping[str, int], sum_ms: float) -> dict[str, Any]:
+def latency_summary(hist: Mapping[str, int], sum_ms: float) -> LatencySummary:
     """count, avg (from the exact sum), p50, p95, p99 (from the buckets) of one histogram."""
     count = sum(hist.values())
 
@@ -76,11 +78,9 @@ def latency_summary(hist: Mapping[str, int], sum_ms: float) -> dict[str, Any]:
         value = percentile(hist, x)
         return None if value is None else round(value, 2)
 
-    return {
-        "count": count, "sum_ms": sum_ms,
-        "avg_ms": round(sum_ms / count, 2) if count else 0.0,
-        "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
-    }
+    return LatencySummary(count=count, sum_ms=sum_ms,
+                          avg_ms=round(sum_ms / count, 2) if count else 0.0,
+                          p50_ms=q(0.50), p95_ms=q(0.95), p99_ms=q(0.99))
 
 
 def throughput_eps(per_second: Mapping[int, int], now_s: int, window_s: int) -> float:
@@ -107,7 +107,7 @@ def trend(recent: float | None, baseline: float | None,
     return "steady"
 
 
-def throughput_trend(per_second: Mapping[int, int], now_s: int) -> dict[str, Any]:
+def throughput_trend(per_second: Mapping[int, int], now_s: int) -> TrendFigures:
     """Entries/s in the last minute against the ten minutes before it."""
     recent = throughput_eps(per_second, now_s, TREND_RECENT_SECONDS)
     baseline = sum(
@@ -115,8 +115,7 @@ def throughput_trend(per_second: Mapping[int, int], now_s: int) -> dict[str, Any
         if now_s - TREND_RECENT_SECONDS - TREND_BASELINE_SECONDS < sec
         <= now_s - TREND_RECENT_SECONDS
     ) / TREND_BASELINE_SECONDS
-    return {"trend": trend(recent, baseline), "last_minute": round(recent, 3),
-            "previous_ten_minutes": round(baseline, 3)}
+    return TrendFigures(trend(recent, baseline), round(recent, 3), round(baseline, 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,15 +152,14 @@ def recent_processing(samples: Sequence[Sample], now_ms: int) -> list[float]:
     return [s.processing_ms for s in samples if cutoff < s.ts_ms <= now_ms]
 
 
-def processing_trend(samples: Sequence[Sample], now_ms: int) -> dict[str, Any]:
+def processing_trend(samples: Sequence[Sample], now_ms: int) -> TrendFigures:
     """Mean processing ms per batch in the last minute against the ten minutes before it."""
     split = now_ms - TREND_RECENT_SECONDS * 1000
     start = split - TREND_BASELINE_SECONDS * 1000
     recent = _mean(recent_processing(samples, now_ms))
     baseline = _mean([s.processing_ms for s in samples if start < s.ts_ms <= split])
-    return {"trend": trend(recent, baseline),
-            "last_minute": None if recent is None else round(recent, 2),
-            "previous_ten_minutes": None if baseline is None else round(baseline, 2)}
+    return TrendFigures(trend(recent, baseline), None if recent is None else round(recent, 2),
+                        None if baseline is None else round(baseline, 2))
 
 
 def exact_percentile(values: Sequence[float], q: float) -> float | None:
@@ -210,7 +208,7 @@ def _backlog_growing(h: HealthInput) -> bool:
     return h.backlog > h.size_threshold
 
 
-def health(h: HealthInput) -> dict[str, Any]:
+def health(h: HealthInput) -> Health:
     """healthy / degraded / critical and one reason per rule that fired (DESIGN §6).
 
     Rules: buffer utilisation past the early level (degraded) or the emergency level
@@ -253,10 +251,10 @@ def health(h: HealthInput) -> dict[str, Any]:
     for level, _ in found:
         if _RANK[level] > _RANK[status]:
             status = level
-    return {"status": status, "reasons": [reason for _, reason in found]}
+    return Health(status, [reason for _, reason in found])
 
 
-def llm_figures(stats: Mapping[bytes, bytes]) -> dict[str, Any]:
+def llm_figures(stats: Mapping[bytes, bytes]) -> LlmFigures:
     """Token usage and its estimated cost, from the ``llm_*`` fields the LLM handler adds."""
     def num(name: str) -> float:
         raw = stats.get(name.encode())
@@ -264,13 +262,13 @@ def llm_figures(stats: Mapping[bytes, bytes]) -> dict[str, Any]:
 
     prompt, completion = num("llm_prompt_tokens"), num("llm_completion_tokens")
     request_s, entries = num("llm_request_ms") / 1000, num("llm_entries")
-    return {
-        "requests": int(num("llm_requests")), "prompt_tokens": int(prompt),
-        "completion_tokens": int(completion), "cached_tokens": int(num("llm_cached_tokens")),
+    return LlmFigures(
+        requests=int(num("llm_requests")), prompt_tokens=int(prompt),
+        completion_tokens=int(completion), cached_tokens=int(num("llm_cached_tokens")),
         # completion tokens per second of request time: the provider's output speed
-        "tokens_per_second": round(completion / request_s, 1) if request_s else None,
-        "tokens_per_entry": round((prompt + completion) / entries, 1) if entries else None,
-        "cost_usd": round(num("llm_cost_usd"), 6),
-        "truncated": int(num("llm_truncated")), "refusals": int(num("llm_refusals")),
-        "bisections": int(num("llm_bisections")),
-    }
+        tokens_per_second=round(completion / request_s, 1) if request_s else None,
+        tokens_per_entry=round((prompt + completion) / entries, 1) if entries else None,
+        cost_usd=round(num("llm_cost_usd"), 6),
+        truncated=int(num("llm_truncated")), refusals=int(num("llm_refusals")),
+        bisections=int(num("llm_bisections")),
+    )

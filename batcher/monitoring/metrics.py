@@ -1,10 +1,12 @@
-"""``BatchPerformanceMetrics``: the seed's flat summary, built from a ``detailed_stats`` dict."""
+"""``BatchPerformanceMetrics``: the seed's flat summary of a queue's figures."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from batcher.monitoring.queue_stats import QueueStats, as_queue_stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,34 +41,33 @@ class BatchPerformanceMetrics:
     processing_time_trend: str = "steady"
 
     @classmethod
-    def from_stats(cls, stats: Mapping[str, Any]) -> BatchPerformanceMetrics:
-        """The metrics of a ``detailed_stats`` dict (DESIGN §9 keys)."""
-        perf, buffer, sizing = stats["performance"], stats["buffer"], stats["sizing"]
-        events = sizing.get("events") or []
-        trends = stats.get("trends", {})
+    def from_stats(cls, figures: QueueStats | Mapping[str, Any]) -> BatchPerformanceMetrics:
+        """The metrics of a queue's figures (or a ``detailed_stats`` dict, DESIGN §9)."""
+        stats = as_queue_stats(figures)
+        perf, buffer, sizing = stats.performance, stats.buffer, stats.sizing
         return cls(
-            queue=stats["queue"],
-            total_batches_processed=perf["batches_processed"],
-            total_entries_processed=perf["entries_processed"],
-            average_batch_size=perf.get("avg_batch_size", 0.0),
-            average_processing_time_ms=perf["avg_processing_time_ms"],
-            p95_processing_time_ms=perf["p95_processing_ms"],
-            throughput_eps=perf["throughput_eps"],
-            throughput_eps_60s=perf.get("throughput_eps_60s", 0.0),
-            avg_queue_wait_ms=perf["avg_queue_wait_ms"],
-            avg_end_to_end_ms=perf.get("avg_end_to_end_ms", 0.0),
-            p95_end_to_end_ms=stats.get("latency", {}).get("end_to_end_ms", {}).get("p95_ms"),
-            buffer_utilization=buffer["utilization"],
-            memory_efficiency=stats.get("memory_efficiency", 1.0),
-            size_threshold=sizing["size_threshold"],
-            size_optimizations=sizing["adjustments"],
-            last_optimization_ms=events[0]["ms"] if events else None,
-            batches_failed=perf["batches_failed"],
-            dead_letters=buffer["dead"],
-            health_status=stats["health"]["status"],
-            health_reasons=list(stats["health"]["reasons"]),
-            throughput_trend=trends.get("throughput", {}).get("trend", "steady"),
-            processing_time_trend=trends.get("processing_time", {}).get("trend", "steady"),
+            queue=stats.queue,
+            total_batches_processed=perf.batches_processed,
+            total_entries_processed=perf.entries_processed,
+            average_batch_size=perf.avg_batch_size,
+            average_processing_time_ms=perf.avg_processing_time_ms,
+            p95_processing_time_ms=perf.p95_processing_ms,
+            throughput_eps=perf.throughput_eps,
+            throughput_eps_60s=perf.throughput_eps_60s,
+            avg_queue_wait_ms=perf.avg_queue_wait_ms,
+            avg_end_to_end_ms=perf.avg_end_to_end_ms,
+            p95_end_to_end_ms=stats.latency["end_to_end_ms"].p95_ms,
+            buffer_utilization=buffer.utilization,
+            memory_efficiency=stats.memory_efficiency,
+            size_threshold=sizing.size_threshold,
+            size_optimizations=sizing.adjustments,
+            last_optimization_ms=sizing.events[0].ms if sizing.events else None,
+            batches_failed=perf.batches_failed,
+            dead_letters=buffer.dead,
+            health_status=stats.health.status,
+            health_reasons=list(stats.health.reasons),
+            throughput_trend=stats.trends.throughput.trend,
+            processing_time_trend=stats.trends.processing_time.trend,
         )
 
     def to_dict(self) -> dict[str, Any]:

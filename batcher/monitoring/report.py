@@ -1,4 +1,4 @@
-"""The performance report and its one-line log summary, from a ``detailed_stats`` dict."""
+"""The performance report and its one-line log summary, from a queue's figures."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 
 from batcher.monitoring.metrics import BatchPerformanceMetrics
+from batcher.monitoring.queue_stats import QueueStats, as_queue_stats
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -15,42 +16,44 @@ log = structlog.stdlib.get_logger(__name__)
 MEMORY_EFFICIENCY_TARGET = 0.95
 
 
-def recommendations(stats: Mapping[str, Any]) -> list[str]:
+def recommendations(figures: QueueStats | Mapping[str, Any]) -> list[str]:
     """What to change, in words, for each figure that is off."""
+    stats = as_queue_stats(figures)
     out: list[str] = []
-    perf, buffer = stats["performance"], stats["buffer"]
-    if stats.get("memory_efficiency", 1.0) < MEMORY_EFFICIENCY_TARGET:
+    perf, buffer = stats.performance, stats.buffer
+    if stats.memory_efficiency < MEMORY_EFFICIENCY_TARGET:
         out.append("entries are being rejected: raise BATCH_MAX_BUFFER_SIZE / "
                    "BATCH_MAX_BUFFER_BYTES, add workers, or use BATCH_OVERFLOW_POLICY=block")
-    p95 = perf.get("recent_p95_processing_ms")
-    if p95 is not None and p95 > perf.get("performance_target_ms", float("inf")):
+    p95 = perf.recent_p95_processing_ms
+    if p95 is not None and p95 > perf.performance_target_ms:
         out.append("batches take longer than BATCH_PERFORMANCE_TARGET_MS: lower "
                    "BATCH_MAX_BATCH_SIZE or keep BATCH_ENABLE_ADAPTIVE_SIZING on")
-    if stats.get("workers") == []:
+    if stats.workers == []:
         out.append("no RQ worker listens on this queue: start `batcher worker`")
-    if buffer["dead"]:
-        out.append(f"{buffer['dead']} entries are dead-lettered: see `batcher dead list`")
+    if buffer.dead:
+        out.append(f"{buffer.dead} entries are dead-lettered: see `batcher dead list`")
     return out
 
 
-def performance_report(stats: Mapping[str, Any]) -> dict[str, Any]:
+def performance_report(figures: QueueStats | Mapping[str, Any]) -> dict[str, Any]:
     """Metrics, health, trends, the latest size changes and recommendations of one queue."""
-    metrics = BatchPerformanceMetrics.from_stats(stats)
+    stats = as_queue_stats(figures)
+    as_dict = stats.to_dict()
     return {
-        "queue": stats["queue"],
-        "generated_ms": stats["now_ms"],
-        "status": stats["health"]["status"],
-        "metrics": metrics.to_dict(),
-        "health": dict(stats["health"]),
-        "trends": dict(stats.get("trends", {})),
-        "latency": dict(stats.get("latency", {})),
-        "memory_efficiency": stats.get("memory_efficiency", 1.0),
-        "optimisations": list(stats["sizing"].get("events", [])),
+        "queue": stats.queue,
+        "generated_ms": stats.now_ms,
+        "status": stats.health.status,
+        "metrics": BatchPerformanceMetrics.from_stats(stats).to_dict(),
+        "health": as_dict["health"],
+        "trends": as_dict["trends"],
+        "latency": as_dict["latency"],
+        "memory_efficiency": stats.memory_efficiency,
+        "optimisations": as_dict["sizing"]["events"],
         "recommendations": recommendations(stats),
     }
 
 
-def log_performance_summary(stats: Mapping[str, Any]) -> None:
+def log_performance_summary(stats: QueueStats | Mapping[str, Any]) -> None:
     """Log one ``performance.summary`` event with the key figures of ``stats``."""
     m = BatchPerformanceMetrics.from_stats(stats)
     log.info(

@@ -87,16 +87,18 @@ def test_stats_watch_redraws_until_interrupted(
     from batcher.cli import info
 
     reads: list[int] = []
-    real_read = info.detailed_stats
-    monkeypatch.setattr(info, "detailed_stats", lambda *a: reads.append(1) or real_read(*a))
-    ticks: list[float] = []
+    real_read = info.read_queue_stats
+    monkeypatch.setattr(info, "read_queue_stats", lambda *a: reads.append(1) or real_read(*a))
+    ticks: list[float | None] = []
 
-    def tick(seconds: float) -> None:  # the watch loop's one-second wait, then Ctrl-C
-        ticks.append(seconds)
-        if len(ticks) == 3:
-            raise KeyboardInterrupt
+    class OneSecondTicksThenCtrlC(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            ticks.append(timeout)
+            if len(ticks) == 3:
+                raise KeyboardInterrupt
+            return False
 
-    monkeypatch.setattr(info.time, "sleep", tick)
+    monkeypatch.setattr(info, "watch_stop", OneSecondTicksThenCtrlC)
     result = run(redis_url, "stats", "--watch")
     assert result.exit_code == 0
     assert ticks == [1.0, 1.0, 1.0]

@@ -140,8 +140,8 @@ def test_run_top_redraws_every_refresh_until_stopped(
     real_redis: redis_py.Redis, known: Scripts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads = []
-    real_read = top_module.detailed_stats
-    monkeypatch.setattr(top_module, "detailed_stats",
+    real_read = top_module.read_queue_stats
+    monkeypatch.setattr(top_module, "read_queue_stats",
                         lambda *a: reads.append(1) or real_read(*a))
     out = io.StringIO()
     stop = StopAfter(3)

@@ -58,7 +58,7 @@ def test_health_shows_a_fault_being_waited_out_then_one_waited_out_lately() -> N
         recent_p95_processing_ms=None, performance_target_ms=1000, throughput_eps_60s=0,
         throughput_target_eps=1, arrival_eps_60s=None, backlog=0, size_threshold=10,
         dead_last_minute=0, live_workers=None, in_flight_batches=0, redis_fault=ongoing))
-    assert h["status"] == "critical" and h["reasons"] == [ongoing[1]]
+    assert h.status == "critical" and h.reasons == [ongoing[1]]
 
 
 def test_redis_memory_counts_as_pressure_from_its_level_on() -> None:

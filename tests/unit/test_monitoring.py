@@ -14,6 +14,7 @@ from rich.console import Console
 from batcher.exporter import metric_families
 from batcher.monitoring import BatchPerformanceMetrics
 from batcher.monitoring import figures as f
+from batcher.monitoring.queue_stats import Health, LatencySummary, TrendFigures
 from batcher.monitoring.report import performance_report
 from batcher.stats import detailed_stats
 from batcher.top import bar, render_top, sparkline
@@ -67,8 +68,8 @@ def test_cumulative_buckets_cover_every_bound_and_keep_unknown_ones() -> None:
 
 def test_latency_summary_averages_the_exact_sum() -> None:
     summary = f.latency_summary({"100": 2}, 130)
-    assert summary == {"count": 2, "sum_ms": 130, "avg_ms": 65.0, "p50_ms": 75.0,
-                       "p95_ms": 97.5, "p99_ms": 99.5}
+    assert summary == LatencySummary(count=2, sum_ms=130, avg_ms=65.0, p50_ms=75.0,
+                                     p95_ms=97.5, p99_ms=99.5)
 
 
 def test_throughput_window_includes_now_and_excludes_its_start() -> None:
@@ -91,8 +92,8 @@ def test_processing_trend_splits_samples_by_their_timestamp() -> None:
     samples = f.parse_samples([b"999000:5:300", b"990000:5:100", b"900000:5:100",
                                b"300000:5:999", b"garbage", "1:x:2"])
     assert len(samples) == 4
-    assert f.processing_trend(samples, now) == {
-        "trend": "rising", "last_minute": 200.0, "previous_ten_minutes": 100.0}
+    assert f.processing_trend(samples, now) == TrendFigures(
+        trend="rising", last_minute=200.0, previous_ten_minutes=100.0)
 
 
 def test_exact_percentile_is_nearest_rank() -> None:
@@ -107,7 +108,7 @@ def test_memory_efficiency_is_accepted_over_offered() -> None:
 
 
 def test_health_is_healthy_when_no_rule_fires() -> None:
-    assert f.health(HEALTHY) == {"status": "healthy", "reasons": []}
+    assert f.health(HEALTHY) == Health(status="healthy", reasons=[])
 
 
 @pytest.mark.parametrize(("change", "status", "words"), [
@@ -125,18 +126,18 @@ def test_health_is_healthy_when_no_rule_fires() -> None:
 def test_each_health_rule_names_its_reason(change: dict[str, object], status: str,
                                            words: str) -> None:
     result = f.health(replace(HEALTHY, **change))  # type: ignore[arg-type]
-    assert result["status"] == status
-    assert len(result["reasons"]) == 1 and words in result["reasons"][0]
+    assert result.status == status
+    assert len(result.reasons) == 1 and words in result.reasons[0]
 
 
 def test_slow_throughput_without_a_growing_backlog_is_healthy() -> None:
     quiet = replace(HEALTHY, throughput_eps_60s=0.5, arrival_eps_60s=0.5)
-    assert f.health(quiet)["status"] == "healthy"
-    assert f.health(replace(quiet, backlog=0, arrival_eps_60s=5.0))["status"] == "healthy"
+    assert f.health(quiet).status == "healthy"
+    assert f.health(replace(quiet, backlog=0, arrival_eps_60s=5.0)).status == "healthy"
 
 
 def test_unchecked_workers_are_no_reason() -> None:
-    assert f.health(replace(HEALTHY, live_workers=None))["status"] == "healthy"
+    assert f.health(replace(HEALTHY, live_workers=None)).status == "healthy"
 
 
 def test_sparkline_and_bar() -> None:
