@@ -13,24 +13,26 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis
 import structlog
 
 from batcher import budget_guard, tracing
-from batcher.backoff import fault_kind
+from batcher.backoff import retry_on_fault
 from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig, load_config
 from batcher.errors import QueuePaused, RateLimited
-from batcher.models import Batch, BatchOutcome, Entry, FlushReason
+from batcher.models import Batch, BatchOutcome
+from batcher.records import BatchRecord, ClaimRefused
 from batcher.redaction import scrub
 from batcher.scripts import Scripts
 
 log = structlog.stdlib.get_logger(__name__)
 
 Handler = Callable[[Batch], Any]
+T = TypeVar("T")
 # a failed ack is retried this many times (seconds between); enqueue-by-id idempotence is not
 # needed here: ack.lua refuses a second ack of the same attempt
 ACK_RETRY_DELAYS_SECONDS = (0.1, 0.3, 1.0, 2.0, 5.0)
@@ -74,27 +76,6 @@ def context(queue: str, client: redis.Redis | None = None) -> WorkerContext:
         if config.budget:
             budget_guard.bind(Budget(client, config.budget))
     return ctx
-
-
-def build_batch(queue: str, batch_id: str, record: Mapping[bytes, bytes]) -> Batch:
-    """Turn a claimed batch record into the handler's ``Batch``, best score first."""
-    attempt = int(record[b"attempt"])
-    calls_before = attempt - int(record.get(b"free", b"0")) - 1
-    rows: list[tuple[int, Entry]] = []
-    # 'ix': one '<score> <prior attempts> <id>' line per entry, its envelope in 'e:<id>'
-    for line in record[b"ix"].split(b"\n"):
-        score_raw, prior_raw, entry_id = line.split(b" ", 2)
-        score = int(float(score_raw))
-        env = orjson.loads(record[b"e:" + entry_id])
-        rows.append((score, Entry(
-            id=env["id"], source=env["source"], priority=env["priority"],
-            enqueued_ms=score % 10**13, attempts=int(prior_raw) + calls_before,
-            payload=env["payload"], traceparent=env.get("tp"))))
-    rows.sort(key=lambda r: r[0])
-    return Batch(queue=queue, id=batch_id, attempt=attempt,
-                 reason=FlushReason(record[b"reason"].decode()),
-                 created_ms=int(record[b"created_ms"]), entries=[e for _, e in rows],
-                 key=record[b"key"].decode() if b"key" in record else None)
 
 
 # ack.lua's back-off for an entry that goes to the dead set at once (BatchOutcome.rejected)
@@ -149,27 +130,13 @@ def backoff_ms(config: BatchProcessingConfig, calls: int) -> int:
     return int(min(base, 3_600_000) * random.uniform(0.5, 1.5))
 
 
-def _with_retries(what: str, fn: Callable[[], Any]) -> Any:
-    for delay in (*ACK_RETRY_DELAYS_SECONDS, None):
-        try:
-            return fn()
-        except redis.RedisError as exc:
-            # a lost connection, a restart (LOADING), a long script (BUSY), a failover
-            # (READONLY, MASTERDOWN): the batch's lease outlasts these retries
-            kind = fault_kind(exc)
-            if delay is None or kind is None:
-                raise
-            log.warning("redis.retrying", what=what, delay_s=delay, fault=kind, error=str(exc))
-            time.sleep(delay)
-
-
 def new_claimant() -> str:
     """A token for one run of one job's claim, kept by every retry of it (see claim.lua)."""
     return secrets.token_hex(8)
 
 
 def run_batch(ctx: WorkerContext, batch_id: str, attempt: int,
-              claimed: dict[bytes, bytes] | str | None = None,
+              claimed: BatchRecord | ClaimRefused | None = None,
               claimant: str | None = None) -> dict[str, Any]:
     """Claim ``batch_id``'s ``attempt`` (unless ``claimed`` is that claim's outcome, made
     already, by ``claimant``), call the handler once, ack or fail it. Returns the status RQ
@@ -182,20 +149,25 @@ def run_batch(ctx: WorkerContext, batch_id: str, attempt: int,
         token = claimant or new_claimant()
         record = _with_retries("claim", lambda: ctx.scripts.claim(batch_id, attempt,
                                                                   claimant=token))
-    if isinstance(record, str):
+    if isinstance(record, ClaimRefused):
         log.info("batch.claim_refused", queue=queue, batch_id=batch_id, attempt=attempt,
-                 why=record)
-        return {"status": record}
+                 why=str(record))
+        return {"status": str(record)}
     _warn_handler_mismatch(ctx)
-    batch = build_batch(queue, batch_id, record)
+    batch = record.to_batch(queue)
     with tracing.batch_span(batch):
         return _run_claimed(ctx, batch, record)
 
 
-def _run_claimed(ctx: WorkerContext, batch: Batch, record: Mapping[bytes, bytes],
-                 ) -> dict[str, Any]:
+def _with_retries(what: str, work: Callable[[], T]) -> T:
+    # a lost connection, a restart (LOADING), a long script (BUSY), a failover (READONLY,
+    # MASTERDOWN): the batch's lease outlasts these retries
+    return retry_on_fault(what, work, ACK_RETRY_DELAYS_SECONDS)
+
+
+def _run_claimed(ctx: WorkerContext, batch: Batch, record: BatchRecord) -> dict[str, Any]:
     queue, batch_id, attempt = batch.queue, batch.id, batch.attempt
-    started_ms = int(record[b"claimed_ms"])
+    started_ms = record.claimed_ms or 0
     t0 = time.perf_counter()
     try:
         with tracing.handler_span(queue, ctx.config.handler):
@@ -219,7 +191,7 @@ def _run_claimed(ctx: WorkerContext, batch: Batch, record: Mapping[bytes, bytes]
                     probe_after_s=exc.probe_after_seconds, error=scrub(exc.detail))
         return {"status": "paused"}
     except Exception as exc:  # noqa: BLE001 - any handler error is recorded, never lost
-        calls = attempt - int(record.get(b"free", b"0"))
+        calls = record.handler_calls
         # stored in the batch, its events and dead letters: never a key or password
         error = scrub(f"{type(exc).__name__}: {exc}")
         result = _with_retries("fail", lambda: ctx.scripts.fail(

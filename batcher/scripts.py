@@ -16,7 +16,14 @@ from batcher.config import BatchProcessingConfig
 from batcher.errors import from_script_error
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import EnqueueResult, FlushReason
-from batcher.records import FailOutcome, PauseOutcome, RedispatchOutcome, outcome
+from batcher.records import (
+    BatchRecord,
+    ClaimRefused,
+    FailOutcome,
+    PauseOutcome,
+    RedispatchOutcome,
+    outcome,
+)
 
 SCRIPT_NAMES = (
     "enqueue", "flush", "claim", "ack", "ack_results", "fail", "redispatch", "promote",
@@ -275,8 +282,8 @@ class Scripts:
 
     def claim(
         self, batch_id: str, attempt: int, now_ms: int | None = None, *, claimant: str = ""
-    ) -> dict[bytes, bytes] | str:
-        """The batch record, now claimed; or 'gone' / 'stale'.
+    ) -> BatchRecord | ClaimRefused:
+        """The batch record, now claimed; or why the claim was refused.
 
         ``claimant``: a token made once per job run and passed to each retry of its claim, so
         a retry after a lost reply gets the record back instead of 'stale'.
@@ -301,7 +308,7 @@ class Scripts:
             # SCRIPT FLUSH or a restarted server: the script did not run, the HGETALL only read
             self.client.script_load(self._scripts["claim"].script)
             reply, record = claim_and_read()
-        return self.claim_outcome(reply, record)
+        return self.claim_outcome(batch_id, reply, record)
 
     def claim_into(self, pipe: Any, batch_id: str, attempt: int,
                    now_ms: int | None = None, *, claimant: str = "") -> None:
@@ -315,10 +322,10 @@ class Scripts:
         pipe.hgetall(key)
 
     @staticmethod
-    def claim_outcome(reply: Any, record: Any) -> dict[bytes, bytes] | str:
+    def claim_outcome(batch_id: str, reply: Any, record: Any) -> BatchRecord | ClaimRefused:
         if int(reply[0]) == 0:
-            return _s(reply[1])
-        return cast(dict[bytes, bytes], record)
+            return outcome(ClaimRefused, reply[1])
+        return BatchRecord.from_hash(batch_id, cast(dict[bytes, bytes], record))
 
     def ack(
         self,

@@ -18,13 +18,14 @@ from typing import Any
 from rq.job import Job
 from rq.results import Result
 
+from batcher.records import BatchRecord, ClaimRefused
 from batcher.rq import TASK
 
 
 class BatchJob(Job):
     # what claim.lua answered in this job's start transaction (a record, or why it refused);
     # None: not claimed there (another worker class, or the claim's reply was an error)
-    claimed: dict[bytes, bytes] | str | None = None
+    claimed: BatchRecord | ClaimRefused | None = None
     # the claimant token of that claim: the task's own claim, if it must make one, reuses it
     claimant: str | None = None
 

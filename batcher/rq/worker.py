@@ -151,14 +151,14 @@ class LeanHeartbeats:
                 job.claimant = processing.new_claimant()
                 scripts.claim_into(pipe, args[1], args[2], claimant=job.claimant)
             replies = pipe.execute(raise_on_error=scripts is None)
-            if scripts is None:
+            if scripts is None or args is None:
                 return
             for reply in replies[:-2]:
                 if isinstance(reply, Exception):
                     raise reply
             reply, record = replies[-2:]
             if not (isinstance(reply, Exception) or isinstance(record, Exception)):
-                job.claimed = scripts.claim_outcome(reply, record)
+                job.claimed = scripts.claim_outcome(args[1], reply, record)
 
 
 def _plain_batch_job(job: Any) -> bool:

@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 from batcher.check import check_queue
 from batcher.cli import cli
 from batcher.keys import QueueKeys
+from batcher.records import BatchRecord
 from batcher.scripts import Scripts
 from tests.support.builders import T0, entry, make_scripts
 from tests.support.redis_server import RedisServer
@@ -45,15 +46,15 @@ def build_queue(client: redis_py.Redis) -> Scripts:
     s = make_scripts(client, queue=QUEUE, max_attempts=3)
     once = make_scripts(client, queue=QUEUE, max_attempts=1)
     _one_batch(s, "bx", ["x1"], T0)
-    assert isinstance(s.claim("bx", 1, now_ms=T0), dict)
+    assert isinstance(s.claim("bx", 1, now_ms=T0), BatchRecord)
     once.ack("bx", 1, processing_ms=1, started_ms=T0, results={},
              failed={"x1": ("boom", 0)}, now_ms=T0)
     _one_batch(s, "bd", ["d1"], T0 + 1)
-    assert isinstance(s.claim("bd", 1, now_ms=T0 + 1), dict)
+    assert isinstance(s.claim("bd", 1, now_ms=T0 + 1), BatchRecord)
     s.ack("bd", 1, processing_ms=1, started_ms=T0, results={},
           failed={"d1": ("boom", 10**9)}, now_ms=T0 + 1)
     _one_batch(s, "ba", ["a1"], T0 + 2)
-    assert isinstance(s.claim("ba", 1, now_ms=T0 + 2), dict)
+    assert isinstance(s.claim("ba", 1, now_ms=T0 + 2), BatchRecord)
     s.ack("ba", 1, processing_ms=1, started_ms=T0, results={"a1": b"1"}, now_ms=T0 + 2)
     _one_batch(s, "fly", ["f1"], T0 + 3)
     s.enqueue([entry("p1"), entry("p2")], now_ms=T0 + 4)

@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 from batcher.cli import cli
 from batcher.config import load_config
 from batcher.keys import QueueKeys
+from batcher.records import BatchRecord
 from batcher.scripts import Scripts
 from tests.support.invariants import assert_consistent
 from tests.support.redis_server import free_port
@@ -241,7 +242,7 @@ def test_result_prints_the_stored_json_or_exits_1(redis_url: str) -> None:
     run(redis_url, "flush")
     s = scripts_for(redis_url)
     batch_id = s.client.zrange(KEYS.inflight, 0, 0)[0].decode()
-    assert isinstance(s.claim(batch_id, 1), dict)
+    assert isinstance(s.claim(batch_id, 1), BatchRecord)
     s.ack(batch_id, 1, processing_ms=5, started_ms=0, results={"r1": b'{"answer":42}'})
     found = run(redis_url, "result", "r1")
     assert (found.exit_code, found.stdout) == (0, '{"answer":42}\n')
@@ -271,7 +272,7 @@ def _kill_entries(url: str, ids: list[str]) -> None:
     s = scripts_for(url, max_attempts=1)
     for raw in s.client.zrange(KEYS.inflight, 0, -1):
         batch_id = raw.decode()
-        assert isinstance(s.claim(batch_id, 1), dict)
+        assert isinstance(s.claim(batch_id, 1), BatchRecord)
         assert s.fail(batch_id, 1, "ValueError: boom", backoff_ms=0) == "dead"
 
 

@@ -18,6 +18,7 @@ import redis as redis_py
 from click.testing import CliRunner, Result
 
 from batcher.cli import cli
+from batcher.records import BatchRecord
 from tests.support.builders import T0, entry, make_scripts
 from tests.support.waiting import HANG_GUARD_SECONDS
 
@@ -48,7 +49,7 @@ def _dead_letters(client: redis_py.Redis, n: int) -> None:
     s = make_scripts(client, queue=QUEUE, max_attempts=1)
     s.enqueue([entry(f"x{i}") for i in range(n)], now_ms=T0)
     assert s.flush("b1", manual=True, now_ms=T0).batch is not None
-    assert isinstance(s.claim("b1", 1, now_ms=T0), dict)
+    assert isinstance(s.claim("b1", 1, now_ms=T0), BatchRecord)
     s.ack("b1", 1, processing_ms=1, started_ms=T0, results={},
           failed={f"x{i}": ("boom", 0) for i in range(n)}, now_ms=T0)
 

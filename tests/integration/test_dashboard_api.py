@@ -13,6 +13,7 @@ import uvicorn
 
 from batcher import control
 from batcher.dashboard import DashboardSettings, create_app, is_loopback
+from batcher.records import BatchRecord
 from batcher.stats import detailed_stats
 from tests.support.builders import entry, make_config, make_scripts
 from tests.support.redis_server import free_port
@@ -109,7 +110,7 @@ def test_requeue_by_id_moves_one_dead_entry(real_redis: redis_py.Redis, serve: F
     scripts = make_scripts(real_redis, max_attempts=1)
     scripts.enqueue([entry("d1"), entry("d2")])
     flushed = scripts.flush("b1", manual=True).batch
-    assert flushed is not None and isinstance(scripts.claim("b1", 1), dict)
+    assert flushed is not None and isinstance(scripts.claim("b1", 1), BatchRecord)
     assert scripts.fail("b1", 1, "boom", backoff_ms=0) == "dead"
     app = serve()
     dead = app.get("/api/queues/t").json()["dead"]

@@ -17,6 +17,7 @@ from batcher.errors import BufferFullError, RedisFullError
 from batcher.models import FlushReason
 from batcher.oom import OomTolerantRedis, replayed_commands
 from batcher.producer import BatchStateManager
+from batcher.records import BatchRecord
 from batcher.rq.job import BatchJob
 from batcher.rq.worker import BatchSimpleWorker
 from batcher.scripts import lua_source, server_supports_flags
@@ -114,7 +115,7 @@ def test_fail_and_the_reaper_run_on_a_full_redis(client: redis_py.Redis) -> None
     batch = manager.scripts.flush("b1").batch
     assert batch is not None
     _fill_up(client)
-    assert isinstance(manager.scripts.claim("b1", 1), dict)  # claim works without MULTI
+    assert isinstance(manager.scripts.claim("b1", 1), BatchRecord)  # claim works without MULTI
     assert manager.scripts.fail("b1", 1, "boom", backoff_ms=0) == "dead"
     assert client.zcard(manager.keys.dead) == 5
     assert manager.scripts.requeue(["a0"]) == (1, 0, 0)

@@ -39,7 +39,7 @@ from hypothesis.stateful import (
 from batcher.errors import InvalidEntryError
 from batcher.fairness import source_group
 from batcher.producer import BatchStateManager
-from batcher.records import PRIORITY_SCORE_BASE, score_of
+from batcher.records import PRIORITY_SCORE_BASE, BatchRecord, score_of
 from batcher.scripts import AckResult, Scripts
 from tests.support.builders import batch_entries, entry, envelope, make_config
 from tests.support.invariants import assert_consistent
@@ -193,7 +193,7 @@ def _flush_and_claim(manager: BatchStateManager) -> dict[str, bytes]:
         if decision.batch is None:
             return got
         record = manager.scripts.claim(decision.batch.id, decision.batch.attempt)
-        assert isinstance(record, dict)
+        assert isinstance(record, BatchRecord)
         for eid, (_score, _prior, env) in batch_entries(record).items():
             assert eid not in got, f"{eid!r} flushed twice"
             got[eid] = env
@@ -452,7 +452,7 @@ class QueueMachine(RuleBasedStateMachine):
         if b is None:
             assert reply == ("gone" if bid not in self.m.batches else "stale")
             return
-        assert isinstance(reply, dict) and set(batch_entries(reply)) == set(b.entries)
+        assert isinstance(reply, BatchRecord) and set(batch_entries(reply)) == set(b.entries)
         b.status, b.lease = "claimed", self.now + JOB_LEASE_MS
 
     @precondition(lambda self: self._any(lambda b: b.status == "claimed"))

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batcher.errors import InvalidEntryError
-from batcher.processing import build_batch
 from batcher.producer import BatchStateManager, build_envelope
+from batcher.records import BatchRecord
 from batcher.scripts import Scripts
 from tests.support.builders import T0, batch_entries, make_config, make_scripts, read_batch
 from tests.support.invariants import assert_consistent
@@ -89,13 +89,13 @@ def test_the_handler_sees_the_batch_key(redis: redis_py.Redis) -> None:
     _enqueue(s, "a", BATCH, "tenant-7")
     s.flush("b1", now_ms=T0 + 1)
     record = s.claim("b1", 1, now_ms=T0 + 2)
-    assert isinstance(record, dict)
-    batch = build_batch(s.config.queue, "b1", record)
+    assert isinstance(record, BatchRecord)
+    batch = record.to_batch(s.config.queue)
     assert batch.key == "tenant-7" and len(batch) == BATCH
     _enqueue(s, "n", BATCH, None, at_ms=T0 + 3)
     s.flush("b2", now_ms=T0 + 4)
     record = s.claim("b2", 1, now_ms=T0 + 5)
-    assert isinstance(record, dict) and build_batch(s.config.queue, "b2", record).key is None
+    assert isinstance(record, BatchRecord) and record.to_batch(s.config.queue).key is None
 
 
 def test_keyed_entries_keep_their_key_through_expire_and_requeue(redis: redis_py.Redis) -> None:

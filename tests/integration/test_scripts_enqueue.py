@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis as redis_py
 
+from batcher.records import BatchRecord
 from batcher.scripts import Scripts
 from tests.support.builders import (
     AWKWARD_PAYLOADS,
@@ -23,7 +24,7 @@ def _to_delayed(client: redis_py.Redis, s: Scripts, entry_id: str, now_ms: int) 
     """Flush, claim and partially fail ``entry_id`` so that it backs off in delayed."""
     decision = s.flush("b-delay", manual=True, now_ms=now_ms)
     assert decision.batch is not None
-    assert isinstance(s.claim("b-delay", 1, now_ms=now_ms), dict)
+    assert isinstance(s.claim("b-delay", 1, now_ms=now_ms), BatchRecord)
     s.ack("b-delay", 1, processing_ms=1, started_ms=now_ms, results={},
           failed={entry_id: ("boom", 60_000)}, now_ms=now_ms)
 

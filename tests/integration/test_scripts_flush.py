@@ -9,6 +9,7 @@ import redis as redis_py
 
 from batcher.errors import BatchExistsError
 from batcher.models import FlushReason
+from batcher.records import BatchRecord
 from batcher.scripts import Scripts
 from tests.support.builders import (
     AWKWARD_PAYLOADS,
@@ -271,7 +272,7 @@ def test_awkward_envelopes_come_back_byte_identical_through_flush_and_claim(
     s.enqueue(items, now_ms=T0)
     assert s.flush("b1", manual=True, now_ms=T0).batch is not None
     record = s.claim("b1", 1, now_ms=T0)
-    assert isinstance(record, dict)
+    assert isinstance(record, BatchRecord)
     got = {entry_id: env for entry_id, (_s, _p, env) in batch_entries(record).items()}
     assert got == {entry_id: env for entry_id, _prio, env in items}
     assert_consistent(redis, s.keys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import redis as redis_py
 
+from batcher.records import BatchRecord
 from batcher.scripts import Scripts, lua_source, server_supports_flags
 from tests.support.builders import (
     AWKWARD_PAYLOADS,
@@ -28,7 +29,7 @@ def _delay(s: Scripts, ids: list[str], backoffs_ms: list[int], now_ms: int = T0)
     """Enqueue ``ids``, flush, claim and fail each one with its own back-off."""
     s.enqueue([entry(i) for i in ids], now_ms=now_ms)
     assert s.flush("bd", manual=True, now_ms=now_ms).batch is not None
-    assert isinstance(s.claim("bd", 1, now_ms=now_ms), dict)
+    assert isinstance(s.claim("bd", 1, now_ms=now_ms), BatchRecord)
     failed = {i: ("retry me", b) for i, b in zip(ids, backoffs_ms, strict=True)}
     result = s.ack("bd", 1, processing_ms=1, started_ms=now_ms, results={}, failed=failed,
                    now_ms=now_ms)
@@ -39,7 +40,7 @@ def _dead_by_failure(s: Scripts, items: list[tuple[str, int, bytes]], error: str
     """Enqueue ``items`` and fail their batch for good (make_scripts(max_attempts=1))."""
     s.enqueue(items, now_ms=T0)
     assert s.flush("bx", manual=True, now_ms=T0).batch is not None
-    assert isinstance(s.claim("bx", 1, now_ms=T0), dict)
+    assert isinstance(s.claim("bx", 1, now_ms=T0), BatchRecord)
     assert s.fail("bx", 1, error, backoff_ms=1, now_ms=T0 + 1) == "dead"
 
 
@@ -124,9 +125,9 @@ def test_requeue_returns_dead_entries_byte_identical_with_their_score(
     # and once more through flush and claim: still the producer's bytes
     assert s.flush("b2", manual=True, now_ms=T0 + 5).batch is not None
     record = s.claim("b2", 1, now_ms=T0 + 5)
-    assert isinstance(record, dict)
+    assert isinstance(record, BatchRecord)
     for entry_id, _prio, env in items:
-        assert record[f"e:{entry_id}".encode()] == env
+        assert record.envelopes[entry_id] == env
 
 
 def test_requeue_of_expired_entries(redis: redis_py.Redis) -> None:
@@ -186,8 +187,8 @@ def test_scripts_still_run_after_script_flush(redis: redis_py.Redis) -> None:
     # and the record read in that transaction must be the claimed one
     redis.script_flush()
     record = s.claim("b1", 1, now_ms=T0 + 3)
-    assert isinstance(record, dict) and record[b"status"] == b"claimed"
-    assert {key for key in record if key.startswith(b"e:")} == {b"e:a", b"e:b"}
+    assert isinstance(record, BatchRecord) and record.status == "claimed"
+    assert set(record.envelopes) == {"a", "b"}
     # ack is packed by hand as well, results and all
     redis.script_flush()
     ack = s.ack("b1", 1, processing_ms=1.0, started_ms=T0 + 3,

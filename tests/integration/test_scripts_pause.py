@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import redis as redis_py
 
+from batcher.records import BatchRecord
 from batcher.scripts import AckResult, Scripts
 from tests.support.builders import T0, dead_record, entry, events, make_scripts, stat, state_int
 from tests.support.invariants import assert_consistent
@@ -14,7 +15,7 @@ def _claimed(s: Scripts, ids: list[str], batch_id: str = "b1", now_ms: int = T0)
     s.enqueue([entry(i) for i in ids], now_ms=now_ms)
     decision = s.flush(batch_id, manual=True, now_ms=now_ms)
     assert decision.batch is not None
-    assert isinstance(s.claim(batch_id, 1, now_ms=now_ms), dict)
+    assert isinstance(s.claim(batch_id, 1, now_ms=now_ms), BatchRecord)
 
 
 def test_pause_holds_the_queue_with_its_reason_and_counts_no_attempt(
@@ -35,7 +36,7 @@ def test_pause_holds_the_queue_with_its_reason_and_counts_no_attempt(
     assert s.flush("b2", now_ms=T0 + 30).wait_ms == until - (T0 + 30)
     # the probe: the same batch again at the pause's end, its attempt not spent
     assert s.redispatch("b1", 1, job_alive=False, now_ms=until).outcome == "retry"
-    assert isinstance(s.claim("b1", 2, now_ms=until), dict)
+    assert isinstance(s.claim("b1", 2, now_ms=until), BatchRecord)
     assert s.fail("b1", 2, "real error", backoff_ms=1, now_ms=until + 10) == "dead"
     assert orjson.loads(dead_record(redis, s, "a"))["attempts"] == 1
     assert_consistent(redis, s.keys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import redis as redis_py
 
+from batcher.records import BatchRecord
 from batcher.scripts import AckResult, Redispatch, Scripts
 from tests.support.builders import (
     AWKWARD_PAYLOADS,
@@ -33,7 +34,7 @@ def _flushed(s: Scripts, ids: list[str], batch_id: str = "b1", now_ms: int = T0)
 
 def _claimed(s: Scripts, ids: list[str], batch_id: str = "b1", now_ms: int = T0) -> None:
     _flushed(s, ids, batch_id, now_ms)
-    assert isinstance(s.claim(batch_id, 1, now_ms=now_ms), dict)
+    assert isinstance(s.claim(batch_id, 1, now_ms=now_ms), BatchRecord)
 
 
 def _ack(s: Scripts, batch_id: str, attempt: int, now_ms: int, **kw: object) -> AckResult:
@@ -50,9 +51,8 @@ def test_claim_returns_the_record_and_leases_it_to_the_worker(redis: redis_py.Re
     s = make_scripts(redis)
     _flushed(s, ["a", "b"])
     record = s.claim("b1", 1, now_ms=T0 + 50)
-    assert isinstance(record, dict)
-    assert record[b"status"] == b"claimed"
-    assert record[b"claimed_ms"] == str(T0 + 50).encode()
+    assert isinstance(record, BatchRecord)
+    assert (record.status, record.claimed_ms) == ("claimed", T0 + 50)
     assert set(batch_entries(record)) == {"a", "b"}
     assert batch_entries(record)["a"] == (int(score(0, T0)), 0, envelope("a"))
     assert redis.zscore(s.keys.inflight, "b1") == float(T0 + 50 + LEASE_MS)
@@ -63,7 +63,7 @@ def test_claim_refuses_a_stale_attempt_and_a_second_claim(redis: redis_py.Redis)
     s = make_scripts(redis)
     _flushed(s, ["a"])
     assert s.claim("b1", 2, now_ms=T0) == "stale"
-    assert isinstance(s.claim("b1", 1, now_ms=T0), dict)
+    assert isinstance(s.claim("b1", 1, now_ms=T0), BatchRecord)
     assert s.claim("b1", 1, now_ms=T0) == "stale"
     assert stat(redis, s, "stale_claims") == 2
     assert_consistent(redis, s.keys)
@@ -77,8 +77,8 @@ def test_a_claimants_retry_of_its_own_claim_gets_the_record_back_unchanged(
     _flushed(s, ["a", "b"])
     first = s.claim("b1", 1, now_ms=T0 + 50, claimant="w1")
     again = s.claim("b1", 1, now_ms=T0 + 900, claimant="w1")
-    assert isinstance(first, dict) and again == first
-    assert again[b"claimed_ms"] == str(T0 + 50).encode()  # the lease is the first claim's
+    assert isinstance(first, BatchRecord) and again == first
+    assert again.claimed_ms == T0 + 50  # the lease is the first claim's
     assert redis.zscore(s.keys.inflight, "b1") == float(T0 + 50 + LEASE_MS)
     assert stat(redis, s, "stale_claims") == 0
     assert _ack(s, "b1", 1, T0 + 1_000).acked == 2
@@ -91,7 +91,7 @@ def test_a_claimed_batch_is_refused_to_another_claimant_and_to_a_claim_without_o
 ) -> None:
     s = make_scripts(redis)
     _flushed(s, ["a"])
-    assert isinstance(s.claim("b1", 1, now_ms=T0, claimant="w1"), dict)
+    assert isinstance(s.claim("b1", 1, now_ms=T0, claimant="w1"), BatchRecord)
     assert s.claim("b1", 1, now_ms=T0 + 1, claimant="w2") == "stale"
     assert s.claim("b1", 1, now_ms=T0 + 2) == "stale"
     assert stat(redis, s, "stale_claims") == 2
@@ -101,11 +101,11 @@ def test_a_claimed_batch_is_refused_to_another_claimant_and_to_a_claim_without_o
 def test_a_claimants_token_does_not_reclaim_a_superseded_attempt(redis: redis_py.Redis) -> None:
     s = make_scripts(redis)
     _flushed(s, ["a"])
-    assert isinstance(s.claim("b1", 1, now_ms=T0, claimant="w1"), dict)
+    assert isinstance(s.claim("b1", 1, now_ms=T0, claimant="w1"), BatchRecord)
     # the lease ended with the worker still holding attempt 1: the reaper redelivers
     assert s.redispatch("b1", 1, job_alive=True, now_ms=T0 + LEASE_MS).attempt == 2
     assert s.claim("b1", 1, now_ms=T0 + LEASE_MS + 1, claimant="w1") == "stale"
-    assert isinstance(s.claim("b1", 2, now_ms=T0 + LEASE_MS + 2, claimant="w2"), dict)
+    assert isinstance(s.claim("b1", 2, now_ms=T0 + LEASE_MS + 2, claimant="w2"), BatchRecord)
     assert s.claim("b1", 2, now_ms=T0 + LEASE_MS + 3, claimant="w1") == "stale"
     assert stat(redis, s, "stale_claims") == 2
     assert_consistent(redis, s.keys)
@@ -242,7 +242,7 @@ def test_partial_failure_counts_attempts_across_batches_until_dead(
         batch_id = f"b{attempt_no}"
         assert s.flush(batch_id, manual=True, now_ms=now).batch is not None
         record = s.claim(batch_id, 1, now_ms=now)
-        assert isinstance(record, dict)
+        assert isinstance(record, BatchRecord)
         assert batch_entries(record)["x"][1] == attempt_no - 1  # prior attempts
         outcome = _ack(s, batch_id, 1, now + 10, failed={"x": ("still failing", 1_000)})
         now += 2_000
@@ -287,7 +287,7 @@ def test_fail_at_max_attempts_dead_letters_with_the_error(redis: redis_py.Redis)
     _claimed(s, ["a", "b"])
     assert s.fail("b1", 1, "first", backoff_ms=1_000, now_ms=T0 + 10) == "retrying"
     assert s.redispatch("b1", 1, job_alive=False, now_ms=T0 + 1_010) == Redispatch("retry", 2, 0)
-    assert isinstance(s.claim("b1", 2, now_ms=T0 + 1_020), dict)
+    assert isinstance(s.claim("b1", 2, now_ms=T0 + 1_020), BatchRecord)
     error = 'boom: "quoted" ,"envelope": ü'
     assert s.fail("b1", 2, error, backoff_ms=1_000, now_ms=T0 + 1_030) == "dead"
     for entry_id in ("a", "b"):
@@ -342,7 +342,7 @@ def test_rate_limited_fail_pauses_the_queue_and_counts_no_attempt(
     s.enqueue([entry("later")], now_ms=T0 + 20)
     assert s.flush("b2", now_ms=T0 + 30).wait_ms == until - (T0 + 30)
     assert s.redispatch("b1", 1, job_alive=False, now_ms=until).outcome == "retry"
-    assert isinstance(s.claim("b1", 2, now_ms=until), dict)
+    assert isinstance(s.claim("b1", 2, now_ms=until), BatchRecord)
     # max_attempts=1 and one ordinary failure: only now is an attempt counted
     assert s.fail("b1", 2, "real error", backoff_ms=1, now_ms=until + 10) == "dead"
     assert orjson.loads(dead_record(redis, s, "a"))["attempts"] == 1
@@ -375,7 +375,7 @@ def test_redispatch_of_a_lost_dispatch_counts_no_handler_call(redis: redis_py.Re
     assert stat(redis, s, "lost_dispatches") == 1
     assert events(redis, s, "lost")[-1]["attempt"] == "2"
     assert s.claim("b1", 1, now_ms=T0 + 30_001) == "stale"
-    assert isinstance(s.claim("b1", 2, now_ms=T0 + 30_001), dict)
+    assert isinstance(s.claim("b1", 2, now_ms=T0 + 30_001), BatchRecord)
     assert s.fail("b1", 2, "e", backoff_ms=1, now_ms=T0 + 30_002) == "dead"
     assert orjson.loads(dead_record(redis, s, "u"))["attempts"] == 1
     assert_consistent(redis, s.keys)
@@ -390,7 +390,7 @@ def test_redispatch_of_a_claimed_batch_redelivers(redis: redis_py.Redis) -> None
     assert stat(redis, s, "redeliveries") == 2
     assert stat(redis, s, "redelivered_batches") == 1
     assert _ack(s, "b1", 1, T0 + LEASE_MS + 1) == AckResult(False)  # the dead worker's ack
-    assert isinstance(s.claim("b1", 2, now_ms=T0 + LEASE_MS + 2), dict)
+    assert isinstance(s.claim("b1", 2, now_ms=T0 + LEASE_MS + 2), BatchRecord)
     assert _ack(s, "b1", 2, T0 + LEASE_MS + 3).acked == 2
     assert_consistent(redis, s.keys)
 
@@ -419,7 +419,7 @@ def test_fail_dead_letters_only_the_entries_out_of_attempts(redis: redis_py.Redi
     s.promote(now_ms=T0 + 20)
     s.enqueue([entry("new")], now_ms=T0 + 20)
     assert s.flush("b1", manual=True, now_ms=T0 + 30).batch is not None
-    assert isinstance(s.claim("b1", 1, now_ms=T0 + 30), dict)
+    assert isinstance(s.claim("b1", 1, now_ms=T0 + 30), BatchRecord)
     assert s.fail("b1", 1, "down", backoff_ms=500, now_ms=T0 + 40) == "retrying"
     assert redis.zrange(s.keys.dead, 0, -1) == [b"old"]
     record = read_batch(redis, s, "b1")
@@ -427,6 +427,6 @@ def test_fail_dead_letters_only_the_entries_out_of_attempts(redis: redis_py.Redi
     assert record[b"n"] == b"1"
     assert_consistent(redis, s.keys)
     assert s.redispatch("b1", 1, job_alive=False, now_ms=T0 + 540).outcome == "retry"
-    assert isinstance(s.claim("b1", 2, now_ms=T0 + 541), dict)
+    assert isinstance(s.claim("b1", 2, now_ms=T0 + 541), BatchRecord)
     assert _ack(s, "b1", 2, T0 + 600) == AckResult(True, 1, 0, 0)
     assert_consistent(redis, s.keys)

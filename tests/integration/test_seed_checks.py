@@ -30,6 +30,7 @@ from batcher.presets import (
     log_batch_performance_summary,
     reset_global_manager,
 )
+from batcher.records import BatchRecord
 from batcher.rq.task import process_batch
 from batcher.sizing import effective_threshold_factor
 from batcher.stats import detailed_stats
@@ -114,8 +115,8 @@ def test_urgent_entries_flush_first_and_every_result_comes_back(
     coordinator.drain(manual=True)
     urgent, normal = _queued_jobs(real_redis, "prio", 2), _queued_jobs(real_redis, "prio", 0)
     assert len(urgent) == 1 and len(normal) == 1  # 5 best (2 urgent, 2 high, 1 normal), then 2
-    first = tasks.build_batch("prio", urgent[0][0],
-                              real_redis.hgetall(manager.keys.batch(urgent[0][0])))
+    first = BatchRecord.from_hash(urgent[0][0], real_redis.hgetall(
+        manager.keys.batch(urgent[0][0]))).to_batch("prio")
     assert [e.priority for e in first.entries] == [2, 2, 1, 1, 0]
 
     for batch_id, attempt in urgent + normal:
@@ -138,9 +139,9 @@ def _slow_size_batches(manager: Any, count: int, processing_ms: float) -> None:
         decision = scripts.flush(f"sz{b}")
         assert decision.batch is not None and decision.batch.reason == "size"
         record = scripts.claim(f"sz{b}", 1)
-        assert not isinstance(record, str)
+        assert isinstance(record, BatchRecord) and record.claimed_ms is not None
         scripts.ack(f"sz{b}", 1, processing_ms=processing_ms,
-                    started_ms=int(record[b"claimed_ms"]), results={})
+                    started_ms=record.claimed_ms, results={})
 
 
 def real_threshold(manager: Any) -> int:

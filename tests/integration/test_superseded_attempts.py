@@ -16,6 +16,7 @@ from batcher.connection import connect
 from batcher.coordinator import Coordinator
 from batcher.models import Batch
 from batcher.producer import BatchStateManager
+from batcher.records import BatchRecord
 from batcher.rq import job_id
 from batcher.rq.dispatch import Dispatcher
 from batcher.rq.task import process_batch
@@ -170,7 +171,7 @@ def test_a_late_ack_from_a_superseded_attempt_is_refused_counted_and_not_applied
     assert_consistent(real_redis, config.keys)
 
     scripts = Scripts(real_redis, config)
-    assert isinstance(scripts.claim(batch_id, 2), dict)
+    assert isinstance(scripts.claim(batch_id, 2), BatchRecord)
     assert scripts.ack(batch_id, 2, processing_ms=1, started_ms=0,
                        results={"e0": b'"second"'}).acked == 3
     assert not scripts.ack(batch_id, 1, processing_ms=1, started_ms=0, results={}).ok

@@ -9,7 +9,7 @@ import redis as redis_py
 
 from batcher.config import BatchProcessingConfig
 from batcher.fairness import source_group
-from batcher.records import score_of
+from batcher.records import BatchRecord, score_of
 from batcher.scripts import Scripts
 
 T0 = 1_700_000_000_000  # a fixed "now" (ms) so every score and deadline is predictable
@@ -69,8 +69,12 @@ def score(priority: int, enqueued_ms: int) -> float:
     return float(score_of(priority, enqueued_ms))
 
 
-def batch_entries(record: dict[bytes, bytes]) -> dict[str, tuple[int, int, bytes]]:
+def batch_entries(record: dict[bytes, bytes] | BatchRecord) -> dict[str, tuple[int, int, bytes]]:
     """A batch record's entries: id -> (score, prior attempts, envelope bytes)."""
+    if isinstance(record, BatchRecord):  # as Scripts.claim parsed it
+        assert len(record.index) == len(record.envelopes), "ix and e: fields differ"
+        return {line.entry_id: (line.score, line.prior_attempts, record.envelopes[line.entry_id])
+                for line in record.index}
     out: dict[str, tuple[int, int, bytes]] = {}
     for line in record[b"ix"].split(b"\n"):
         raw_score, prior, entry_id = line.split(b" ", 2)
