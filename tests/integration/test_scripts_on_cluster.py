@@ -30,6 +30,7 @@ from batcher.fetch_schedule import FetchSchedule
 from batcher.keys import QueueKeys
 from batcher.oom import replay
 from batcher.producer import build_envelope
+from batcher.records import BatchRecord
 from batcher.scripts import SCRIPT_NAMES, lua_source
 from tests.support.builders import T0, make_scripts
 from tests.support.monitor import CommandLog, ScriptCall, keys_of
@@ -72,8 +73,8 @@ def _scenario(client: redis_py.Redis) -> None:
     assert s.flush("b3", manual=True, now_ms=T0 + 10).batch is not None
     # b1: acked with results, one entry failed (to delayed); then ack without results
     record = s.claim("b1", 1, now_ms=T0 + 20)
-    assert not isinstance(record, str)
-    ids = [f[2:].decode() for f in record if f.startswith(b"e:")]
+    assert isinstance(record, BatchRecord)
+    ids = list(record.envelopes)
     ack = s.ack("b1", 1, processing_ms=5, started_ms=T0 + 20, now_ms=T0 + 30,
                 results={i: b'"ok"' for i in ids[1:]}, failed={ids[0]: ("boom", 1)})
     assert ack.ok and ack.delayed == 1
