@@ -12,7 +12,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY batcher ./batcher
 COPY workers ./workers
-RUN pip install .
+# the core, plus the applications docker-compose.yml runs from this image (a feed fetcher, the
+# Prometheus exporter); add llm for BATCH_HANDLER=batcher.llm.handler:summarize, or dashboard
+ARG EXTRAS=feeds,exporter
+RUN pip install ".[${EXTRAS}]"
 
 # Workers run user handlers: never as root.
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin batcher

@@ -2,7 +2,7 @@
 
 ``batcher worker`` binds the queue's ``BATCH_BUDGET`` here when its context is made; a
 handler calls :func:`reserve_call` before each request and :func:`report_usage` with the
-response's usage and headers after it (``workers.handlers.llm`` does both). Unbound, both
+response's usage and headers after it (``batcher.llm.handler`` does both). Unbound, both
 are no-ops, so a handler runs the same without a budget.
 """
 

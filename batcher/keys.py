@@ -69,7 +69,7 @@ class QueueKeys:
     source_prefix: str = field(init=False)
     batch_keys: str = field(init=False)
     batch_key_prefix: str = field(init=False)
-    # the shared feed schedule of `batcher fetch` (fetch_schedule.py)
+    # the shared feed schedule of `batcher fetch` (batcher/feeds/schedule.py)
     fetch_due: str = field(init=False)
     fetch_claims: str = field(init=False)
     fetch_totals: str = field(init=False)

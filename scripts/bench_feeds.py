@@ -6,7 +6,7 @@
 
 Each feed is a small RSS 2.0 file with three items: one untitled, undated, description-only;
 one whose GUID is the post number "1" (isPermaLink="false", the same in every feed); one
-with its own link. All are served by one local HTTP server (batcher.feed_server), which
+with its own link. All are served by one local HTTP server (batcher.demo.feed_server), which
 counts the requests per feed. K `batcher fetch` processes share the schedule in a private
 redis-server. The interval is longer than the run, so every feed must be fetched exactly
 once: the figures are the feeds fetched twice or missed, the sweep time (launch to the
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchlib.server import BenchRedis  # noqa: E402
 
-from batcher.feed_server import serve_feeds  # noqa: E402
+from batcher.demo.feed_server import serve_feeds  # noqa: E402
 
 ITEMS_PER_FEED = 3
 SETTLE_SECONDS = 3.0  # after the sweep: time for a second fetch to show if one were coming

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/llm_chaos.py [--entries 600] [--rejected 8] [--refused 7]
 
 A private redis-server (free port), one ``batcher coordinator`` and two ``batcher worker
---simple`` processes running ``workers.handlers.llm:summarize`` against the built-in fake LLM,
+--simple`` processes running ``batcher.llm.handler:summarize`` against the built-in fake LLM,
 which mixes in every misbehaviour (``FAKE_LLM_MISBEHAVE``: code fences, prose, truncation,
 omitted entries, junk, 429s with each wait header, 503, 500, answers slower than the timeout,
 and quota / auth outages). ``--rejected`` entries carry ``[llm:reject]`` (the API answers 400
@@ -35,7 +35,8 @@ import redis  # noqa: E402
 
 from batcher.config import BatchProcessingConfig  # noqa: E402
 from batcher.connection import connect  # noqa: E402
-from batcher.fake_llm import (  # noqa: E402
+from batcher.keys import QueueKeys  # noqa: E402
+from batcher.llm.fake import (  # noqa: E402
     MISBEHAVIOURS,
     REFUSE_MARK,
     REJECT_MARK,
@@ -43,15 +44,14 @@ from batcher.fake_llm import (  # noqa: E402
     FakeLLMServer,
     serve_fake_llm,
 )
-from batcher.keys import QueueKeys  # noqa: E402
+from batcher.llm.handler import REFUSED_PREFIX  # noqa: E402
 from batcher.producer import BatchStateManager  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
-from workers.handlers.llm import REFUSED_PREFIX  # noqa: E402
 
 QUEUE = "llmchaos"
 SETTINGS = {
     "BATCH_QUEUE": QUEUE,
-    "BATCH_HANDLER": "workers.handlers.llm:summarize",
+    "BATCH_HANDLER": "batcher.llm.handler:summarize",
     "BATCH_SIZE_THRESHOLD": "16",
     "BATCH_MIN_BATCH_SIZE": "4",
     "BATCH_MAX_BATCH_SIZE": "32",

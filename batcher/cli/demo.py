@@ -1,4 +1,4 @@
-"""``batcher demo``: the whole pipeline on sample feeds (see batcher/demo.py)."""
+"""``batcher demo``: the whole pipeline on sample feeds (see batcher/demo/run.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from batcher import logs
 def demo(llm_base_url: str | None, entries: int, png_path: Path, dashboard: bool,
          dashboard_port: int) -> None:
     """Run fetchers, producers, a coordinator and two workers; print the report."""
-    from batcher.demo import run_demo
+    from batcher.demo.run import run_demo
 
     logs.configure(json=False, level="WARNING")
     code = run_demo(os.environ.get("BATCH_REDIS_URL") or None, llm_base_url,

@@ -13,10 +13,7 @@ import orjson
 import structlog
 
 from batcher.cli.common import open_queue, open_queue_waiting, queue_options
-from batcher.fetch import FeedFetcher, load_feeds
-from batcher.fetch_runner import ScheduledFetcher
-from batcher.fetch_schedule import FetchSchedule
-from batcher.fetch_status import all_urls, feed_states
+from batcher.feeds.status import all_urls, feed_states
 from batcher.producer import BatchStateManager
 
 log = structlog.stdlib.get_logger(__name__)
@@ -53,6 +50,11 @@ def fetch(feeds_path: Path, once: bool, base_url: str | None, concurrency: int,
     if lease_seconds <= timeout_seconds * 2:
         raise click.BadParameter(f"must exceed twice --timeout ({timeout_seconds}s)",
                                  param_hint="--lease")
+    # the [feeds] extra (httpx, feedparser): fetch-status, beside, reads Redis only
+    from batcher.feeds.fetch import FeedFetcher, load_feeds
+    from batcher.feeds.runner import ScheduledFetcher
+    from batcher.feeds.schedule import FetchSchedule
+
     feeds = load_feeds(feeds_path, base_url=base_url)
     # a daemon waits for Redis (no crash loop under a supervisor); --once is a command
     config, client = (open_queue(queue, redis_url) if once

@@ -20,7 +20,13 @@ import redis
 import structlog
 
 from batcher.backoff import Backoff
-from batcher.cli.common import EXIT_BAD_INPUT, fail, open_queue_waiting, queue_options
+from batcher.cli.common import (
+    EXIT_BAD_INPUT,
+    fail,
+    needs_extra,
+    open_queue_waiting,
+    queue_options,
+)
 from batcher.config import BatchProcessingConfig, env_name
 from batcher.rq.run import run_workers
 from batcher.scripts import Scripts
@@ -42,8 +48,10 @@ def warm_up(config: BatchProcessingConfig, client: redis.Redis) -> None:
     try:
         context(config.queue, client)
     except (ImportError, AttributeError, TypeError) as exc:
-        fail(f"{env_name('handler')}={config.handler!r}: cannot load the handler: {exc}",
-             EXIT_BAD_INPUT)
+        # the LLM handler without the [llm] extra: say which extra, not just the module
+        why = needs_extra("worker", exc) if isinstance(exc, ModuleNotFoundError) else None
+        fail(f"{env_name('handler')}={config.handler!r}: cannot load the handler: "
+             f"{why or exc}", EXIT_BAD_INPUT)
 
 
 def preload_waiting(config: BatchProcessingConfig, client: redis.Redis) -> bool:

@@ -14,12 +14,12 @@ from batcher.budget import Budget, BudgetLimits
 from batcher.config import BatchProcessingConfig
 from batcher.errors import RateLimited
 from batcher.fairness import set_weight
-from batcher.fake_llm import serve_fake_llm
+from batcher.llm import handler as llm
+from batcher.llm.fake import serve_fake_llm
+from batcher.llm.provider_limits import ProviderLimits
 from batcher.models import Batch, Entry, FlushReason
-from batcher.provider_limits import ProviderLimits
 from batcher.records import BatchRecord
 from batcher.scripts import Scripts
-from workers.handlers import llm
 
 FAIR_BATCH = 25
 FLOOD, SMALL_SOURCES, SMALL_EACH = 10_000, 10, 20

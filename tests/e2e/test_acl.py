@@ -14,9 +14,9 @@ import pytest
 import redis as redis_py
 
 from batcher.config import load_config
-from batcher.fake_llm import serve_fake_llm
-from batcher.feed_server import SAMPLE_FEEDS_TOML, serve_feeds
+from batcher.demo.feed_server import SAMPLE_FEEDS_TOML, serve_feeds
 from batcher.keys import QueueKeys
+from batcher.llm.fake import serve_fake_llm
 from batcher.producer import BatchStateManager
 from tests.e2e.test_cli_processes import Batcher, _env, procs  # noqa: F401 - fixture
 from tests.support.acl import AclRedisServer
@@ -95,7 +95,7 @@ def test_each_role_does_its_job_with_its_own_user(
     try:
         worker = procs.start("worker", env=_env(
             server.url_for("worker"), **FAST, BATCH_BUDGET="llm", LLM_BASE_URL=llm_url,
-            BATCH_HANDLER="workers.handlers.llm:summarize"))
+            BATCH_HANDLER="batcher.llm.handler:summarize"))
 
         def all_acked() -> bool:
             assert coordinator.poll() is None, procs.stderr(coordinator)

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import redis
 
-from batcher.feed_server import serve_feeds
+from batcher.demo.feed_server import serve_feeds
 from tests.support.feed_corpus import KINDS, write_corpus
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from batcher.feed_server import SAMPLE_FEEDS_TOML, serve_feeds
+from batcher.demo.feed_server import SAMPLE_FEEDS_TOML, serve_feeds
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,10 +10,10 @@ import redis as redis_py
 from batcher import budget_guard
 from batcher.budget import Budget, BudgetLimits
 from batcher.errors import RateLimited
-from batcher.fake_llm import FakeLLMServer, serve_fake_llm
+from batcher.llm import handler as llm
+from batcher.llm.fake import FakeLLMServer, serve_fake_llm
+from batcher.llm.provider_limits import ProviderLimits
 from batcher.models import Batch, Entry, FlushReason
-from batcher.provider_limits import ProviderLimits
-from workers.handlers import llm
 
 
 def _batch(n: int, start: int = 0) -> Batch:

@@ -313,7 +313,7 @@ def test_dead_purge_without_ids_purges_all(redis_url: str, client: redis_py.Redi
 # -- fetch -----------------------------------------------------------------------------------
 
 def test_fetch_once_enqueues_the_sample_feeds(redis_url: str, client: redis_py.Redis) -> None:
-    from batcher.feed_server import SAMPLE_FEEDS_DIR, serve_feeds
+    from batcher.demo.feed_server import SAMPLE_FEEDS_DIR, serve_feeds
 
     server, base = serve_feeds()
     try:

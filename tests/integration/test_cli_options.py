@@ -139,7 +139,7 @@ class _ScrapeThenStop(threading.Event):
 def test_exporter_command_serves_metrics_until_stopped(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from batcher.cli import observe
+    from batcher.cli import exporter as observe
 
     stop = _ScrapeThenStop()
     real_serve = observe.serve_exporter
@@ -178,7 +178,7 @@ def test_worker_no_warm_skips_the_warm_up_and_is_passed_to_children(
 def test_demo_llm_base_url_reaches_the_demo_and_its_exit_code_comes_back(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    import batcher.demo
+    import batcher.demo.run
 
     calls: list[tuple[Any, ...]] = []
 
@@ -186,7 +186,7 @@ def test_demo_llm_base_url_reaches_the_demo_and_its_exit_code_comes_back(
         calls.append((redis_url, llm_base_url, kw["synthetic_entries"]))
         return 3
 
-    monkeypatch.setattr(batcher.demo, "run_demo", fake_demo)
+    monkeypatch.setattr(batcher.demo.run, "run_demo", fake_demo)
     result = CliRunner().invoke(cli, ["demo", "--llm-base-url", "http://127.0.0.1:11434",
                                       "--entries", "5", "--png", str(tmp_path / "r.png")])
     assert result.exit_code == 3
@@ -198,7 +198,7 @@ def test_fetch_without_once_runs_until_sigterm(
 ) -> None:
     import signal
 
-    from batcher.cli import fetch as fetch_cli
+    from batcher.feeds.runner import ScheduledFetcher
 
     seen: list[tuple[bool, bool]] = []
 
@@ -207,7 +207,7 @@ def test_fetch_without_once_runs_until_sigterm(
         seen.append((once, stop.wait(HANG_GUARD_SECONDS)))
         return {}
 
-    monkeypatch.setattr(fetch_cli.ScheduledFetcher, "run", run_until_stopped)
+    monkeypatch.setattr(ScheduledFetcher, "run", run_until_stopped)
     before = signal.getsignal(signal.SIGTERM)
     result = run(redis_url, "fetch", "--feeds", str(ROOT / "feeds.example.toml"))
     assert result.exit_code == 0

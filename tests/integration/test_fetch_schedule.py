@@ -13,12 +13,12 @@ from click.testing import CliRunner
 
 from batcher.cli import cli
 from batcher.config import BatchProcessingConfig
+from batcher.demo.feed_server import SAMPLE_FEEDS_DIR, FeedServer, serve_feeds
 from batcher.exporter import metric_families
-from batcher.feed_server import SAMPLE_FEEDS_DIR, FeedServer, serve_feeds
-from batcher.fetch import FeedConfig, FeedFetcher, FetchReport
-from batcher.fetch_runner import ScheduledFetcher
-from batcher.fetch_schedule import BackoffPolicy, FetchSchedule, host_of
-from batcher.fetch_status import feed_states, fetch_summary
+from batcher.feeds.fetch import FeedConfig, FeedFetcher, FetchReport
+from batcher.feeds.runner import ScheduledFetcher
+from batcher.feeds.schedule import BackoffPolicy, FetchSchedule, host_of
+from batcher.feeds.status import feed_states, fetch_summary
 from batcher.keys import QueueKeys
 from batcher.stats import detailed_stats
 from tests.support.list_sink import ListSink

@@ -49,7 +49,7 @@ def test_fetcher_reads_a_mounted_feeds_file_that_exists(compose: dict[str, Any])
     feeds_in_container = args[args.index("--feeds") + 1]
     host_file, target, _mode = fetcher["volumes"][0].split(":")
     assert target == feeds_in_container
-    from batcher.fetch import load_feeds
+    from batcher.feeds.fetch import load_feeds
 
     assert load_feeds(COMPOSE_FILE.parent / host_file)
 

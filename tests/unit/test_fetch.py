@@ -12,9 +12,9 @@ import feedparser  # type: ignore[import-untyped]
 import pytest
 from structlog.testing import capture_logs
 
+from batcher.demo.feed_server import SAMPLE_FEEDS_DIR, SAMPLE_FEEDS_TOML, FeedServer, serve_feeds
 from batcher.errors import BatcherError, BufferFullError, ConfigError
-from batcher.feed_server import SAMPLE_FEEDS_DIR, SAMPLE_FEEDS_TOML, FeedServer, serve_feeds
-from batcher.fetch import (
+from batcher.feeds.fetch import (
     CHUNK_SIZE,
     FeedConfig,
     FeedFetcher,

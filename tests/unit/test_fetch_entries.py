@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from batcher.feed_server import serve_feeds
-from batcher.fetch import FeedConfig, FeedFetcher
-from batcher.fetch_entries import EntryFaults, entry_id, payload_of, plain_text
-from batcher.fetch_parse import parse_feed
+from batcher.demo.feed_server import serve_feeds
+from batcher.feeds.entries import EntryFaults, entry_id, payload_of, plain_text
+from batcher.feeds.fetch import FeedConfig, FeedFetcher
+from batcher.feeds.parse import parse_feed
 from tests.support.feed_corpus import LEGACY_TEXT
 from tests.support.list_sink import ListSink
 
@@ -95,8 +95,8 @@ def test_ids_are_stable_across_fetches_and_processes(feed_dir: tuple[Path, str])
     ids = [str(e["id"]) for e in first.entries]
     assert ids == [str(e["id"]) for e in again.entries] and len(set(ids)) == 3
     script = (
-        "import json,sys; from batcher.fetch_parse import parse_feed; "
-        "from batcher.fetch_entries import entry_id; "
+        "import json,sys; from batcher.feeds.parse import parse_feed; "
+        "from batcher.feeds.entries import entry_id; "
         "p = parse_feed(sys.stdin.buffer.read(), {'content-type': 'application/rss+xml'}); "
         f"print(json.dumps([entry_id(e, {feeds[0].url!r}) for e in p.entries]))"
     )

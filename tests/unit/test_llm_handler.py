@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from batcher.errors import RateLimited
-from batcher.fake_llm import FakeLLMServer, fake_result, serve_fake_llm
+from batcher.llm import client as llm_client
+from batcher.llm import handler as llm
+from batcher.llm.fake import FakeLLMServer, fake_result, serve_fake_llm
 from batcher.models import Batch, Entry, FlushReason
-from workers.handlers import llm, llm_client
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -15,11 +15,12 @@ from openai.types.chat.completion_create_params import CompletionCreateParamsNon
 from pydantic import TypeAdapter
 
 from batcher.errors import QueuePaused, RateLimited
-from batcher.fake_llm import REFUSE_MARK, REJECT_MARK, FakeLLMOptions, FakeLLMServer, serve_fake_llm
+from batcher.llm import client as llm_client
+from batcher.llm import handler as llm
+from batcher.llm.fake import REFUSE_MARK, REJECT_MARK, FakeLLMOptions, FakeLLMServer, serve_fake_llm
 from batcher.models import Batch, Entry, FlushReason
 from batcher.stats import detailed_stats
 from batcher.testing import make_manager, run_pending
-from workers.handlers import llm, llm_client
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batcher.provider_limits import ProviderLimits
+from batcher.llm.provider_limits import ProviderLimits
 
 
 class Clock:

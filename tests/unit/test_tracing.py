@@ -17,11 +17,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from batcher import tracing
-from batcher.fake_llm import serve_fake_llm
+from batcher.llm import handler as llm
+from batcher.llm.fake import serve_fake_llm
 from batcher.models import Batch
 from batcher.producer import build_envelope
 from batcher.testing import make_manager, run_pending
-from workers.handlers import llm
 
 MODEL = "tiny-test-model"
 

@@ -1,6 +1,6 @@
 """A built-in OpenAI-compatible fake LLM server for the demo and the tests.
 
-It reads the entries out of prompts built by ``workers.handlers.llm.build_prompt``,
+It reads the entries out of prompts built by ``batcher.llm.handler.build_prompt``,
 sleeps ``base_latency_ms + per_entry_ms × n`` (so latency grows with batch size) and
 answers a chat completion shaped as OpenAI's reference has it (``choices[].logprobs``,
 ``message.refusal``, ``usage`` with cached tokens, rate-limit headers; errors as
@@ -13,7 +13,7 @@ request draws one at ``FAKE_LLM_MISBEHAVE_RATE``): ``fences``, ``prose``, ``trun
 and ``auth`` open outage windows (429 ``insufficient_quota`` / 401) every
 ``FAKE_LLM_OUTAGE_EVERY`` requests for ``FAKE_LLM_OUTAGE_SEC``. Entries whose title carries
 ``[llm:reject]`` make their request a 400, ``[llm:refuse]`` a refusal, always.
-Run it alone with ``python -m batcher.fake_llm --port 8000``.
+Run it alone with ``python -m batcher.llm.fake --port 8000``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 
 import structlog
 
-from batcher.provider_limits import ProviderLimits
-from workers.handlers.llm_format import parse_entry_lines
+from batcher.llm.prompt import parse_entry_lines
+from batcher.llm.provider_limits import ProviderLimits
 
 log = structlog.stdlib.get_logger(__name__)
 

@@ -17,8 +17,8 @@ import redis
 import structlog
 
 from batcher.backoff import Backoff
-from batcher.fetch import FeedCounters, FeedFetcher
-from batcher.fetch_schedule import Claim, ClaimedFeed, FetchSchedule, host_of
+from batcher.feeds.fetch import FeedCounters, FeedFetcher
+from batcher.feeds.schedule import Claim, ClaimedFeed, FetchSchedule, host_of
 
 log = structlog.stdlib.get_logger(__name__)
 

@@ -26,8 +26,7 @@ import structlog
 
 from batcher import tracing
 from batcher.errors import ConfigError
-from batcher.models import Batch, BatchOutcome, Entry
-from workers.handlers.llm_client import (
+from batcher.llm.client import (
     ClientSettings,
     Completion,
     LLMError,
@@ -38,7 +37,7 @@ from workers.handlers.llm_client import (
     complete,
     retry_after_seconds,
 )
-from workers.handlers.llm_format import (
+from batcher.llm.prompt import (
     CATEGORIES,
     ResponseFormat,
     build_prompt,
@@ -51,6 +50,7 @@ from workers.handlers.llm_format import (
     salvage_results,
     validate_result,
 )
+from batcher.models import Batch, BatchOutcome, Entry
 
 __all__ = ["CATEGORIES", "LLMError", "LLMRejected", "LLMSettings", "LLMTimeoutError",
            "api_base_url", "build_prompt", "estimate_tokens", "expected_output_tokens",

@@ -1,9 +1,9 @@
 """RSS/Atom/JSON Feed fetcher: a producer that turns feed entries into batcher entries.
 
 Feeds are fetched with httpx (timeouts, redirects, gzip, conditional GET, a
-per-host delay) and parsed by ``fetch_parse`` (feedparser for RSS 0.9x, 1.0, 2.0
+per-host delay) and parsed by ``feeds.parse`` (feedparser for RSS 0.9x, 1.0, 2.0
 and Atom, with chardet for undeclared legacy encodings; JSON Feed 1.x). Entry ids
-and payloads come from ``fetch_entries``: ids are stable, so any number of fetcher
+and payloads come from ``feeds.entries``: ids are stable, so any number of fetcher
 processes enqueue each entry once, and a fault in one entry degrades that entry only.
 """
 
@@ -26,8 +26,8 @@ import structlog
 from batcher import tracing
 from batcher.backoff import Backoff
 from batcher.errors import BatcherError, BatcherUnavailableError, ConfigError, RedisFullError
-from batcher.fetch_entries import EntryFaults, entry_id, merge_faults, payload_of
-from batcher.fetch_parse import parse_feed
+from batcher.feeds.entries import EntryFaults, entry_id, merge_faults, payload_of
+from batcher.feeds.parse import parse_feed
 from batcher.models import PRIORITIES, EnqueueResult
 from batcher.producer import BATCH_KEY_RE
 
@@ -261,7 +261,7 @@ class FeedFetcher:
         self, stop_event: threading.Event, max_rounds: int | None = None
     ) -> dict[str, FeedCounters]:
         """Fetch every feed on its interval until ``stop_event`` is set (one process's own
-        schedule, in memory; ``fetch_schedule.ScheduledFetcher`` shares one in Redis).
+        schedule, in memory; ``feeds.runner.ScheduledFetcher`` shares one in Redis).
 
         With ``max_rounds``, return once every feed has been fetched that many times.
         Returns the per-feed counters.

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from batcher.fetch import COUNTED, FeedConfig, FetchReport, Validators
-from batcher.fetch_status import COUNTER_FIELDS
+from batcher.feeds.fetch import COUNTED, FeedConfig, FetchReport, Validators
+from batcher.feeds.status import COUNTER_FIELDS
 from batcher.keys import QueueKeys
 from batcher.scripts import lua_source
 

@@ -1,4 +1,4 @@
-"""Per-feed state of the shared fetch schedule (``fetch_schedule``), read back for
+"""Per-feed state of the shared fetch schedule (``feeds.schedule``), read back for
 ``batcher fetch-status``, ``batcher stats`` and the exporter (which show at most
 ``FEEDS_SHOWN`` feeds: failing ones first, then the soonest due)."""
 

@@ -27,7 +27,7 @@ from batcher.config import BatchProcessingConfig, load_config
 DEMO_QUEUE = "demo"
 DEMO_ENV = {
     "BATCH_QUEUE": DEMO_QUEUE,
-    "BATCH_HANDLER": "workers.handlers.llm:summarize",
+    "BATCH_HANDLER": "batcher.llm.handler:summarize",
     "BATCH_TIME_THRESHOLD_SEC": "4",
     "BATCH_HIGH_TIME_THRESHOLD_SEC": "2",
     "BATCH_URGENT_TIME_THRESHOLD_SEC": "1",
@@ -95,8 +95,8 @@ def _synthetic_producer(log_path: str, seed: int, count: int, seconds: float) ->
 
 
 def _fetcher(log_path: str, base_url: str, rounds: int) -> None:
-    from batcher.feed_server import SAMPLE_FEEDS_TOML
-    from batcher.fetch import FeedFetcher, load_feeds
+    from batcher.demo.feed_server import SAMPLE_FEEDS_TOML
+    from batcher.feeds.fetch import FeedFetcher, load_feeds
     from batcher.producer import BatchStateManager
 
     _quiet_child(log_path)
@@ -131,13 +131,13 @@ def run_demo(
     console = Console(stderr=False)
     with ExitStack() as stack:
         if not redis_url:
-            from batcher.embedded import EmbeddedRedis
+            from batcher.demo.embedded import EmbeddedRedis
 
             embedded = EmbeddedRedis()
             redis_url = stack.enter_context(embedded)
             console.print(f"[dim]embedded redis-server {embedded.binary} on {redis_url}[/]")
-        from batcher.fake_llm import serve_fake_llm
-        from batcher.feed_server import serve_feeds
+        from batcher.demo.feed_server import serve_feeds
+        from batcher.llm.fake import serve_fake_llm
 
         feed_server, feeds_url = serve_feeds()
         stack.callback(feed_server.stop)
