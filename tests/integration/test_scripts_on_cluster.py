@@ -25,8 +25,8 @@ import redis as redis_py
 from redis.crc import key_slot
 
 from batcher.budget import Budget, BudgetLimits
-from batcher.fetch import FeedConfig, FetchReport
-from batcher.fetch_schedule import FetchSchedule
+from batcher.feeds.fetch import FeedConfig, FetchReport
+from batcher.feeds.schedule import FetchSchedule
 from batcher.keys import QueueKeys
 from batcher.oom import replay
 from batcher.producer import build_envelope
