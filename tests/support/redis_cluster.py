@@ -24,11 +24,11 @@ FORM_GUARD_SECONDS = 60.0
 
 
 class ClusterNode(RedisServer):
-    def __init__(self) -> None:
+    def __init__(self, node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
         self.bus_port = free_port()
         super().__init__(extra_args=[
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+            "--cluster-node-timeout", str(node_timeout_ms),
             "--cluster-port", str(self.bus_port),
         ])
 
@@ -62,8 +62,9 @@ def find_redis_cli() -> str:
 class RedisClusterFixture:
     """Six nodes; ``start()`` forms the cluster and waits for ``cluster_state:ok`` on all."""
 
-    def __init__(self) -> None:
-        self.nodes = [ClusterNode() for _ in range(MASTERS * (1 + REPLICAS_PER_MASTER))]
+    def __init__(self, node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
+        self.nodes = [ClusterNode(node_timeout_ms)
+                      for _ in range(MASTERS * (1 + REPLICAS_PER_MASTER))]
 
     def start(self) -> RedisClusterFixture:
         try:
@@ -89,8 +90,12 @@ class RedisClusterFixture:
             info = node.cluster_info()
             if info.get("cluster_state") != "ok" or info.get("cluster_size") != str(MASTERS):
                 return False
-        return len(self.masters()) == MASTERS and all(
-            self.replica_of(m) is not None for m in self.masters())
+        # a replica that never synced its master would refuse to take over (its data counts
+        # as too old), so formed means every replica's link is up
+        replicas = [self.replica_of(m) for m in self.masters()]
+        return len(replicas) == MASTERS and all(
+            r is not None and r.info("replication").get("master_link_status") == "up"
+            for r in replicas)
 
     @property
     def running(self) -> list[ClusterNode]:
