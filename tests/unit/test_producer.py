@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import math
 import uuid
+from types import MappingProxyType
 from typing import Any
 
 import fakeredis
+import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from batcher import BatchProcessingConfig, BatchStateManager, BufferFullError, InvalidEntryError
+from batcher import (
+    BatchProcessingConfig,
+    BatchStateManager,
+    BufferFullError,
+    InvalidEntryError,
+    tracing,
+)
 from batcher.models import FlushReason
 from batcher.producer import _is_plain_json, _non_json_path
 from tests.support.spies import count_enqueue_calls
@@ -126,3 +134,66 @@ _json_like = st.recursive(
 @example(value={"ok": [None, True, 2, "x", {"b": 0.5}]})
 def test_the_fast_json_check_agrees_with_the_walk(value: object) -> None:
     assert _is_plain_json(value) == (_non_json_path(value) is None)
+
+
+TP = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+
+
+def _envelope(client: fakeredis.FakeRedis, entry_id: str) -> dict[str, Any]:
+    raw = client.hget("batcher:{unit}:payloads", entry_id)
+    assert raw is not None, f"{entry_id} is not pending"
+    return orjson.loads(raw)  # type: ignore[no-any-return]
+
+
+def test_queue_entry_writes_the_envelope_the_seed_signature_describes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager, client = make_manager()
+    monkeypatch.setattr(tracing, "current_traceparent", lambda: TP)
+    manager.queue_entry({"n": 1}, "feed", "plain")  # priority 0, no batch key by default
+    manager.queue_entry({"n": 2}, "feed", "keyed", 2, batch_key="tenant-7")
+    assert _envelope(client, "plain") == {"g": "feed", "id": "plain", "source": "feed",
+                                          "priority": 0, "payload": {"n": 1}, "tp": TP}
+    assert _envelope(client, "keyed") == {"g": "feed", "k": "tenant-7", "id": "keyed",
+                                          "source": "feed", "priority": 2, "payload": {"n": 2},
+                                          "tp": TP}
+    # the pending score's first digit is 3 - priority
+    assert client.zscore("batcher:{unit}:pending", "plain") // 10**13 == 3
+    with pytest.raises(InvalidEntryError) as refused:
+        manager.queue_entry([], "feed", "bad")  # type: ignore[arg-type]
+    assert (refused.value.entry_id, refused.value.index) == ("bad", 0)
+
+
+def test_queue_many_fills_in_the_default_source_and_carries_key_and_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager, client = make_manager()
+    monkeypatch.setattr(tracing, "current_traceparent", lambda: TP)
+    manager.queue_many([{"id": "a", "payload": {}},
+                        {"id": "b", "payload": {}, "batch_key": "k1", "priority": 1}])
+    assert _envelope(client, "a") == {"g": "default", "id": "a", "source": "default",
+                                      "priority": 0, "payload": {}, "tp": TP}
+    assert _envelope(client, "b") == {"g": "default", "k": "k1", "id": "b", "source": "default",
+                                      "priority": 1, "payload": {}, "tp": TP}
+
+
+def test_queue_many_takes_any_mapping_and_names_the_first_entry_that_is_not_one() -> None:
+    manager, client = make_manager()
+    proxy = MappingProxyType({"id": "m", "payload": {"x": 1}})
+    assert manager.queue_many([proxy]).accepted == 1
+    assert _envelope(client, "m")["payload"] == {"x": 1}
+    with pytest.raises(InvalidEntryError,
+                       match="^entry 1: must be a mapping with id, source, priority and payload$"
+                       ) as refused:
+        manager.queue_many([entry(0), ["not", "a", "mapping"]])
+    assert refused.value.index == 1
+    with pytest.raises(InvalidEntryError) as refused:
+        manager.queue_many([entry(0), entry(1), {"id": 7, "payload": {}}])
+    assert refused.value.index == 2  # a bad field names its entry's place too
+
+
+def test_get_result_is_the_stored_json_or_none() -> None:
+    manager, client = make_manager()
+    assert manager.get_result("missing") is None
+    client.set("batcher:{unit}:result:done", b'{"summary":"ok","n":[1,2]}')
+    assert manager.get_result("done") == {"summary": "ok", "n": [1, 2]}
