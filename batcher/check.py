@@ -273,7 +273,7 @@ class _Checker:
 
     def accounting(self, inflight_entries: int) -> None:
         f = self.report.facts
-        raw = cast(list[bytes | None], self.client.hmget(self.k.stats, "accepted", "acked",
+        raw = cast(list[bytes | None], self.client.hmget(self.k.counters, "accepted", "acked",
                                                          "purged"))
         accepted, acked, purged = (_int(v) for v in raw)
         f.update(accepted=accepted, acked=acked, purged=purged)

@@ -87,7 +87,7 @@ def flush_now(client: redis.Redis, config: BatchProcessingConfig) -> FlushSummar
     runner = Coordinator(client, config)
     runner.start()
     runner.drain(manual=True)
-    return FlushSummary(runner.stats.flushed_batches, runner.stats.flushed_entries,
+    return FlushSummary(runner.tally.flushed_batches, runner.tally.flushed_entries,
                         int(client.zcard(config.keys.pending)))
 
 

@@ -53,7 +53,10 @@ def new_batch_id() -> str:
 
 
 @dataclass
-class CoordinatorStats:
+class FlushTally:
+    """What this coordinator process flushed and redispatched since it started (its own
+    counts; the queue's shared counters are in Redis, keys.counters)."""
+
     flushed_batches: int = 0
     flushed_entries: int = 0
     redispatched: int = 0
@@ -80,7 +83,7 @@ class Coordinator:
         self.scripts = Scripts(client, config)
         self.keys = self.scripts.keys
         self.dispatcher = Dispatcher(client, config)
-        self.stats = CoordinatorStats()
+        self.tally = FlushTally()
         self._next_reap = 0.0
         self._next_report = clock() + config.report_interval_seconds
         self._last_sizing_sample = b""
@@ -129,7 +132,7 @@ class Coordinator:
                 burst = min(burst * 2, MAX_FLUSH_BURST)
 
     def _dispatch(self, batches: list[FlushedBatch]) -> None:
-        s = self.stats
+        s = self.tally
         for batch in batches:
             s.flushed_batches += 1
             s.flushed_entries += batch.size
@@ -184,7 +187,7 @@ class Coordinator:
             step = self.scripts.redispatch(batch_id, attempt, job_alive=alive)
             if step.outcome.dispatches_again:
                 handled += 1
-                self.stats.redispatched += 1
+                self.tally.redispatched += 1
                 log.info("batch.redelivered" if step.outcome == RedispatchOutcome.REDELIVERED
                          else "batch.redispatched", queue=self.config.queue, batch_id=batch_id,
                          attempt=step.attempt, why=str(step.outcome))
@@ -239,7 +242,7 @@ class Coordinator:
                 "type": "sizing", "before": decision.before, "after": decision.after,
                 "mode": decision.mode, "evidence": orjson.dumps(decision.evidence),
             }, maxlen=EVENTS_MAXLEN, approximate=True)
-            pipe.hincrby(self.keys.stats, "sizing_adjustments", 1)
+            pipe.hincrby(self.keys.counters, "sizing_adjustments", 1)
             log.info("sizing.adjusted", queue=self.config.queue, before=decision.before,
                      after=decision.after, mode=decision.mode, **decision.evidence)
         pipe.execute()
@@ -268,7 +271,7 @@ class Coordinator:
                 state_key=self.keys.state).until_stopped(
             stop, one_round, lambda wait_ms: self.wait(wait_ms, stop))
         log.info("coordinator.stopped", queue=self.config.queue,
-                 batches=self.stats.flushed_batches, entries=self.stats.flushed_entries)
+                 batches=self.tally.flushed_batches, entries=self.tally.flushed_entries)
 
     def step(self) -> int:
         now = self.clock()

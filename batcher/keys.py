@@ -61,7 +61,9 @@ class QueueKeys:
     seen: str = field(init=False)
     dead: str = field(init=False)
     dead_payloads: str = field(init=False)
-    stats: str = field(init=False)
+    # the counters every process adds to (accepted, acked, flushes:<reason>, ...); its Redis
+    # name stays 'stats' so an upgraded queue keeps its figures
+    counters: str = field(init=False)
     samples: str = field(init=False)
     events: str = field(init=False)
     throughput: str = field(init=False)
@@ -84,9 +86,10 @@ class QueueKeys:
         set_(self, "base", base)
         for kind in (
             "pending", "payloads", "attempts", "delayed", "state", "wakeup", "room",
-            "inflight", "seen", "dead", "stats", "samples", "events", "throughput", "weights",
+            "inflight", "seen", "dead", "samples", "events", "throughput", "weights",
         ):
             set_(self, kind, f"{base}:{kind}")
+        set_(self, "counters", f"{base}:stats")
         set_(self, "delayed_score", f"{base}:delayed:score")
         set_(self, "dead_payloads", f"{base}:dead:payloads")
         set_(self, "source_prefix", f"{base}:src:")
@@ -94,6 +97,11 @@ class QueueKeys:
         set_(self, "batch_key_prefix", f"{base}:k:")
         for kind in ("due", "claims", "totals", "failing", "host_until", "host_failures"):
             set_(self, f"fetch_{kind}", f"{base}:fetch:{kind.replace('_', ':')}")
+
+    @property
+    def stats(self) -> str:
+        """The earlier name of :attr:`counters` (the same key), kept for callers of 0.x."""
+        return self.counters
 
     def active(self, priority: int) -> str:
         """ZSET of the source groups with entries pending at ``priority``: group -> tag."""
@@ -124,7 +132,7 @@ class QueueKeys:
         return [
             self.pending, self.payloads, self.attempts, self.delayed, self.delayed_score,
             self.state, self.wakeup, self.room, self.inflight, self.seen, self.dead,
-            self.dead_payloads, self.stats, self.samples, self.events, self.throughput,
+            self.dead_payloads, self.counters, self.samples, self.events, self.throughput,
             self.weights, *self.actives(), self.batch_keys,
         ]
 

@@ -24,6 +24,8 @@ from batcher.monitoring.queue_stats import QueueStats
 from batcher.monitoring.report import log_performance_summary, performance_report
 from batcher.producer import BatchStateManager
 
+# the seed's ``flush_callback``: the handler a producer expects, recorded in Redis and never
+# called by it (BatchStateManager's ``handler``)
 FlushCallback = str | Callable[..., Any] | None
 
 #: The seed's optimised defaults: flush at 25 entries or after 300 s (120 s high, 60 s urgent),
@@ -81,7 +83,7 @@ def create_manager(
     Raises ``KeyError`` for an unknown preset and ``ConfigError`` for a bad value.
     """
     config = load_config(**{**PRESETS[preset], **overrides})
-    return BatchStateManager(redis, config, flush_callback=flush_callback)
+    return BatchStateManager(redis, config, handler=flush_callback)
 
 
 def create_optimized_batch_manager(

@@ -117,7 +117,7 @@ def _record_usage(ctx: WorkerContext, outcome: Any) -> None:
     pipe = ctx.client.pipeline(transaction=False)
     for name, value in usage.items():
         if _USAGE_NAME.fullmatch(name) and value:
-            pipe.hincrbyfloat(ctx.config.keys.stats, name, float(value))
+            pipe.hincrbyfloat(ctx.config.keys.counters, name, float(value))
     try:
         pipe.execute()
     except (redis.ConnectionError, redis.TimeoutError) as exc:

@@ -177,9 +177,10 @@ class BatchStateManager:
     """Producer facade: validate, enqueue in chunks, read results and figures.
 
     ``redis`` and ``config`` default to a client built from ``BATCH_REDIS_URL`` and the settings
-    in the environment. ``flush_callback`` (a function or ``"module:function"``) is recorded in
-    Redis as the handler this producer expects; workers run their own ``BATCH_HANDLER`` and warn
-    when it differs.
+    in the environment. ``handler`` (a function or ``"module:function"``) is recorded in Redis
+    as the handler this producer expects; it is never called here: workers run their own
+    ``BATCH_HANDLER`` and warn when it differs. ``flush_callback`` is the seed's name for it.
+    Raises ``TypeError`` when both are given.
     """
 
     def __init__(
@@ -187,13 +188,17 @@ class BatchStateManager:
         redis: redis.Redis | None = None,
         config: BatchProcessingConfig | None = None,
         *,
+        handler: str | Callable[..., Any] | None = None,
         flush_callback: str | Callable[..., Any] | None = None,
     ):
+        if handler is not None and flush_callback is not None:
+            raise TypeError("give handler or flush_callback (its earlier name), not both")
+        expected = handler if handler is not None else flush_callback
         self.config = config or load_config()
         self.redis = redis if redis is not None else self.config.redis_client()
         self.scripts = Scripts(self.redis, self.config)
         self.keys = self.scripts.keys
-        self.expected_handler = handler_path(flush_callback) if flush_callback else None
+        self.expected_handler = handler_path(expected) if expected else None
         self._handler_recorded = False
         self._redis_full = False  # the last call's refusals came from Redis's maxmemory
 

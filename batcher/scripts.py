@@ -213,7 +213,7 @@ class Scripts:
                 raise ValueError(f"enqueue: id {entry_id!r} / priority {priority!r} unframeable")
             head.append(line)
         # payloads is an ARGV, not a KEY: see enqueue.lua's header (ACL write-only producers)
-        keys = [k.pending, k.seen, k.state, k.wakeup, k.stats, k.delayed, *k.actives(),
+        keys = [k.pending, k.seen, k.state, k.wakeup, k.counters, k.delayed, *k.actives(),
                 k.source_prefix, k.batch_keys, k.batch_key_prefix]
         reply = self._run_packed("enqueue", keys, [
             _now(now_ms), *self._limits, str(c.early_flush_pressure),
@@ -230,7 +230,7 @@ class Scripts:
         self, batch_id: str, manual: bool, now_ms: int | None
     ) -> tuple[list[str], list[str]]:
         c, k = self.config, self.keys
-        keys = [k.pending, k.payloads, k.state, k.inflight, k.stats, k.events, k.batch(batch_id),
+        keys = [k.pending, k.payloads, k.state, k.inflight, k.counters, k.events, k.batch(batch_id),
                 k.room, k.attempts, *k.actives(), k.weights, k.source_prefix, k.batch_keys,
                 k.batch_key_prefix]
         args = [_now(now_ms), batch_id, "1" if manual else "0", *self._limits,
@@ -316,7 +316,7 @@ class Scripts:
         replies go to :meth:`claim_outcome`. A NOSCRIPT reply means nothing was claimed."""
         k = self.keys
         key = k.batch(batch_id)
-        pipe.evalsha(self._scripts["claim"].sha, 3, key, k.inflight, k.stats,
+        pipe.evalsha(self._scripts["claim"].sha, 3, key, k.inflight, k.counters,
                      _now(now_ms), batch_id, str(attempt), str(self.config.job_lease_ms),
                      claimant)
         pipe.hgetall(key)
@@ -341,7 +341,7 @@ class Scripts:
         """Retire a batch; ``failed`` maps id -> (error, back-off ms) for a partial outcome."""
         c, k = self.config, self.keys
         failed = failed or {}
-        keys = [k.batch(batch_id), k.inflight, k.stats, *(k.hist(h) for h in HISTOGRAMS),
+        keys = [k.batch(batch_id), k.inflight, k.counters, *(k.hist(h) for h in HISTOGRAMS),
                 k.samples, k.events, k.wakeup, k.throughput, k.payloads, k.delayed,
                 k.delayed_score, k.attempts, k.dead, k.dead_payloads]
         keep = c.result_ttl_seconds > 0 and bool(results)
@@ -394,7 +394,7 @@ class Scripts:
         c, k = self.config, self.keys
         reply = self._run(
             "fail",
-            [k.batch(batch_id), k.inflight, k.stats, k.events, k.dead, k.dead_payloads,
+            [k.batch(batch_id), k.inflight, k.counters, k.events, k.dead, k.dead_payloads,
              k.state, k.wakeup],
             [_now(now_ms), batch_id, str(attempt), error[:2000], str(int(backoff_ms)),
              str(c.max_attempts), str(int(rate_limited_until_ms)), str(EVENTS_MAXLEN),
@@ -409,7 +409,7 @@ class Scripts:
         """Pause the queue with ``reason`` until a probe in ``probe_ms``: paused or stale."""
         k = self.keys
         reply = self._run(
-            "pause", [k.batch(batch_id), k.inflight, k.stats, k.events, k.state],
+            "pause", [k.batch(batch_id), k.inflight, k.counters, k.events, k.state],
             [_now(now_ms), batch_id, str(attempt), reason[:200], error[:2000],
              str(max(0, int(probe_ms))), str(EVENTS_MAXLEN)],
         )
@@ -420,7 +420,7 @@ class Scripts:
     ) -> Redispatch:
         k = self.keys
         reply = self._run(
-            "redispatch", [k.batch(batch_id), k.inflight, k.stats, k.events],
+            "redispatch", [k.batch(batch_id), k.inflight, k.counters, k.events],
             [_now(now_ms), batch_id, str(attempt),
              str(int(self.config.dispatch_lease_seconds * 1000)),
              "1" if job_alive else "0", str(EVENTS_MAXLEN)],
@@ -441,7 +441,7 @@ class Scripts:
         k = self.keys
         return int(self._run(
             "expire",
-            [k.pending, k.payloads, k.state, k.dead, k.dead_payloads, k.stats, k.attempts,
+            [k.pending, k.payloads, k.state, k.dead, k.dead_payloads, k.counters, k.attempts,
              k.events, *k.actives(), k.source_prefix, k.batch_keys, k.batch_key_prefix],
             [_now(now_ms), str(int(self.config.max_buffer_age_seconds * 1000)), str(limit),
              str(EVENTS_MAXLEN)],
@@ -454,7 +454,7 @@ class Scripts:
         for start in range(0, len(ids), 500):
             m, p, x = self._run(
                 "requeue",
-                [k.pending, k.payloads, k.state, k.dead, k.dead_payloads, k.stats, k.events,
+                [k.pending, k.payloads, k.state, k.dead, k.dead_payloads, k.counters, k.events,
                  *k.actives(), k.source_prefix, k.batch_keys, k.batch_key_prefix],
                 ["purge" if purge else "requeue", str(EVENTS_MAXLEN), *ids[start:start + 500]],
             )

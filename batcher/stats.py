@@ -65,7 +65,7 @@ class Snapshot:
     pending: int
     delayed: int
     state: Raw
-    stats: Raw
+    counters: Raw  # the counters hash (keys.counters)
     dead_now: int
     dead_last_minute: int
     seen_last_minute: int
@@ -91,7 +91,7 @@ def read_snapshot(client: redis.Redis, keys: QueueKeys, now_ms: int | None = Non
     pipe.zcard(keys.pending)
     pipe.zcard(keys.delayed)
     pipe.hgetall(keys.state)
-    pipe.hgetall(keys.stats)
+    pipe.hgetall(keys.counters)
     pipe.zcard(keys.dead)
     pipe.zcount(keys.dead, f"({now - MINUTE_MS}", now)
     pipe.zcount(keys.seen, f"({now - MINUTE_MS}", now)
@@ -105,11 +105,11 @@ def read_snapshot(client: redis.Redis, keys: QueueKeys, now_ms: int | None = Non
         lo, hi = priority_score_range(p)
         pipe.zcount(keys.pending, lo, hi)
         pipe.zrange(keys.pending, lo, hi, byscore=True, offset=0, num=1, withscores=True)
-    (pending, delayed, state, stats, dead_now, dead_minute, seen_minute, inflight, tput,
+    (pending, delayed, state, counters, dead_now, dead_minute, seen_minute, inflight, tput,
      events, samples, *rest) = pipe.execute()
     hists, by_prio = rest[:len(HISTOGRAMS)], rest[len(HISTOGRAMS):]
     return Snapshot(
-        now_ms=now, pending=pending, delayed=delayed, state=state, stats=stats,
+        now_ms=now, pending=pending, delayed=delayed, state=state, counters=counters,
         dead_now=dead_now, dead_last_minute=dead_minute, seen_last_minute=seen_minute,
         inflight_ids=inflight, inflight_entries=_inflight_entries(client, keys, inflight),
         throughput={int(k): int(v) for k, v in tput.items() if k.isdigit()},
@@ -187,7 +187,7 @@ def paused_reason(snap: Snapshot) -> str | None:
 def _latency(snap: Snapshot) -> dict[str, LatencySummary]:
     return {
         name: figures.latency_summary(snap.histograms[name],
-                                      _float(snap.stats, f"{name}_sum") or 0.0)
+                                      _float(snap.counters, f"{name}_sum") or 0.0)
         for name in HISTOGRAMS
     }
 
@@ -195,7 +195,7 @@ def _latency(snap: Snapshot) -> dict[str, LatencySummary]:
 def _performance(snap: Snapshot, latency: Mapping[str, LatencySummary],
                  config: BatchProcessingConfig) -> PerformanceFigures:
     now_s = snap.now_ms // 1000
-    batches, entries = _int(snap.stats, "batches_processed"), _int(snap.stats, "acked")
+    batches, entries = _int(snap.counters, "batches_processed"), _int(snap.counters, "acked")
     proc = latency["processing_ms"]
     samples = figures.parse_samples(snap.samples)
     recent = figures.recent_processing(samples, snap.now_ms)
@@ -215,15 +215,15 @@ def _performance(snap: Snapshot, latency: Mapping[str, LatencySummary],
         avg_end_to_end_ms=latency["end_to_end_ms"].avg_ms,
         avg_batch_size=round(entries / batches, 2) if batches else 0.0,
         batches_processed=batches, entries_processed=entries,
-        batches_failed=_int(snap.stats, "batches_failed"),
+        batches_failed=_int(snap.counters, "batches_failed"),
         performance_target_ms=config.performance_target_ms,
         throughput_target_eps=config.throughput_target_eps,
     )
 
 
 def _counters(snap: Snapshot) -> Counters:
-    return Counters(**{name: _int(snap.stats, name) for name in COUNTERS},
-                    flushes={r.value: _int(snap.stats, f"flushes:{r.value}")
+    return Counters(**{name: _int(snap.counters, name) for name in COUNTERS},
+                    flushes={r.value: _int(snap.counters, f"flushes:{r.value}")
                              for r in FlushReason})
 
 
@@ -237,7 +237,7 @@ def _sizing(snap: Snapshot, config: BatchProcessingConfig, util: float) -> Sizin
     return SizingFigures(
         size_threshold=_int(snap.state, "size_threshold") or config.size_threshold,
         min=config.min_batch_size, max=config.max_batch_size,
-        adjustments=_int(snap.stats, "sizing_adjustments"),
+        adjustments=_int(snap.counters, "sizing_adjustments"),
         adaptive=config.enable_adaptive_sizing,
         effective_thresholds_seconds={
             str(p): round(t, 3) for p, t in zip(PRIORITIES, thresholds, strict=True)},
@@ -292,7 +292,7 @@ def read_queue_stats(
     stats = QueueStats(
         queue=config.queue, now_ms=snap.now_ms, buffer=buffer, performance=performance,
         latency=latency, counters=counters, sizing=sizing_figures, health=health,
-        llm=figures.llm_figures(snap.stats),
+        llm=figures.llm_figures(snap.counters),
         trends=Trends(figures.throughput_trend(snap.throughput, snap.now_ms // 1000),
                       figures.processing_trend(samples, snap.now_ms)),
         memory_efficiency=figures.memory_efficiency(counters.accepted, counters.rejected),

@@ -100,7 +100,7 @@ def verify(url: str, queue: str, run: RunFacts, drained: bool, producers: int, *
                 dead_reasons[entry_id] = str(orjson.loads(record).get("reason") or "")
     lost = [i for i in accepted if i not in acked and i not in dead_reasons]
     stats = {k.decode(): v.decode() for k, v in
-             cast(dict[bytes, bytes], client.hgetall(keys.stats)).items()}
+             cast(dict[bytes, bytes], client.hgetall(keys.counters)).items()}
     handled = cast(dict[bytes, bytes], client.hgetall(HANDLED_KEY))
     failed = cast(dict[bytes, bytes], client.hgetall(FAILED_KEY))
     successes = {k: int(v) - _int(failed.get(k)) for k, v in handled.items()}

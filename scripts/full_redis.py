@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         after_ok = after.refusals == 0 and after.accepted == 200 and after.error is None
         drained = wait_drained(server.url, time.monotonic() + 60) and drained
         stats = {k.decode(): int(float(v)) for k, v in
-                 client.hgetall(QueueKeys(QUEUE).stats).items()}  # type: ignore[union-attr]
+                 client.hgetall(QueueKeys(QUEUE).counters).items()}  # type: ignore[union-attr]
         check = Managed("check", [py, "-m", "batcher", "check"], log_dir / "check.log", env)
         check.start()
         assert check.proc is not None

@@ -184,7 +184,7 @@ def report(c: redis.Redis, keys: QueueKeys, accepted: int, marked: dict[str, str
     dead = {k.decode(): orjson.loads(v) for k, v in dead_raw.items()}
     refused = {k for k, v in dead.items() if v["error"].startswith(REFUSED_PREFIX)}
     rejected = set(dead) - refused
-    stats = {k.decode(): v.decode() for k, v in c.hgetall(keys.stats).items()}
+    stats = {k.decode(): v.decode() for k, v in c.hgetall(keys.counters).items()}
     lost = [eid for eid in ids if eid not in acked and eid not in dead]
     want_rejected = {k for k, m in marked.items() if m == REJECT_MARK}
     want_refused = {k for k, m in marked.items() if m == REFUSE_MARK}

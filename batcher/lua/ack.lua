@@ -55,6 +55,7 @@ if meta[1] ~= attempt or meta[2] ~= 'claimed' then
   redis.call('HINCRBY', stats, 'stale_acks', 1)
   return {0, 'stale'}
 end
+-- handler calls so far, this one included: dispatches less those that were no call ('free')
 local calls = tonumber(attempt) - tonumber(meta[3] or '0')
 
 local failed = {}

@@ -48,6 +48,7 @@ if limited_until > 0 then
     redis.call('HSET', state, 'paused_until_ms', fmt(limited_until))
     redis.call('HDEL', state, 'paused_reason')  -- pause.lua's reason no longer holds the queue
   end
+  -- 'free': this dispatch was not a handler call, so it costs no entry an attempt
   redis.call('HINCRBY', batch, 'free', 1)
   redis.call('HSET', batch, 'status', 'retrying', 'last_error', err)
   redis.call('ZADD', inflight, fmt(limited_until), batch_id)
@@ -57,6 +58,7 @@ if limited_until > 0 then
   return {1, 'rate_limited', 0}
 end
 
+-- handler calls so far, this one included: dispatches less those that were no call ('free')
 local calls = tonumber(attempt) - tonumber(meta[3] or '0')
 local n_dead, n_purged, gone, kept = 0, 0, {}, {}
 for line in string.gmatch(redis.call('HGET', batch, 'ix'), '[^\n]+') do

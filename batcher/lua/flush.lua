@@ -21,8 +21,12 @@ ARGV[18] Redis memory utilisation, scaled so that 'early' is the configured flus
 Returns {1, batch_id, reason, n, priority, attempt, key}  a batch was written and popped
         {0, wait_ms}                                 nothing due; -1 = until woken
 Errors  BATCH_EXISTS <id>                            the batch id is already in use
+                                                     (batcher.errors.BatchExistsError)
 The batch hash holds meta fields, one field per entry ('e:<id>' -> the envelope, byte for byte as the
 producer sent it) and an index 'ix' of '<score> <prior attempts> <id>' lines.
+Meta fields (read in Python by batcher.records.BatchRecord): status, reason, created_ms, priority,
+n, bytes, key, attempt (dispatches so far) and 'free' (the dispatches that were not handler calls:
+a lost RQ job, a rate limit, a pause; attempt - free = handler calls); claim adds claimed_ms.
 ]]
 local pending, payloads, state, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local stats, events, batch, room, attempts = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]

@@ -32,6 +32,7 @@ local paused = tonumber(redis.call('HGET', state, 'paused_until_ms') or '0')
 if untl >= paused then
   redis.call('HSET', state, 'paused_until_ms', fmt(untl), 'paused_reason', reason)
 end
+-- 'free': this dispatch was not a handler call, so it costs no entry an attempt
 redis.call('HINCRBY', batch, 'free', 1)
 redis.call('HSET', batch, 'status', 'retrying', 'last_error', err)
 redis.call('ZADD', inflight, fmt(untl), batch_id)

@@ -32,6 +32,7 @@ if status == 'dispatched' and job_alive then
   return {1, 'extended', attempt, tonumber(meta[3])}
 elseif status == 'dispatched' then
   outcome = 'lost'
+  -- 'free': this dispatch was not a handler call, so it costs no entry an attempt
   redis.call('HINCRBY', batch, 'free', 1)
   redis.call('HINCRBY', stats, 'lost_dispatches', 1)
 elseif status == 'claimed' then

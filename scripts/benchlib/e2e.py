@@ -66,7 +66,7 @@ def ours(config: BatchProcessingConfig, entries: list[dict[str, Any]], *, simple
     """
     client = redis.Redis.from_url(config.redis_url)
     client.flushall()
-    stats_key = config.keys.stats
+    stats_key = config.keys.counters
     manager = BatchStateManager(config=config)
     worker_args = ["-m", "benchlib.procs", "ours-worker", *(["--simple"] if simple else [])]
     with Children(log_dir, config_env(config)) as children:

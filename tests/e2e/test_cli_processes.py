@@ -91,7 +91,7 @@ def test_burst_simple_worker_processes_a_dispatched_batch(
     runner = Coordinator(real_redis, config)
     runner.start()
     runner.drain(manual=True)
-    assert runner.stats.flushed_entries == 4
+    assert runner.tally.flushed_entries == 4
     proc = procs.start("worker", "--burst", "--simple", env=_env(redis_url))
     code = proc.wait(timeout=60)
     stderr = procs.stderr(proc)

@@ -90,7 +90,7 @@ def test_flush_dispatch_claim_and_ack_drain_a_full_redis_then_producers_succeed(
     coordinator = Coordinator(client, manager.config)
     coordinator.start()
     coordinator.drain()
-    assert coordinator.stats.flushed_entries == 40
+    assert coordinator.tally.flushed_entries == 40
     # the dispatcher's RQ jobs were written past the refusal
     assert sum(coordinator.dispatcher.rq_queue_lengths().values()) == 4
     before = replayed_commands()

@@ -110,6 +110,11 @@ def test_flush_callback_is_recorded_as_the_expected_handler() -> None:
     BatchStateManager(client, config, flush_callback="myapp.handlers:summarize").queue_entry(
         {}, "s", "b")
     assert client.hget("batcher:{unit}:state", "handler") == b"myapp.handlers:summarize"
+    # ``handler`` is the plain name of the same thing; naming it twice is refused
+    BatchStateManager(client, config, handler="myapp.handlers:classify").queue_entry({}, "s", "c")
+    assert client.hget("batcher:{unit}:state", "handler") == b"myapp.handlers:classify"
+    with pytest.raises(TypeError, match="not both"):
+        BatchStateManager(client, config, handler="a:b", flush_callback="a:b")
 
 
 # the fast check and the walk that names the problem must agree on every value
