@@ -10,6 +10,7 @@ from typing import Any
 import fakeredis
 import orjson
 import pytest
+import redis
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -18,10 +19,13 @@ from batcher import (
     BatchStateManager,
     BufferFullError,
     InvalidEntryError,
+    producer,
     tracing,
 )
-from batcher.models import FlushReason
+from batcher.errors import BatcherUnavailableError, SourceFullError
+from batcher.models import EnqueueResult, FlushReason
 from batcher.producer import _is_plain_json, _non_json_path
+from batcher.scripts import Scripts
 from tests.support.spies import count_enqueue_calls
 
 
@@ -202,3 +206,63 @@ def test_get_result_is_the_stored_json_or_none() -> None:
     assert manager.get_result("missing") is None
     client.set("batcher:{unit}:result:done", b'{"summary":"ok","n":[1,2]}')
     assert manager.get_result("done") == {"summary": "ok", "n": [1, 2]}
+
+
+# -- the block policy's wait, on fakeredis (its timing paths are in test_backpressure) --------
+
+
+def _full_buffer(**overrides: Any) -> tuple[BatchStateManager, fakeredis.FakeRedis]:
+    manager, client = make_manager(overflow_policy="block", block_timeout_seconds=60,
+                                   max_buffer_size=5, **overrides)
+    manager.queue_many([entry(i) for i in range(5)])
+    return manager, client
+
+
+def test_block_policy_resends_after_a_connection_lost_while_it_waited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager, client = _full_buffer()
+    slept: list[float] = []
+    monkeypatch.setattr(producer.time, "sleep", slept.append)
+
+    def blpop(keys: Any, timeout: float) -> None:
+        Scripts(client, manager.config).flush("b1", manual=True)  # room made meanwhile
+        raise redis.ConnectionError("lost while blocked")
+
+    monkeypatch.setattr(client, "blpop", blpop)
+    got = manager.queue_many([entry(f"late-{i}") for i in range(3)])
+    assert got == EnqueueResult(3, [], [])
+    assert slept == [producer.RETRY_DELAYS_SECONDS[-1]]  # one pause, then the resend
+
+
+def test_block_policy_names_what_is_unconfirmed_when_redis_goes_away_while_it_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager, client = _full_buffer()
+    monkeypatch.setattr(producer.time, "sleep", lambda s: None)
+    monkeypatch.setattr(client, "blpop", lambda keys, timeout: None)
+
+    enqueue, sent = manager.scripts.enqueue, []
+
+    def first_then_unreachable(*args: Any, **kwargs: Any) -> Any:
+        sent.append(args)
+        if len(sent) == 1:  # the first try reaches Redis and finds the buffer full
+            return enqueue(*args, **kwargs)
+        raise redis.ConnectionError("gone")
+
+    monkeypatch.setattr(manager.scripts, "enqueue", first_then_unreachable)
+    with pytest.raises(BatcherUnavailableError) as info:
+        manager.queue_many([entry(5), entry("x")])
+    assert info.value.unconfirmed_ids == ["e-5", "e-x"]
+    assert len(sent) == 2 + len(producer.RETRY_DELAYS_SECONDS)  # the try, then the resends
+
+
+def test_block_policy_still_says_which_source_was_capped_after_waiting() -> None:
+    manager, _ = make_manager(overflow_policy="block", block_timeout_seconds=0.05,
+                              max_pending_per_source=3)
+    manager.queue_many([{"id": f"a{i}", "source": "a", "payload": {}} for i in range(3)])
+    # nothing frees room for source a: the wait ends at its own timeout, the cap unchanged
+    with pytest.raises(SourceFullError) as refused:
+        manager.queue_many([{"id": "a3", "source": "a", "payload": {}},
+                            {"id": "b0", "source": "b", "payload": {}}])
+    assert refused.value.result == EnqueueResult(1, [], ["a3"], ["a3"])
