@@ -20,9 +20,12 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from batcher.config import BatchProcessingConfig, load_config
+
+if TYPE_CHECKING:
+    from batcher.monitoring.queue_stats import QueueStats
 
 DEMO_QUEUE = "demo"
 DEMO_ENV = {
@@ -172,9 +175,9 @@ def run_demo(
         series, ok = _watch(console, client, config, producers, timeout_seconds, llm,
                             redis_t0_ms)
         console.print()
-        from batcher.stats import detailed_stats
+        from batcher.stats import read_queue_stats
 
-        stats = detailed_stats(client, config)
+        stats = read_queue_stats(client, config)
         for p in procs if dashboard_port is None else procs[:-1]:
             _stop_process(p)
         raw_samples = cast(list[bytes], client.lrange(config.keys.samples, 0, -1))
@@ -229,11 +232,10 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
             proc.kill()
 
 
-def _lost(stats: dict[str, Any]) -> int:
-    c, b = stats["counters"], stats["buffer"]
-    held = (b["pending"] + b["delayed"] + b["in_flight_entries"] + b["dead"] + c["acked"]
-            + c["purged"])
-    return int(c["accepted"] - held)
+def _lost(stats: QueueStats) -> int:
+    c, b = stats.counters, stats.buffer
+    held = b.pending + b.delayed + b.in_flight_entries + b.dead + c.acked + c.purged
+    return c.accepted - held
 
 
 def _watch(
@@ -245,76 +247,76 @@ def _watch(
     from rich.live import Live
     from rich.table import Table
 
-    from batcher.stats import detailed_stats
+    from batcher.stats import read_queue_stats
 
     series, first_ack = Series(), None
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while True:
-            stats = detailed_stats(client, config)
-            b, c = stats["buffer"], stats["counters"]
-            elapsed = (stats["now_ms"] - redis_t0_ms) / 1000  # the clock the samples carry
-            if first_ack is None and c["acked"]:
+            stats = read_queue_stats(client, config)
+            b, c = stats.buffer, stats.counters
+            elapsed = (stats.now_ms - redis_t0_ms) / 1000  # the clock the samples carry
+            if first_ack is None and c.acked:
                 first_ack = elapsed
             if (llm is not None and series.slowdown_at is None and first_ack is not None
                     and elapsed - first_ack >= SLOWDOWN_AFTER_FIRST_ACK_SECONDS):
                 llm.options.per_entry_ms = SLOW_PER_ENTRY_MS
                 series.slowdown_at = elapsed
             series.t.append(elapsed)
-            series.pending.append(b["pending"])
-            series.threshold.append(stats["sizing"]["size_threshold"])
-            series.acked.append(c["acked"])
+            series.pending.append(b.pending)
+            series.threshold.append(stats.sizing.size_threshold)
+            series.acked.append(c.acked)
             grid = Table.grid(padding=(0, 2))
-            grid.add_row("elapsed", f"{elapsed:5.1f} s", "accepted", str(c["accepted"]),
-                         "acked", str(c["acked"]), "duplicates", str(c["duplicates"]))
-            grid.add_row("pending", str(b["pending"]), "in flight", str(b["in_flight_entries"]),
-                         "size threshold", str(stats["sizing"]["size_threshold"]),
-                         "throughput", f"{stats['performance']['throughput_eps']:.1f}/s")
+            grid.add_row("elapsed", f"{elapsed:5.1f} s", "accepted", str(c.accepted),
+                         "acked", str(c.acked), "duplicates", str(c.duplicates))
+            grid.add_row("pending", str(b.pending), "in flight", str(b.in_flight_entries),
+                         "size threshold", str(stats.sizing.size_threshold),
+                         "throughput", f"{stats.performance.throughput_eps:.1f}/s")
             live.update(grid)
             producing = any(p.is_alive() for p in producers)
-            drained = (b["pending"] + b["delayed"] + b["in_flight_entries"]) == 0
-            if not producing and drained and c["accepted"] > 0:
+            drained = (b.pending + b.delayed + b.in_flight_entries) == 0
+            if not producing and drained and c.accepted > 0:
                 return series, True
             if elapsed > timeout_seconds:
                 return series, False
             time.sleep(0.25)
 
 
-def _report(console: Any, stats: dict[str, Any], series: Series, llm: Any) -> None:
+def _report(console: Any, stats: QueueStats, series: Series, llm: Any) -> None:
     from rich.table import Table
 
-    perf, c = stats["performance"], stats["counters"]
+    perf, c = stats.performance, stats.counters
     elapsed = series.t[-1] if series.t else 0.0
     table = Table(title="redis-batcher demo report", show_header=False)
-    table.add_row("entries accepted / acked / dead", f"{c['accepted']} / {c['acked']} / "
-                  f"{stats['buffer']['dead']}")
-    table.add_row("duplicates skipped (2 fetchers, same feeds)", str(c["duplicates"]))
+    table.add_row("entries accepted / acked / dead", f"{c.accepted} / {c.acked} / "
+                  f"{stats.buffer.dead}")
+    table.add_row("duplicates skipped (2 fetchers, same feeds)", str(c.duplicates))
     table.add_row("wall time", f"{elapsed:.1f} s")
-    table.add_row("throughput (overall)", f"{c['acked'] / elapsed:.1f} entries/s" if elapsed
+    table.add_row("throughput (overall)", f"{c.acked / elapsed:.1f} entries/s" if elapsed
                   else "-")
-    table.add_row("batches processed", str(perf["batches_processed"]))
+    table.add_row("batches processed", str(perf.batches_processed))
     table.add_row("processing ms avg / p50 / p95 / p99",
-                  f"{perf['avg_processing_time_ms']} / {perf['p50_processing_ms']} / "
-                  f"{perf['p95_processing_ms']} / {perf['p99_processing_ms']}")
-    table.add_row("queue wait avg ms", str(perf["avg_queue_wait_ms"]))
-    table.add_row("flush reasons", ", ".join(f"{k}={v}" for k, v in c["flushes"].items() if v))
-    sizing = stats["sizing"].get("events", [])
-    table.add_row("size adjustments", ", ".join(f"{e['before']}→{e['after']}"
-                                                for e in reversed(sizing)) or "none")
-    table.add_row("final size threshold", str(stats["sizing"]["size_threshold"]))
+                  f"{perf.avg_processing_time_ms} / {perf.p50_processing_ms} / "
+                  f"{perf.p95_processing_ms} / {perf.p99_processing_ms}")
+    table.add_row("queue wait avg ms", str(perf.avg_queue_wait_ms))
+    table.add_row("flush reasons", ", ".join(f"{k}={v}" for k, v in c.flushes.items() if v))
+    table.add_row("size adjustments", ", ".join(f"{e.before}→{e.after}"
+                                                for e in reversed(stats.sizing.events))
+                  or "none")
+    table.add_row("final size threshold", str(stats.sizing.size_threshold))
     if series.slowdown_at is not None:
         table.add_row("fake LLM latency", f"60 ms + 12 ms/entry, then {SLOW_PER_ENTRY_MS:.0f} "
                       f"ms/entry from {series.slowdown_at:.0f} s (target 500 ms)")
     if llm is not None:
         table.add_row("LLM requests", str(llm.requests))
-    usage = stats.get("llm") or {}
-    if usage.get("requests"):
+    usage = stats.llm
+    if usage.requests:
         table.add_row("LLM tokens prompt / completion / cached",
-                      f"{usage['prompt_tokens']} / {usage['completion_tokens']} / "
-                      f"{usage['cached_tokens']}")
+                      f"{usage.prompt_tokens} / {usage.completion_tokens} / "
+                      f"{usage.cached_tokens}")
         table.add_row("LLM tokens/s, tokens/entry, est. cost",
-                      f"{usage['tokens_per_second']}, {usage['tokens_per_entry']}, "
-                      f"${usage['cost_usd']:.4f}")
-    table.add_row("health", f"{stats['health']['status']} {stats['health']['reasons']}")
+                      f"{usage.tokens_per_second}, {usage.tokens_per_entry}, "
+                      f"${usage.cost_usd:.4f}")
+    table.add_row("health", f"{stats.health.status} {stats.health.reasons}")
     console.print(table)
 
 

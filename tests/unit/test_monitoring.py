@@ -14,11 +14,12 @@ from rich.console import Console
 from batcher.exporter import metric_families
 from batcher.monitoring import BatchPerformanceMetrics
 from batcher.monitoring import figures as f
-from batcher.monitoring.queue_stats import Health, LatencySummary, TrendFigures
+from batcher.monitoring.queue_stats import Health, LatencySummary, QueueStats, TrendFigures
 from batcher.monitoring.report import performance_report
-from batcher.stats import detailed_stats
+from batcher.records import BatchRecord
+from batcher.stats import detailed_stats, read_queue_stats
 from batcher.top import bar, render_top, sparkline
-from tests.support.builders import make_config
+from tests.support.builders import T0, entry, make_config, make_scripts
 
 DESIGN_KEYS = {
     "buffer": {"pending", "delayed", "bytes", "utilization", "by_priority", "oldest_age_ms",
@@ -172,3 +173,18 @@ def test_metrics_report_top_and_exporter_accept_empty_stats(
     assert console.export_text().startswith("batcher top  queue t  ")
     names = {family.name for family in metric_families(empty_stats)}
     assert {"batcher_up", "batcher_batch_processing_seconds", "batcher_flushes"} <= names
+
+
+def test_a_stats_dict_reads_back_into_the_same_figures(fake_redis: fakeredis.FakeRedis) -> None:
+    # users' scripts and the seed's functions hand the dict around: reading it back must lose
+    # nothing, or `stats --json` and top/exporter would disagree
+    s = make_scripts(fake_redis)
+    s.enqueue([entry(f"e{i}", i % 3) for i in range(6)], now_ms=T0)
+    assert s.flush("b1", manual=True, now_ms=T0 + 5).batch is not None
+    assert isinstance(s.claim("b1", 1, now_ms=T0 + 6), BatchRecord)
+    s.ack("b1", 1, processing_ms=40, started_ms=T0 + 6, results={},
+          failed={"e0": ("boom", 1_000)}, now_ms=T0 + 50)
+    figures = read_queue_stats(fake_redis, s.config, now_ms=T0 + 60, check_workers=False)
+    assert QueueStats.from_dict(figures.to_dict()) == figures
+    assert figures.counters.acked == 5 and figures.buffer.delayed == 1
+    assert figures.to_dict()["counters"]["acked"] == 5
