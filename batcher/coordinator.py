@@ -20,9 +20,15 @@ import structlog
 from batcher import sizing
 from batcher.backoff import Backoff
 from batcher.config import BatchProcessingConfig
-from batcher.records import META_FIELDS, BatchRecord, BatchStatus, RedispatchOutcome
+from batcher.records import (
+    META_FIELDS,
+    BatchRecord,
+    BatchStatus,
+    FlushedBatch,
+    RedispatchOutcome,
+)
 from batcher.rq.dispatch import Dispatcher
-from batcher.scripts import EVENTS_MAXLEN, FlushedBatch, Scripts
+from batcher.scripts import EVENTS_MAXLEN, Scripts
 
 log = structlog.stdlib.get_logger(__name__)
 

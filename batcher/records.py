@@ -245,6 +245,46 @@ class RedispatchOutcome(StrEnum):
                         RedispatchOutcome.RETRY)
 
 
+@dataclass(frozen=True, slots=True)
+class FlushedBatch:
+    """flush.lua popped a batch: its id, why, how many entries, best priority, attempt."""
+
+    id: str
+    reason: FlushReason
+    size: int
+    priority: int
+    attempt: int
+    key: str | None = None  # the batch key every entry of the batch carries, if any
+
+
+@dataclass(frozen=True, slots=True)
+class FlushDecision:
+    """Either a batch was popped, or nothing is due for ``wait_ms`` (-1: until woken)."""
+
+    batch: FlushedBatch | None
+    wait_ms: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    """ack.lua's answer: ``ok`` False for a superseded attempt (nothing changed)."""
+
+    ok: bool
+    acked: int = 0
+    delayed: int = 0
+    dead: int = 0
+    results_dropped: int = 0  # refused by a full Redis: the batch was acked without them
+
+
+@dataclass(frozen=True, slots=True)
+class Redispatch:
+    """redispatch.lua's answer: what it did and the attempt/priority to dispatch."""
+
+    outcome: RedispatchOutcome
+    attempt: int = 0
+    priority: int = 0
+
+
 _Word = TypeVar("_Word", bound=StrEnum)
 
 

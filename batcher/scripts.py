@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
@@ -17,10 +16,14 @@ from batcher.errors import from_script_error
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import EnqueueResult, FlushReason
 from batcher.records import (
+    AckResult,
     BatchRecord,
     ClaimRefused,
     FailOutcome,
+    FlushDecision,
+    FlushedBatch,
     PauseOutcome,
+    Redispatch,
     RedispatchOutcome,
     outcome,
 )
@@ -97,40 +100,6 @@ def _s(value: Any) -> str:
 
 def _now(now_ms: int | None) -> str:
     return "" if now_ms is None else str(int(now_ms))
-
-
-@dataclass(frozen=True, slots=True)
-class FlushedBatch:
-    id: str
-    reason: FlushReason
-    size: int
-    priority: int
-    attempt: int
-    key: str | None = None  # the batch key every entry of the batch carries, if any
-
-
-@dataclass(frozen=True, slots=True)
-class FlushDecision:
-    """Either a batch was popped, or nothing is due for ``wait_ms`` (-1: until woken)."""
-
-    batch: FlushedBatch | None
-    wait_ms: int = -1
-
-
-@dataclass(frozen=True, slots=True)
-class AckResult:
-    ok: bool
-    acked: int = 0
-    delayed: int = 0
-    dead: int = 0
-    results_dropped: int = 0  # refused by a full Redis: the batch was acked without them
-
-
-@dataclass(frozen=True, slots=True)
-class Redispatch:
-    outcome: RedispatchOutcome
-    attempt: int = 0
-    priority: int = 0
 
 
 class Scripts:

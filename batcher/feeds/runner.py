@@ -8,6 +8,7 @@ once per interval; a killed process's feeds are claimed again when their lease l
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter, deque
@@ -60,12 +61,9 @@ class ScheduledFetcher:
                 room = 2 * self.concurrency - len(self._running) - len(self._waiting)
                 claim: Claim | None = None
                 if room >= self.concurrency // 2 + 1 or not self._running:
-                    try:
-                        claim = self._claim(room)
-                        backoff.succeeded()
-                    except redis.RedisError as exc:
-                        backoff.failed(exc, stop)
-                        continue
+                    claim = backoff.until_done(stop, functools.partial(self._claim, room))
+                    if claim is None:  # stopped while Redis was away
+                        break
                 self._start_waiting(pool)
                 idle = claim is not None and not claim.feeds
                 if once and idle and not self._running and not self._waiting:

@@ -39,8 +39,8 @@ from hypothesis.stateful import (
 from batcher.errors import InvalidEntryError
 from batcher.fairness import source_group
 from batcher.producer import BatchStateManager
-from batcher.records import PRIORITY_SCORE_BASE, BatchRecord, score_of
-from batcher.scripts import AckResult, Scripts
+from batcher.records import PRIORITY_SCORE_BASE, AckResult, BatchRecord, score_of
+from batcher.scripts import Scripts
 from tests.support.builders import batch_entries, entry, envelope, make_config
 from tests.support.invariants import assert_consistent
 

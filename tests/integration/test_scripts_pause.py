@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import redis as redis_py
 
-from batcher.records import BatchRecord
-from batcher.scripts import AckResult, Scripts
+from batcher.records import AckResult, BatchRecord
+from batcher.scripts import Scripts
 from tests.support.builders import T0, dead_record, entry, events, make_scripts, stat, state_int
 from tests.support.invariants import assert_consistent
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import redis as redis_py
 
-from batcher.records import BatchRecord
-from batcher.scripts import AckResult, Redispatch, Scripts
+from batcher.records import AckResult, BatchRecord, Redispatch
+from batcher.scripts import Scripts
 from tests.support.builders import (
     AWKWARD_PAYLOADS,
     T0,
