@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench.py [--entries N] [--repeat R] [--quick] [--check]
 
 Measures, in one run: ingest, end-to-end, deadline lateness, flatness and memory (issue 5),
-fair share between sources and a budget shared by 4 workers (issue 17);
+fair share between sources and a budget shared by 4 workers (issue 17), start-up (issue 16);
 writes bench-results/latest.json, the tables of docs/benchmarks.md and docs/benchmarks.png.
 With --check it exits 1 when a target is missed; its last line lists every ratio.
 """
@@ -29,12 +29,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import e2e, groups, ingest, lateness, report, scale  # noqa: E402
+from benchlib import e2e, groups, ingest, lateness, report, scale, startup  # noqa: E402
 from benchlib.common import bench_config, make_entries, round_robin, summary  # noqa: E402
 from benchlib.server import BenchRedis  # noqa: E402
 
 BENCH_EXTRA = ["celery[redis]>=5.3", "celery-batches>=0.11", "matplotlib>=3.8"]
-SECTIONS = ("ingest", "e2e", "lateness", "flatness", "memory", "fairness", "budget")
+SECTIONS = ("ingest", "e2e", "lateness", "flatness", "memory", "fairness", "budget",
+            "startup")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -173,6 +174,15 @@ def run_flatness(url: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def run_startup(url: str, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    # one start-up is short and noisy on a shared machine: more rounds than the other sections
+    config = bench_config(url)
+    return round_robin(max(5, 3 * args.repeat), {
+        "ours_first_ack_s": lambda: startup.ours(config, log_dir),
+        "rq_first_job_s": lambda: startup.rq_baseline(url, log_dir),
+    }, "startup")
+
+
 def measure(srv: BenchRedis, args: argparse.Namespace, have: dict[str, bool],
             log_dir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
@@ -184,6 +194,7 @@ def measure(srv: BenchRedis, args: argparse.Namespace, have: dict[str, bool],
         "memory": lambda: scale.memory(bench_config(srv.url), 2_000 if args.quick else 20_000),
         "fairness": lambda: groups.fairness(bench_config(srv.url)),
         "budget": lambda: groups.budget(bench_config(srv.url), 10 if args.quick else 120),
+        "startup": lambda: run_startup(srv.url, args, log_dir),
     }
     for name in SECTIONS:
         if name in args.sections:

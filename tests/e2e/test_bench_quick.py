@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("meta", "ingest", "e2e", "lateness", "flatness", "memory", "fairness", "budget",
-            "ratios", "verdicts")
+            "startup", "ratios", "verdicts")
 
 
 @pytest.mark.slow
@@ -29,5 +29,6 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     for system in ("ours_simple", "ours_fork", "rq_simple", "rq_packed_simple"):
         assert results["e2e"][system]["median"] > 0
     assert results["memory"]["pending_bytes_per_entry"] > 0
+    assert results["startup"]["ours_first_ack_s"]["median"] > 0
     assert proc.stdout.strip().splitlines()[-1].startswith("bench check: ")
     assert "<!-- bench:tables:start -->" in (tmp_path / "benchmarks.md").read_text()
