@@ -22,7 +22,7 @@ from batcher import (
     producer,
     tracing,
 )
-from batcher.errors import BatcherUnavailableError, SourceFullError
+from batcher.errors import BatcherUnavailableError, RedisFullError, SourceFullError
 from batcher.models import EnqueueResult, FlushReason
 from batcher.producer import _is_plain_json, _non_json_path
 from batcher.scripts import Scripts
@@ -266,3 +266,42 @@ def test_block_policy_still_says_which_source_was_capped_after_waiting() -> None
         manager.queue_many([{"id": "a3", "source": "a", "payload": {}},
                             {"id": "b0", "source": "b", "payload": {}}])
     assert refused.value.result == EnqueueResult(1, [], ["a3"], ["a3"])
+
+
+def _out_of_memory(*args: Any, **kwargs: Any) -> Any:
+    raise redis.exceptions.OutOfMemoryError("OOM command not allowed (used memory > maxmemory)")
+
+
+def test_a_full_redis_is_named_with_its_memory_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    manager, client = make_manager()
+    monkeypatch.setattr(manager.scripts, "enqueue", _out_of_memory)
+    monkeypatch.setattr(client, "info", lambda section: {"used_memory_human": "101.2M",
+                                                         "maxmemory_human": "100.0M"})
+    with pytest.raises(RedisFullError) as full:
+        manager.queue_many([entry(0), entry(1)])
+    assert "(used_memory=101.2M, maxmemory=100.0M)" in str(full.value)
+    assert full.value.result == EnqueueResult(0, [], ["e-0", "e-1"])
+
+
+def test_a_full_redis_whose_info_is_refused_is_named_without_figures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager, _ = make_manager()  # fakeredis has no INFO: the figures are left out, not guessed
+    monkeypatch.setattr(manager.scripts, "enqueue", _out_of_memory)
+    with pytest.raises(RedisFullError, match=r"over its maxmemory \(maxmemory-policy noeviction\)"):
+        manager.queue_many([entry(0)])
+
+
+def test_an_unreachable_redis_says_so_and_how_many_entries_are_unconfirmed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manager, _ = make_manager()
+    monkeypatch.setattr(producer.time, "sleep", lambda s: None)
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("gone")
+
+    monkeypatch.setattr(manager.scripts, "enqueue", unreachable)
+    with pytest.raises(BatcherUnavailableError,
+                       match=r"^Redis unavailable \(connection\), 3 entries not confirmed: gone"):
+        manager.queue_many([entry(i) for i in range(3)])
