@@ -30,6 +30,7 @@ _MAX_SHOWN = 100  # a value longer than this is cut in error messages
 # Rules whose words cannot be derived from the field's type and bounds.
 _RULE_WORDS = {
     "redis_url": "must be a redis://, rediss:// or unix:// URL",
+    "rq_redis_url": "must be empty or a redis://, rediss:// or unix:// URL",
     "queue": "must match [A-Za-z0-9_-]{1,64}",
     "handler": "must be a 'module:function' path, e.g. workers.handlers.echo:handle",
     "job_timeout_seconds": "must be a whole number >= 1 (RQ truncates fractions)",
@@ -95,6 +96,9 @@ class BatchProcessingConfig(BaseSettings):
     redis_tls_ca_file: str | None = None
     redis_tls_cert_file: str | None = None
     redis_tls_key_file: str | None = None
+    # RQ's queues, jobs and registries on a Redis of their own (None: on redis_url); every
+    # batcher key stays on redis_url. A rediss:// URL gets the same TLS files
+    rq_redis_url: str | None = None
     queue: str = "default"
     handler: str = "workers.handlers.echo:handle"
 
@@ -150,6 +154,16 @@ class BatchProcessingConfig(BaseSettings):
     def _check_redis_url(cls, value: str) -> str:
         if not value.lower().startswith(REDIS_SCHEMES) or value.endswith("://"):
             raise ValueError(_RULE_WORDS["redis_url"])
+        return value
+
+    @field_validator("rq_redis_url", mode="before")
+    @classmethod
+    def _check_rq_redis_url(cls, value: object) -> object:
+        if value == "":
+            return None  # an empty variable is an unset one
+        if isinstance(value, str) and (not value.lower().startswith(REDIS_SCHEMES)
+                                       or value.endswith("://")):
+            raise ValueError(_RULE_WORDS["rq_redis_url"])
         return value
 
     @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file",
@@ -216,6 +230,32 @@ class BatchProcessingConfig(BaseSettings):
         ``oom_tolerant``: a daemon's, whose bookkeeping passes a full Redis (batcher.oom)."""
         return connect(self.redis_url, blocking_seconds=blocking_seconds, tls=self.tls(),
                        oom_tolerant=oom_tolerant)
+
+    @property
+    def rq_apart(self) -> bool:
+        """True when RQ's keys live on another Redis than the batcher's (BATCH_RQ_REDIS_URL)."""
+        return self.rq_redis_url is not None and self.rq_redis_url != self.redis_url
+
+    def rq_redis_client(self, *, oom_tolerant: bool = False) -> redis.Redis:
+        """A client for RQ's Redis: ``rq_redis_url`` (TLS files for a rediss:// one), else
+        ``redis_url``. Prefer :meth:`rq_client_for`, which reuses a client of the same server."""
+        url = self.rq_redis_url or self.redis_url
+        tls = self.tls() if url.lower().startswith("rediss://") else {}
+        return connect(url, tls=tls, oom_tolerant=oom_tolerant)
+
+    def rq_client_for(self, client: redis.Redis) -> redis.Redis:
+        """The client for RQ's keys beside ``client`` (the batcher's): ``client`` itself when
+        both live on one Redis, so nothing changes there; else one client of RQ's Redis,
+        built once per ``client`` and kept on it."""
+        if not self.rq_apart:
+            return client
+        rq_client: redis.Redis | None = getattr(client, "_batcher_rq_client", None)
+        if rq_client is None:
+            from batcher.oom import OomTolerantRedis
+
+            rq_client = self.rq_redis_client(oom_tolerant=isinstance(client, OomTolerantRedis))
+            client._batcher_rq_client = rq_client  # type: ignore[attr-defined]
+        return rq_client
 
     @property
     def keys(self) -> QueueKeys:
@@ -355,7 +395,7 @@ def _cross_field_problems(cfg: BatchProcessingConfig) -> list[str]:
 def _shown(field: str, value: object) -> str:
     """A value as an error message quotes it: one line, cut short, never a password."""
     text = _number(value) if isinstance(value, float) else str(value)
-    if field == "redis_url":
+    if field in ("redis_url", "rq_redis_url"):
         text = redact(text)
     if len(text) > _MAX_SHOWN:
         text = text[:_MAX_SHOWN] + "..."

@@ -88,7 +88,10 @@ class Coordinator:
         self.config = config
         self.scripts = Scripts(client, config)
         self.keys = self.scripts.keys
-        self.dispatcher = Dispatcher(client, config)
+        # RQ's Redis: ``client`` itself unless BATCH_RQ_REDIS_URL names another server. The
+        # batch record and its lease are written before the dispatch, on the batcher's Redis:
+        # a dispatch lost with RQ's Redis is redone by the reaper
+        self.dispatcher = Dispatcher(config.rq_client_for(client), config)
         self.tally = FlushTally()
         self._next_reap = 0.0
         self._next_report = clock() + config.report_interval_seconds

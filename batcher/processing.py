@@ -65,12 +65,16 @@ def context(queue: str, client: redis.Redis | None = None) -> WorkerContext:
     """The per-process connection, scripts and handler, kept warm across jobs.
 
     ``client`` is the RQ worker's own connection when there is one: a forked job horse then
-    opens one connection per job, not two.
+    opens one connection per job, not two. Not when RQ has a Redis of its own
+    (BATCH_RQ_REDIS_URL): the batcher's keys get their own client then.
     """
     ctx = _CONTEXTS.get(queue)
     if ctx is None:
         config = load_config(queue=queue)
-        client = client if client is not None else config.redis_client()
+        if config.rq_apart:
+            client = config.redis_client(oom_tolerant=True)  # a daemon's, as the CLI's
+        elif client is None:
+            client = config.redis_client()
         ctx = WorkerContext(config, client, Scripts(client, config), load_handler(config.handler))
         _CONTEXTS[queue] = ctx
         if config.budget:

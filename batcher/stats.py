@@ -272,7 +272,7 @@ def read_queue_stats(
     if check_workers:
         from batcher.rq.status import live_workers  # RQ only where its registry is read
 
-        workers = live_workers(client, keys)
+        workers = live_workers(config.rq_client_for(client), keys)
     samples = figures.parse_samples(snap.samples)
     health = figures.health(figures.HealthInput(
         utilization=buffer.utilization, early_pressure=config.early_flush_pressure,

@@ -38,6 +38,8 @@ def export_settings(config: BatchProcessingConfig) -> None:
     env."""
     os.environ[env_name("redis_url")] = config.redis_url
     os.environ[env_name("queue")] = config.queue
+    if config.rq_redis_url is not None:
+        os.environ[env_name("rq_redis_url")] = config.rq_redis_url
 
 
 def warm_up(config: BatchProcessingConfig, client: redis.Redis) -> None:
@@ -124,7 +126,8 @@ def worker(burst: bool, simple: bool, processes: int | None, warm: bool, queue: 
         return
     if warm:
         warm_up(config, client)
-    run_workers(config, client, burst=burst, simple=simple)
+    run_workers(config, client, burst=burst, simple=simple,
+                rq_client=config.rq_client_for(client))
 
 
 commands = [worker]

@@ -63,15 +63,20 @@ class _EarlyStop:
 
 
 def run_workers(config: BatchProcessingConfig, client: Any, *, burst: bool,
-                simple: bool) -> None:
-    """Run one RQ worker; restart it after a Redis failure until a signal stops it."""
+                simple: bool, rq_client: Any = None) -> None:
+    """Run one RQ worker; restart it after a Redis failure until a signal stops it.
+
+    ``client`` is the batcher's Redis; the worker's RQ connection is ``rq_client`` (RQ's own
+    Redis, BATCH_RQ_REDIS_URL), by default the same client.
+    """
     backoff = Backoff("worker", queue=config.queue, client=client, state_key=config.keys.state,
                       first=RESTART_DELAY_SECONDS, cap=MAX_RESTART_DELAY_SECONDS)
     early = _EarlyStop()
     while not early.requested.is_set():
         name = worker_name()
         try:
-            worker = make_worker(config, client, simple=simple, name=name)
+            worker = make_worker(config, client if rq_client is None else rq_client,
+                                 simple=simple, name=name)
             early.worker = worker
             log.info("worker.starting", queue=config.queue, name=name,
                      rq_queues=config.keys.rq_queues_by_urgency(), simple=simple, burst=burst)

@@ -145,9 +145,13 @@ class LeanHeartbeats:
                     job.origin, connection=self.connection)
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
             args = batch_args(job)
+            ctx = None if args is None else processing.context(args[0], job.connection)
             scripts = None
-            if args is not None:
-                scripts = processing.context(args[0], job.connection).scripts
+            # with the batch's keys on another Redis (BATCH_RQ_REDIS_URL) the task claims
+            # there after this start, a round trip of its own; a crash between the two leaves
+            # a started job and an unclaimed batch, which the reaper dispatches again
+            if args is not None and ctx is not None and not ctx.config.rq_apart:
+                scripts = ctx.scripts
                 job.claimant = processing.new_claimant()
                 scripts.claim_into(pipe, args[1], args[2], claimant=job.claimant)
             replies = pipe.execute(raise_on_error=scripts is None)

@@ -73,9 +73,10 @@ def test_defaults_equal_the_table() -> None:
 
 
 def test_every_field_is_in_the_table() -> None:
-    # the TLS files are ours, not DESIGN's (README and docs/security.md document them)
+    # the TLS files and RQ's own Redis are ours, not DESIGN's (README documents them)
     tls = {"redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file"}
-    assert set(BatchProcessingConfig.model_fields) == set(TABLE_DEFAULTS) | {"log_format"} | tls
+    ours = tls | {"rq_redis_url", "log_format"}
+    assert set(BatchProcessingConfig.model_fields) == set(TABLE_DEFAULTS) | ours
 
 
 def test_log_format_defaults_to_json_off_a_tty(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -286,6 +287,51 @@ def test_redis_url_error_hides_its_password(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize("url", ["redis://h:1/0", "rediss://h", "unix:///tmp/redis.sock?db=1"])
 def test_redis_url_schemes_are_accepted(url: str) -> None:
     assert load_config(redis_url=url).redis_url == url
+
+
+def test_rq_redis_url_defaults_to_the_batchers_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_RQ_REDIS_URL", "")  # an empty variable is an unset one
+    cfg = load_config(redis_url="redis://h:1/0")
+    assert (cfg.rq_redis_url, cfg.rq_apart) == (None, False)
+    client = cfg.redis_client()
+    # one Redis: RQ's traffic goes through the very same client (same round trips as ever)
+    assert cfg.rq_client_for(client) is client
+    assert cfg.rq_redis_client().connection_pool.connection_kwargs["port"] == 1
+    same = load_config(redis_url="redis://h:1/0", rq_redis_url="redis://h:1/0")
+    assert not same.rq_apart and same.rq_client_for(client) is client
+
+
+def test_rq_redis_url_names_rqs_own_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_RQ_REDIS_URL", "redis://rq-host:6390/2")
+    cfg = load_config(redis_url="redis://h:1/0")
+    assert cfg.rq_apart
+    client = cfg.redis_client(oom_tolerant=True)
+    rq_client = cfg.rq_client_for(client)
+    kwargs = rq_client.connection_pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("rq-host", 6390, 2)
+    assert cfg.rq_client_for(client) is rq_client  # built once per batcher client
+    # the daemons' bookkeeping passes a full Redis on RQ's server too (batcher.oom)
+    assert type(rq_client) is type(client)
+
+
+def test_rq_redis_url_over_tls_gets_the_same_tls_files(tmp_path: object) -> None:
+    ca = os.path.join(str(tmp_path), "ca.pem")
+    with open(ca, "w") as f:
+        f.write("not read until a connection is made")
+    cfg = load_config(redis_url="rediss://h:1/0", rq_redis_url="rediss://rq:2/0",
+                      redis_tls_ca_file=ca)
+    assert cfg.rq_redis_client().connection_pool.connection_kwargs["ssl_ca_certs"] == ca
+    plain = cfg.with_overrides(rq_redis_url="redis://rq:2/0")
+    assert "ssl_ca_certs" not in plain.rq_redis_client().connection_pool.connection_kwargs
+
+
+def test_rq_redis_url_error_hides_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_RQ_REDIS_URL", "http://user:hunter2@host:6390/0")
+    with pytest.raises(ConfigError) as caught:
+        load_config()
+    assert "hunter2" not in str(caught.value)
+    assert "BATCH_RQ_REDIS_URL='http://user:***@host:6390/0': must be empty or a redis://" in (
+        str(caught.value))
 
 
 def test_with_overrides_returns_a_validated_copy() -> None:
