@@ -37,8 +37,11 @@ def make_worker(config: BatchProcessingConfig, client: redis.Redis, *, simple: b
                 name: str | None = None) -> BatchSimpleWorker | BatchWorker:
     """An RQ worker on the queue's three RQ queues, urgent first, running batch jobs."""
     worker_class = BatchSimpleWorker if simple else BatchWorker
-    return worker_class(config.keys.rq_queues_by_urgency(), name=name, connection=client,
-                        serializer=JSONSerializer, job_class=BatchJob)
+    worker = worker_class(config.keys.rq_queues_by_urgency(), name=name, connection=client,
+                          serializer=JSONSerializer, job_class=BatchJob)
+    # RQ's own Redis may be lost and replaced while the worker runs (BATCH_RQ_REDIS_URL)
+    worker.check_registration = config.rq_apart
+    return worker
 
 
 class _EarlyStop:

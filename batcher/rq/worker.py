@@ -29,7 +29,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rq import SimpleWorker, Worker
+import structlog
+from rq import SimpleWorker, Worker, worker_registration
 from rq.executions import Execution
 from rq.job import JobStatus
 from rq.utils import now
@@ -38,6 +39,8 @@ from rq.worker import WorkerStatus
 from batcher import processing
 from batcher.rq import guard
 from batcher.rq.job import BatchJob, batch_args
+
+log = structlog.stdlib.get_logger(__name__)
 
 PLAIN_HEARTBEAT_EVERY_SECONDS = 1.0
 SUSPENSION_CHECK_EVERY_SECONDS = 1.0
@@ -53,8 +56,15 @@ class LeanHeartbeats:
     # the job ran in this process: its commit can carry the heartbeat that follows a job
     _heartbeat_in_commit = False
     _heartbeat_sent_with_commit = False
+    # RQ registers a worker once, at its start: after RQ's Redis was lost and replaced by an
+    # empty one (it has a server of its own, BATCH_RQ_REDIS_URL) the worker would take jobs
+    # unlisted, and stats would show no worker. So its heartbeats also ask whether RQ still
+    # lists it (same round trip), and it registers again when not. Off on one server: a lost
+    # Redis is the batcher's too, and those round trips stay as they are
+    check_registration = False
     connection: Any
     name: str
+    key: str
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         parent: Any = super()
@@ -69,8 +79,27 @@ class LeanHeartbeats:
                 parent.set_state(self._deferred_state, pipeline=pipe)
                 self._deferred_state = None
             parent.heartbeat(pipeline=pipe)
-            pipe.execute()
+            self._ask_registered(pipe)
+            self._register_again_if_missing(pipe.execute())
         self._plain_heartbeat_due = now + PLAIN_HEARTBEAT_EVERY_SECONDS
+
+    def _ask_registered(self, pipe: Any) -> None:
+        if self.check_registration:
+            pipe.sismember(worker_registration.REDIS_WORKER_KEYS, self.key)
+
+    def _register_again_if_missing(self, replies: list[Any]) -> None:
+        if not self.check_registration or replies[-1]:
+            return
+        # RQ's register_birth without its "already active" check (our heartbeat just wrote
+        # the key): the whole worker hash again, listed in rq:workers and per queue
+        with self.connection.pipeline() as pipe:
+            pipe.delete(self.key)
+            pipe.hset(self.key, mapping=self.serialize())  # type: ignore[attr-defined]
+            worker_registration.register(self, pipe)  # type: ignore[arg-type]
+            pipe.expire(self.key, self.worker_ttl + 60)  # type: ignore[attr-defined]
+            pipe.execute()
+        log.warning("worker.registered_again", name=self.name,
+                    why="RQ's Redis no longer listed this worker")
 
     def check_for_suspension(self, burst: bool) -> None:
         now = time.monotonic()
@@ -109,7 +138,8 @@ class LeanHeartbeats:
                 # job's start shortened) and the idle state, one round trip earlier
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)  # type: ignore[attr-defined]
                 self.heartbeat(pipeline=pipe)
-            pipe.execute()
+            self._ask_registered(pipe)
+            self._register_again_if_missing(pipe.execute())
         if self._heartbeat_in_commit:
             self._deferred_state = None
             self._plain_heartbeat_due = time.monotonic() + PLAIN_HEARTBEAT_EVERY_SECONDS

@@ -195,3 +195,9 @@ def test_lost_rq_redis_is_refilled_from_the_batch_records(
     assert redispatched >= queued_jobs
     _assert_keys_apart(real_redis, rq_client)
     assert_consistent(real_redis, KEYS)
+    # the worker, which RQ's fresh Redis never saw start, listed again (stats counts it)
+    wait_until(lambda: rq_client.scard("rq:workers") == 1, "the worker registered again")
+    stats = subprocess.run([sys.executable, "-m", "batcher.cli", "stats", "--json"],
+                           env=run.env, capture_output=True, timeout=60, text=True)
+    assert [w["queues"] for w in json.loads(stats.stdout)["workers"]] == [
+        KEYS.rq_queues_by_urgency()], stats.stderr
