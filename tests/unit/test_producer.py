@@ -275,12 +275,15 @@ def _out_of_memory(*args: Any, **kwargs: Any) -> Any:
 def test_a_full_redis_is_named_with_its_memory_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     manager, client = make_manager()
     monkeypatch.setattr(manager.scripts, "enqueue", _out_of_memory)
-    monkeypatch.setattr(client, "info", lambda section: {"used_memory_human": "101.2M",
-                                                         "maxmemory_human": "100.0M"})
+    memory = {"used_memory_human": "101.2M", "maxmemory_human": "100.0M"}
+    monkeypatch.setattr(client, "info", lambda section: memory if section == "memory" else {})
     with pytest.raises(RedisFullError) as full:
         manager.queue_many([entry(0), entry(1)])
     assert "(used_memory=101.2M, maxmemory=100.0M)" in str(full.value)
     assert full.value.result == EnqueueResult(0, [], ["e-0", "e-1"])
+    memory.clear()  # a server that does not report them: the figures say so
+    with pytest.raises(RedisFullError, match=r"\(used_memory=\?, maxmemory=\?\)"):
+        manager.queue_many([entry(0)])
 
 
 def test_a_full_redis_whose_info_is_refused_is_named_without_figures(
