@@ -180,6 +180,8 @@ def run_startup(url: str, args: argparse.Namespace, log_dir: Path) -> dict[str, 
     return round_robin(max(5, 3 * args.repeat), {
         "ours_first_ack_s": lambda: startup.ours(config, log_dir),
         "rq_first_job_s": lambda: startup.rq_baseline(url, log_dir),
+        "ours_worker_import_cpu_s": lambda: startup.import_cpu_seconds(startup.WORKER_IMPORTS),
+        "rq_worker_import_cpu_s": lambda: startup.import_cpu_seconds(startup.RQ_WORKER_IMPORTS),
     }, "startup")
 
 

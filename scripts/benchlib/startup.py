@@ -14,6 +14,7 @@ one in the same run, so the same load hits both (docs/benchmarks.md, "Start-up")
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -83,3 +84,22 @@ def rq_baseline(url: str, log_dir: Path) -> float:
         children.python("startup-rq", "-m", "benchlib.procs", "rq-worker", "--simple",
                         RQ_QUEUE)
         return _wait(children, lambda: client.zcard(finished.key), start)
+
+
+# what each process imports before its loop: a ``batcher worker`` (the CLI, the worker command,
+# the batch processing and the default handler) and RQ's own worker
+WORKER_IMPORTS = ("import batcher.cli, batcher.cli.worker, batcher.processing, "
+                  "workers.handlers.echo")
+RQ_WORKER_IMPORTS = "import rq.worker"
+
+
+def import_cpu_seconds(code: str, tree: Path | None = None) -> float:
+    """User + system CPU seconds of a fresh interpreter running ``code`` (imports): steadier
+    than wall time on a loaded machine, where most of a start-up is the wait for a core."""
+    env = _in_tree(child_env(), tree)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"start-up: {code!r} exited with {proc.returncode}")
+    return float(usage.ru_utime + usage.ru_stime)
