@@ -27,7 +27,7 @@ ack, commit).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from rq import SimpleWorker, Worker, worker_registration
@@ -66,6 +66,21 @@ class LeanHeartbeats:
     name: str
     key: str
 
+    if TYPE_CHECKING:
+        # what the mixin uses of the RQ worker class it is mixed into (RQ 3.0's BaseWorker);
+        # declared for mypy only, so at run time every name resolves to RQ's own
+        worker_ttl: int
+        queue_class: Any
+
+        def serialize(self) -> dict[str, Any]: ...
+        def set_state(self, state: str, pipeline: Any = None) -> None: ...
+        def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int: ...
+        def increment_successful_job_count(self, pipeline: Any = None) -> None: ...
+        def increment_total_working_time(self, job_execution_time: Any, pipeline: Any
+                                         ) -> None: ...
+        def cleanup_execution(self, job: Any, pipeline: Any, execution: Any = None
+                              ) -> None: ...
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         parent: Any = super()
         if timeout is not None or pipeline is not None:
@@ -94,9 +109,9 @@ class LeanHeartbeats:
         # the key): the whole worker hash again, listed in rq:workers and per queue
         with self.connection.pipeline() as pipe:
             pipe.delete(self.key)
-            pipe.hset(self.key, mapping=self.serialize())  # type: ignore[attr-defined]
+            pipe.hset(self.key, mapping=self.serialize())
             worker_registration.register(self, pipe)  # type: ignore[arg-type]
-            pipe.expire(self.key, self.worker_ttl + 60)  # type: ignore[attr-defined]
+            pipe.expire(self.key, self.worker_ttl + 60)
             pipe.execute()
         log.warning("worker.registered_again", name=self.name,
                     why="RQ's Redis no longer listed this worker")
@@ -105,7 +120,8 @@ class LeanHeartbeats:
         now = time.monotonic()
         if now < self._suspension_check_due:
             return
-        super().check_for_suspension(burst)  # type: ignore[misc]
+        parent: Any = super()  # RQ's worker class, after this mixin in the MRO
+        parent.check_for_suspension(burst)
         self._suspension_check_due = time.monotonic() + SUSPENSION_CHECK_EVERY_SECONDS
 
     def handle_execution_ended(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> None:
@@ -114,29 +130,28 @@ class LeanHeartbeats:
             # and its commit follows at once, inside the TTL its start set
             job.ended_at = now()
             return
-        super().handle_execution_ended(job, queue, *args, **kwargs)  # type: ignore[misc]
+        parent: Any = super()
+        parent.handle_execution_ended(job, queue, *args, **kwargs)
 
     def handle_job_success(self, job: Any, queue: Any, started_job_registry: Any,
                            *args: Any, **kwargs: Any) -> None:
         execution = kwargs.get("execution", args[0] if args else None)
         if execution is None or not _plain_batch_job(job):
-            super().handle_job_success(  # type: ignore[misc]
-                job, queue, started_job_registry, *args, **kwargs)
+            parent: Any = super()
+            parent.handle_job_success(job, queue, started_job_registry, *args, **kwargs)
             return
         # RQ's commit without its WATCH and read of the job's dependents (two round trips):
         # no job can depend on a batch job, whose id only the dispatcher knows
         with self.connection.pipeline() as pipe:  # MULTI/EXEC, as RQ's own
-            self.increment_successful_job_count(pipeline=pipe)  # type: ignore[attr-defined]
-            self.increment_total_working_time(  # type: ignore[attr-defined]
-                job.ended_at - job.started_at, pipe)
+            self.increment_successful_job_count(pipeline=pipe)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipe)
             job.cleanup(0, pipeline=pipe, remove_from_queue=False)
             job._status = JobStatus.FINISHED
-            self.cleanup_execution(  # type: ignore[attr-defined]
-                job, pipeline=pipe, execution=execution)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
             if self._heartbeat_in_commit:
                 # the heartbeat RQ's loop sends right after the job (restoring the TTL the
                 # job's start shortened) and the idle state, one round trip earlier
-                self.set_state(WorkerStatus.IDLE, pipeline=pipe)  # type: ignore[attr-defined]
+                self.set_state(WorkerStatus.IDLE, pipeline=pipe)
                 self.heartbeat(pipeline=pipe)
             self._ask_registered(pipe)
             self._register_again_if_missing(pipe.execute())
@@ -152,7 +167,8 @@ class LeanHeartbeats:
             guard.refuse(self, job, queue, reason)
             return None
         try:
-            return super().execute_job(job, queue)  # type: ignore[misc]
+            parent: Any = super()
+            return parent.execute_job(job, queue)
         finally:
             if not self._heartbeat_sent_with_commit:
                 self._plain_heartbeat_due = 0.0
@@ -165,14 +181,13 @@ class LeanHeartbeats:
         outcome goes to ``job.claimed``; a claim whose reply is an error (NOSCRIPT) is simply
         made again by the task."""
         with pipe:
-            ttl = self.get_heartbeat_ttl(job)  # type: ignore[attr-defined]
+            ttl = self.get_heartbeat_ttl(job)
             self.heartbeat(ttl, pipeline=pipe)
             job.heartbeat(now(), ttl, pipeline=pipe)
             job.prepare_for_execution(self.name, pipeline=pipe)
             pipe.persist(job.key)
             if remove_from_intermediate_queue:
-                queue = self.queue_class(  # type: ignore[attr-defined]
-                    job.origin, connection=self.connection)
+                queue = self.queue_class(job.origin, connection=self.connection)
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
             args = batch_args(job)
             ctx = None if args is None else processing.context(args[0], job.connection)
