@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         InvalidEntryError,
         RateLimited,
         RedisFullError,
+        ReplicaAckError,
     )
     from batcher.models import Batch, BatchOutcome, EnqueueResult, Entry, FlushReason
     from batcher.monitoring import BatchPerformanceMetrics
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 _HOMES = {
     "batcher.config": ("BatchProcessingConfig", "load_config"),
     "batcher.errors": ("BatcherError", "BatcherUnavailableError", "BufferFullError",
-                       "ConfigError", "InvalidEntryError", "RateLimited", "RedisFullError"),
+                       "ConfigError", "InvalidEntryError", "RateLimited", "RedisFullError",
+                       "ReplicaAckError"),
     "batcher.models": ("Batch", "BatchOutcome", "EnqueueResult", "Entry", "FlushReason"),
     "batcher.monitoring": ("BatchPerformanceMetrics",),
     "batcher.presets": ("configure", "create_high_performance_batch_manager",
@@ -70,6 +72,7 @@ __all__ = [
     "InvalidEntryError",
     "RateLimited",
     "RedisFullError",
+    "ReplicaAckError",
     "load_config",
 ]
 

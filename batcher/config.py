@@ -134,6 +134,10 @@ class BatchProcessingConfig(BaseSettings):
     block_timeout_seconds: Pos = 10.0
     max_pending_per_source: NonNegInt = 0
     budget: str = ""
+    # an enqueue and an ack are reported done only once WAIT confirms this many replicas hold
+    # them (0: no WAIT, today's path); the wait stays under the client's 10 s socket timeout
+    replica_acks: NonNegInt = 0
+    replica_acks_timeout_ms: Annotated[int, Field(ge=1), Field(le=9000)] = 1000
 
     enable_adaptive_sizing: bool = True
     enable_adaptive_timeout: bool = True

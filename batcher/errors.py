@@ -56,6 +56,33 @@ class BatcherUnavailableError(BatcherError):
         self.unconfirmed_ids = unconfirmed_ids or []
 
 
+class ReplicaAckError(BatcherUnavailableError):
+    """``BATCH_REPLICA_ACKS=n``: the write was applied on the master, but WAIT confirmed it on
+    only ``confirmed`` of ``wanted`` replicas within ``timeout_ms``.
+
+    Nothing is undone: the write stands on the master and reaches the replicas when they
+    catch up, unless the master fails first (asynchronous replication), in which case a
+    promoted replica lacks it. For an enqueue, ``unconfirmed_ids`` (those of this call not
+    confirmed) may be re-sent: enqueue de-duplicates by id within the dedupe window, so a
+    re-sent id that did arrive counts as a duplicate, not a second entry. ``result`` is what
+    the master accepted (an ``EnqueueResult``; for a worker's ack, its ``AckResult``).
+    """
+
+    def __init__(self, what: str, *, wanted: int, confirmed: int, timeout_ms: int,
+                 result: object = None, unconfirmed_ids: list[str] | None = None):
+        resend = (" (re-sending these ids is safe: enqueue de-duplicates by id)"
+                  if what == "enqueue" else "")
+        super().__init__(
+            f"{what} applied on the master but confirmed on {confirmed} of {wanted} replicas "
+            f"within {timeout_ms} ms (BATCH_REPLICA_ACKS={wanted}): a failover before the "
+            f"replicas catch up would lose it{resend}", unconfirmed_ids)
+        self.what = what
+        self.wanted = wanted
+        self.confirmed = confirmed
+        self.timeout_ms = timeout_ms
+        self.result = result
+
+
 class ScriptError(BatcherError):
     """A Lua script returned an error code or a status word this version does not know."""
 

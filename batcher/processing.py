@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 import redis
@@ -23,9 +23,9 @@ from batcher import budget_guard, tracing
 from batcher.backoff import retry_on_fault
 from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig, load_config
-from batcher.errors import QueuePaused, RateLimited
+from batcher.errors import QueuePaused, RateLimited, ReplicaAckError
 from batcher.models import Batch, BatchOutcome
-from batcher.records import BatchRecord, ClaimRefused
+from batcher.records import AckResult, BatchRecord, ClaimRefused
 from batcher.redaction import scrub
 from batcher.scripts import Scripts
 
@@ -204,9 +204,19 @@ def _run_claimed(ctx: WorkerContext, batch: Batch, record: BatchRecord) -> dict[
                     size=len(batch), error=error, outcome=result)
         return {"status": "failed", "outcome": result}
     processing_ms = (time.perf_counter() - t0) * 1000
-    ack = _with_retries("ack", lambda: ctx.scripts.ack(
-        batch_id, attempt, processing_ms=processing_ms, started_ms=started_ms,
-        results=results, failed=failed))
+    try:
+        ack = _with_retries("ack", lambda: ctx.scripts.ack(
+            batch_id, attempt, processing_ms=processing_ms, started_ms=started_ms,
+            results=results, failed=failed))
+    except ReplicaAckError as exc:
+        # BATCH_REPLICA_ACKS: applied on the master, not confirmed on enough replicas. Not
+        # re-sent: ack.lua refuses a second ack of this attempt as stale, which writes and
+        # confirms nothing. If the master fails before its replicas catch up, the promoted
+        # replica still holds the batch in flight: its lease ends, it is redelivered and
+        # handled again (a duplicate, never a loss)
+        log.warning("batch.ack_unconfirmed", queue=queue, batch_id=batch_id, attempt=attempt,
+                    replicas=exc.confirmed, wanted=exc.wanted, timeout_ms=exc.timeout_ms)
+        ack = cast(AckResult, exc.result)
     if not ack.ok:
         # superseded (the reaper gave the batch to another attempt), or a retry of our own ack
         # whose reply was lost: ack.lua applied it at most once and counted this in stale_acks

@@ -20,6 +20,7 @@ from batcher.errors import (
     BufferFullError,
     InvalidEntryError,
     RedisFullError,
+    ReplicaAckError,
     SourceFullError,
 )
 from batcher.fairness import source_group
@@ -248,6 +249,8 @@ class BatchStateManager:
                 total = total + self._send_chunk(chunk)
             except BatcherUnavailableError as exc:
                 exc.unconfirmed_ids = [e[0] for e in prepared[start:]]
+                if isinstance(exc, ReplicaAckError) and isinstance(exc.result, EnqueueResult):
+                    exc.result = total + exc.result  # all this call's master accepted
                 raise
         if total.rejected_ids and self.config.overflow_policy == "block":
             total = self._wait_for_room(prepared, total)

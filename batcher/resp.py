@@ -53,3 +53,38 @@ def execute_packed(client: redis.Redis, packed: bytes) -> Any:
             lock.release()
         if single is None:
             pool.release(conn)
+
+
+
+def execute_packed_then_wait(client: redis.Redis, packed: bytes, wait: bytes) -> tuple[Any, int]:
+    """Send ``packed`` and ``wait`` (a packed WAIT) in one write; return (reply, replicas).
+
+    One round trip: Redis runs WAIT after the command on the same connection, so WAIT counts
+    the replicas that hold this write. Both replies are always read (an error reply to the
+    first is raised after the second is read), so the connection goes back to the pool clean.
+    """
+    pool = client.connection_pool
+    single = client.connection
+    lock = getattr(client, "single_connection_lock", None) if single is not None else None
+    conn = single or pool.get_connection()
+    if lock is not None:
+        lock.acquire()
+    try:
+        conn.send_packed_command([packed, wait])  # type: ignore[no-untyped-call]
+        error: redis.ResponseError | None = None
+        try:
+            reply = conn.read_response()
+        except redis.ResponseError as exc:
+            error = exc
+        replicas = int(conn.read_response())
+        if error is not None:
+            raise error
+        return reply, replicas
+    except (redis.ConnectionError, redis.TimeoutError):
+        conn.disconnect()  # type: ignore[no-untyped-call]
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+        if single is None:
+            pool.release(conn)

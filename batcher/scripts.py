@@ -12,7 +12,7 @@ from redis.exceptions import NoScriptError
 
 from batcher import resp
 from batcher.config import BatchProcessingConfig
-from batcher.errors import from_script_error
+from batcher.errors import ReplicaAckError, from_script_error
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import EnqueueResult, FlushReason
 from batcher.records import (
@@ -122,6 +122,10 @@ class Scripts:
         self._thresholds = [str(t) for t in thr]
         # Redis's used_memory / maxmemory, scaled for flush.lua; set by the coordinator
         self.redis_memory_utilization = 0.0
+        # BATCH_REPLICA_ACKS: a WAIT sent behind each enqueue and ack (None: none is sent)
+        self._wait = (resp.pack(["WAIT", str(config.replica_acks),
+                                 str(config.replica_acks_timeout_ms)])
+                      if config.replica_acks > 0 else None)
 
     @property
     def _scripts(self) -> dict[str, Script]:
@@ -150,19 +154,35 @@ class Scripts:
         except redis.ResponseError as exc:
             raise from_script_error(exc) from None
 
-    def _run_packed(self, name: str, keys: Sequence[str], args: Iterable[resp.Arg]) -> Any:
-        """EVALSHA packed by hand (``batcher.resp``): for the calls that carry kilobytes."""
+    def _run_packed(self, name: str, keys: Sequence[str], args: Iterable[resp.Arg]
+                    ) -> tuple[Any, int | None]:
+        """EVALSHA packed by hand (``batcher.resp``): for the calls that carry kilobytes.
+        Returns (reply, replicas WAIT confirmed: None when BATCH_REPLICA_ACKS is 0)."""
         script = self._scripts[name]
         packed = resp.pack(["EVALSHA", script.sha, str(len(keys)), *keys, *args])
+        wait = self._wait
         try:
             try:
-                return resp.execute_packed(self.client, packed)
+                if wait is None:
+                    return resp.execute_packed(self.client, packed), None
+                return resp.execute_packed_then_wait(self.client, packed, wait)
             except NoScriptError:
                 # SCRIPT FLUSH or a restarted server: nothing ran; load it and send again
                 self.client.script_load(script.script)
-                return resp.execute_packed(self.client, packed)
+                if wait is None:
+                    return resp.execute_packed(self.client, packed), None
+                return resp.execute_packed_then_wait(self.client, packed, wait)
         except redis.ResponseError as exc:
             raise from_script_error(exc) from None
+
+    def _check_replicas(self, what: str, replicas: int | None, result: object,
+                        ids: list[str] | None = None) -> None:
+        """Raise ReplicaAckError when WAIT confirmed fewer replicas than BATCH_REPLICA_ACKS."""
+        c = self.config
+        if replicas is not None and replicas < c.replica_acks:
+            raise ReplicaAckError(what, wanted=c.replica_acks, confirmed=replicas,
+                                  timeout_ms=c.replica_acks_timeout_ms, result=result,
+                                  unconfirmed_ids=ids)
 
     def enqueue(
         self, entries: Sequence[tuple[str, int, bytes]], now_ms: int | None = None
@@ -184,7 +204,7 @@ class Scripts:
         # payloads is an ARGV, not a KEY: see enqueue.lua's header (ACL write-only producers)
         keys = [k.pending, k.seen, k.state, k.wakeup, k.counters, k.delayed, *k.actives(),
                 k.source_prefix, k.batch_keys, k.batch_key_prefix]
-        reply = self._run_packed("enqueue", keys, [
+        reply, replicas = self._run_packed("enqueue", keys, [
             _now(now_ms), *self._limits, str(c.early_flush_pressure),
             "1" if c.enable_adaptive_timeout else "0", *self._thresholds,
             str(int(c.dedupe_window_seconds * 1000)), str(c.dedupe_max_ids),
@@ -192,8 +212,10 @@ class Scripts:
             b"".join(head), *(envelope for _, _, envelope in entries),
         ])
         accepted, dups, rejected, _woke, capped = reply
-        return EnqueueResult(int(accepted), [_s(d) for d in dups], [_s(r) for r in rejected],
-                             [_s(r) for r in capped])
+        result = EnqueueResult(int(accepted), [_s(d) for d in dups],
+                               [_s(r) for r in rejected], [_s(r) for r in capped])
+        self._check_replicas("enqueue", replicas, result, [e[0] for e in entries])
+        return result
 
     def _flush_call(
         self, batch_id: str, manual: bool, now_ms: int | None
@@ -336,17 +358,18 @@ class Scripts:
 
         dropped = 0
         try:
-            reply = call(keep)
+            reply, replicas = call(keep)
         except redis.exceptions.OutOfMemoryError:
             if not keep:
                 raise  # pragma: no cover - the plain ack is allow-oom
             # a full Redis refused the ack with its results whole (nothing was written):
             # results are best-effort, the ack is not, and it frees the batch's memory
-            reply = call(False)
+            reply, replicas = call(False)
             dropped = len(results)
-        if int(reply[0]) == 0:
-            return AckResult(False)
-        return AckResult(True, int(reply[1]), int(reply[2]), int(reply[3]), dropped)
+        result = (AckResult(False) if int(reply[0]) == 0 else
+                  AckResult(True, int(reply[1]), int(reply[2]), int(reply[3]), dropped))
+        self._check_replicas("ack", replicas, result)
+        return result
 
     def fail(
         self,

@@ -73,3 +73,14 @@ def test_the_script_checks_its_id_lines_against_its_envelopes(redis: redis_py.Re
         redis.evalsha(sha, len(keys), *keys, *fixed, b"a\n0\n", b"{}", b"{}")
     assert redis.zcard(k.pending) == 0 and redis.hlen(k.payloads) == 0
     assert_consistent(redis, s.keys)
+
+
+def test_execute_packed_then_wait_reads_both_replies_even_after_an_error(
+    real_redis: redis_py.Redis,
+) -> None:
+    wait = resp.pack(["WAIT", "0", "10"])  # no replica wanted: answers at once
+    assert resp.execute_packed_then_wait(real_redis, resp.pack(["SET", "w", "1"]), wait) == (
+        b"OK", 0)
+    with pytest.raises(redis_py.ResponseError, match="wrong number of arguments"):
+        resp.execute_packed_then_wait(real_redis, resp.pack(["GET"]), wait)
+    assert real_redis.get("w") == b"1"  # WAIT's reply was read too: the connection is in step

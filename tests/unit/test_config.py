@@ -73,9 +73,9 @@ def test_defaults_equal_the_table() -> None:
 
 
 def test_every_field_is_in_the_table() -> None:
-    # the TLS files and RQ's own Redis are ours, not DESIGN's (README documents them)
+    # the TLS files, RQ's own Redis and replica acks are ours, not DESIGN's (README has them)
     tls = {"redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file"}
-    ours = tls | {"rq_redis_url", "log_format"}
+    ours = tls | {"rq_redis_url", "log_format", "replica_acks", "replica_acks_timeout_ms"}
     assert set(BatchProcessingConfig.model_fields) == set(TABLE_DEFAULTS) | ours
 
 
@@ -198,6 +198,9 @@ BAD_VALUES = [
     ("BATCH_THROUGHPUT_TARGET_EPS", "-1", "> 0"),
     ("BATCH_REPORT_INTERVAL_SEC", "0", "> 0"),
     ("BATCH_LOG_FORMAT", "xml", "'json' or 'console'"),
+    ("BATCH_REPLICA_ACKS", "-1", "must be an integer >= 0"),
+    ("BATCH_REPLICA_ACKS_TIMEOUT_MS", "0", "must be an integer >= 1 and <= 9000"),
+    ("BATCH_REPLICA_ACKS_TIMEOUT_MS", "9001", "must be an integer >= 1 and <= 9000"),
 ]
 
 
@@ -434,3 +437,12 @@ def test_describe_rebuilds_the_url_without_the_password() -> None:
     client = connect("unix:///tmp/r.sock?db=3&password=pw")
     assert describe(client) == "unix:///tmp/r.sock?db=3&password=***"
     client.close()
+
+
+def test_replica_acks_default_to_none_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config()
+    assert (config.replica_acks, config.replica_acks_timeout_ms) == (0, 1000)
+    monkeypatch.setenv("BATCH_REPLICA_ACKS", "2")
+    monkeypatch.setenv("BATCH_REPLICA_ACKS_TIMEOUT_MS", "250")
+    config = load_config()
+    assert (config.replica_acks, config.replica_acks_timeout_ms) == (2, 250)
