@@ -13,9 +13,10 @@ from tests.support.redis_server import RedisServer, RedisServerError
 LINK_TIMEOUT_SECONDS = 10.0
 
 
-def start_replica(master: RedisServer) -> RedisServer:
+def start_replica(master: RedisServer, extra_args: list[str] | None = None) -> RedisServer:
     """A replica of ``master`` (``--replicaof``), returned once its link is up and synced."""
-    replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(master.port)]).start()
+    replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(master.port),
+                                      *(extra_args or [])]).start()
     wait_link_up(replica)
     return replica
 
