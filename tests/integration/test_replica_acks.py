@@ -8,18 +8,21 @@ from typing import Any
 
 import pytest
 import redis as redis_py
+from click.testing import CliRunner
 from structlog.testing import capture_logs
 
 from batcher import processing as tasks
+from batcher.cli import cli
 from batcher.config import BatchProcessingConfig
 from batcher.coordinator import Coordinator
 from batcher.errors import BatcherUnavailableError, ReplicaAckError
 from batcher.models import Batch, EnqueueResult
 from batcher.producer import BatchStateManager
 from batcher.scripts import Scripts
+from tests.support.acl import AclRedisServer
 from tests.support.invariants import assert_consistent
 from tests.support.redis_server import RedisServer
-from tests.support.replica import master_and_replica, wait_link_up
+from tests.support.replica import master_and_replica, start_replica, wait_link_up
 
 QUEUE = "acks"
 
@@ -162,3 +165,45 @@ def test_replica_acks_zero_sends_no_wait(servers: tuple[RedisServer, RedisServer
 
     assert tasks.run_batch(ctx, batch_id, 1) == {"status": "acked", "acked": 3}
     assert _wait_calls(client) == 0
+
+
+def test_cli_enqueue_waits_for_the_replica_and_exits_4_when_none_confirms(
+    servers: tuple[RedisServer, RedisServer],
+) -> None:
+    master, replica = servers
+    env = {"BATCH_REPLICA_ACKS": "1", "BATCH_REPLICA_ACKS_TIMEOUT_MS": "200"}
+    keys = _config(master).keys
+
+    def enqueue(entry_id: str) -> Any:
+        return CliRunner().invoke(cli, ["enqueue", '{"a": 1}', "--id", entry_id, "--queue",
+                                        QUEUE, "--redis-url", master.url], env=env,
+                                  catch_exceptions=False)
+
+    done = enqueue("up")
+    assert done.exit_code == 0, done.stderr
+    assert _client(replica).hexists(keys.payloads, "up")  # read at once: WAIT confirmed it
+
+    replica.stop()
+    refused = enqueue("down")
+    assert refused.exit_code == 4
+    assert "enqueue applied on the master but confirmed on 0 of 1 replicas" in refused.stderr
+    assert _client(master).hexists(keys.payloads, "down")
+
+
+def test_the_documented_acl_roles_may_wait_for_replicas() -> None:
+    with AclRedisServer() as master:
+        replica = start_replica(master, ["--masteruser", "admin",
+                                         "--masterauth", master.passwords["admin"]])
+        try:
+            config = _config(master, replica_acks=1)
+            admin, worker = master.client("admin"), master.client("worker")
+            Scripts(admin, config).preload()  # else a NOSCRIPT reply costs one more WAIT
+            producer = master.client("producer")
+            assert BatchStateManager(producer, config).queue_many(_entries(3)).accepted == 3
+            batch_id = _dispatched(admin, config)
+            ctx = tasks.WorkerContext(config, worker, Scripts(worker, config), _handle)
+            assert tasks.run_batch(ctx, batch_id, 1) == {"status": "acked", "acked": 3}
+            assert _wait_calls(admin) == 2
+            assert not _client(replica).exists(config.keys.batch(batch_id))
+        finally:
+            replica.close()
