@@ -42,8 +42,11 @@ def startup_config(config: BatchProcessingConfig) -> BatchProcessingConfig:
 
 def _in_tree(env: dict[str, str], tree: Path | None) -> dict[str, str]:
     if tree is not None:
-        # the other checkout's package and its benchlib, ahead of this one's editable install
+        # the other checkout's package and its benchlib, ahead of this one's editable install;
+        # PYTHONSAFEPATH: `python -m` would otherwise put the working directory (this
+        # checkout) first on sys.path
         env["PYTHONPATH"] = os.pathsep.join([str(tree), str(tree / "scripts")])
+        env["PYTHONSAFEPATH"] = "1"
     return env
 
 
