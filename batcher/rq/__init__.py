@@ -17,6 +17,10 @@ from __future__ import annotations
 # the dotted name every batch job carries (RQ imports it in the worker): moving
 # ``process_batch`` means changing this, and jobs already queued under the old name are refused
 TASK = "batcher.rq.task.process_batch"
+# the name jobs carried before issue 16 (workers/tasks.py is now a re-export of the same
+# function): a job an older coordinator queued during a rolling upgrade still runs
+LEGACY_TASK = "workers.tasks.process_batch"
+TASK_NAMES = frozenset({TASK, LEGACY_TASK})
 FAILURE_TTL_SECONDS = 3600
 
 

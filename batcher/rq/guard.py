@@ -15,13 +15,14 @@ from typing import Any
 import structlog
 from rq.job import JobStatus
 
-from batcher.rq import FAILURE_TTL_SECONDS, TASK
+from batcher.rq import FAILURE_TTL_SECONDS, TASK_NAMES
 from batcher.rq.job import batch_args
 
 log = structlog.stdlib.get_logger(__name__)
 
-# the functions a batcher worker runs: the batcher's own task, nothing else
-ALLOWED_FUNCTIONS = frozenset({TASK})
+# the functions a batcher worker runs: the batcher's own task (under its current and its
+# pre-issue-16 name), nothing else
+ALLOWED_FUNCTIONS = TASK_NAMES
 _CALLBACKS = ("_success_callback_name", "_failure_callback_name", "_stopped_callback_name")
 
 
@@ -41,7 +42,7 @@ def refusal(job: Any, allowed: frozenset[str] = ALLOWED_FUNCTIONS) -> str | None
     if callbacks:
         # RQ would import a callback by name, which is as open as func_name
         return f"refused: a batcher job with callbacks: {', '.join(callbacks)}"
-    if func_name == TASK and batch_args(job) is None:
+    if func_name in TASK_NAMES and batch_args(job) is None:
         return "refused: a batcher job's arguments must be (queue, batch_id, attempt)"
     return None
 

@@ -19,7 +19,7 @@ from rq.job import Job
 from rq.results import Result
 
 from batcher.records import BatchRecord, ClaimRefused
-from batcher.rq import TASK
+from batcher.rq import TASK_NAMES
 
 
 class BatchJob(Job):
@@ -46,7 +46,7 @@ class BatchJob(Job):
 def batch_args(job: Any) -> tuple[str, str, int] | None:
     """``(queue, batch_id, attempt)`` of a job calling the batcher's task as the dispatcher
     sends it (positional, nothing else); None for any other job."""
-    if job.func_name != TASK or job.kwargs:
+    if job.func_name not in TASK_NAMES or job.kwargs:
         return None
     args = job.args
     if not (isinstance(args, list | tuple) and len(args) == 3 and isinstance(args[0], str)

@@ -133,6 +133,25 @@ def test_a_batch_is_claimed_in_its_jobs_start_transaction(
     assert _stat(real_redis, config, "batches_processed") == 6
 
 
+def test_jobs_an_older_coordinator_queued_under_the_old_task_name_run(
+    real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a rolling upgrade: the coordinator still names workers.tasks.process_batch
+    from batcher.rq import LEGACY_TASK, dispatch
+
+    monkeypatch.setattr(dispatch, "TASK", LEGACY_TASK)
+    cfg = _flush_batches_of_5(real_redis, config)
+    queued = [Job.fetch(job_id.decode(), connection=real_redis, serializer=JSONSerializer)
+              for name in cfg.keys.rq_queues_by_urgency()
+              for job_id in real_redis.lrange(f"rq:queue:{name}", 0, -1)]
+    assert {job.func_name for job in queued} == {LEGACY_TASK} and len(queued) == 6
+    worker = BatchSimpleWorker(cfg.keys.rq_queues_by_urgency(), connection=real_redis,
+                               serializer=JSONSerializer, job_class=BatchJob)
+    assert worker.work(burst=True, logging_level="WARNING")
+    assert _stat(real_redis, cfg, "acked") == 30
+    assert _stat(real_redis, cfg, "stale_claims") == 0  # claimed once, in the start
+
+
 def test_a_claim_that_failed_in_the_start_transaction_is_made_again(
     real_redis: redis_py.Redis, config: BatchProcessingConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,3 +44,36 @@ def test_the_installed_rq_is_in_the_pinned_range() -> None:
 def test_the_task_name_jobs_carry_imports_process_batch() -> None:
     module, _, name = batcher.rq.TASK.rpartition(".")
     assert getattr(importlib.import_module(module), name) is process_batch
+
+
+def test_the_pre_issue_16_names_are_the_same_objects() -> None:
+    # users' BATCH_HANDLER values, handlers calling the budget, and jobs an older coordinator
+    # queued: deprecated aliases, re-exports of what moved
+    import batcher.budget_guard
+    import batcher.llm.handler
+    import workers.budget_guard
+    import workers.handlers.llm
+    import workers.tasks
+
+    assert workers.tasks.process_batch is process_batch
+    assert workers.handlers.llm.summarize is batcher.llm.handler.summarize
+    assert workers.budget_guard.report_usage is batcher.budget_guard.report_usage
+    assert workers.budget_guard.reserve_call is batcher.budget_guard.reserve_call
+
+
+class _Job:
+    def __init__(self, func_name: str, args: tuple[object, ...]) -> None:
+        self.func_name, self.args, self.kwargs = func_name, args, {}
+
+
+def test_a_job_under_the_old_task_name_is_a_batch_job_and_others_are_refused() -> None:
+    from batcher.rq.guard import refusal
+    from batcher.rq.job import batch_args
+
+    old = _Job(batcher.rq.LEGACY_TASK, ("q", "b1", 2))
+    assert refusal(old) is None
+    assert batch_args(old) == ("q", "b1", 2)
+    assert refusal(_Job(batcher.rq.LEGACY_TASK, ("q", "b1"))) == (
+        "refused: a batcher job's arguments must be (queue, batch_id, attempt)")
+    assert refusal(_Job("workers.tasks.other", ("q", "b1", 2))) == (
+        "refused: not a batcher job: workers.tasks.other")
