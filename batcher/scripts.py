@@ -192,7 +192,8 @@ class Scripts:
         Ids and priorities travel as one argument of ``id \\n digit \\n`` lines, envelopes one
         argument each: the server then makes no copy of an envelope before its HSET (cutting
         them out of one blob cost it ~2 µs an entry), and ``batcher.resp`` packs the command
-        without redis-py's per-argument cost.
+        without redis-py's per-argument cost. With BATCH_REPLICA_ACKS, a WAIT goes in the same
+        send and ReplicaAckError (carrying the EnqueueResult) says too few replicas confirmed.
         """
         c, k = self.config, self.keys
         head: list[bytes] = []
@@ -329,7 +330,9 @@ class Scripts:
         failed: Mapping[str, tuple[str, int]] | None = None,
         now_ms: int | None = None,
     ) -> AckResult:
-        """Retire a batch; ``failed`` maps id -> (error, back-off ms) for a partial outcome."""
+        """Retire a batch; ``failed`` maps id -> (error, back-off ms) for a partial outcome.
+        With BATCH_REPLICA_ACKS, raises ReplicaAckError (carrying the AckResult) when WAIT
+        confirms too few replicas."""
         c, k = self.config, self.keys
         failed = failed or {}
         keys = [k.batch(batch_id), k.inflight, k.counters, *(k.hist(h) for h in HISTOGRAMS),
