@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import click
 
 from batcher import logs
+from batcher.cli.common import EXIT_BAD_INPUT, CommandFailed
+
+# what the [demo] extra brings: its fetchers, fake LLM and report run in child processes,
+# where a missing one would only show as tracebacks and a demo waiting for them
+DEMO_MODULES = ("httpx", "feedparser", "openai", "matplotlib")
 
 
 @click.command()
@@ -25,6 +31,10 @@ from batcher import logs
 def demo(llm_base_url: str | None, entries: int, png_path: Path, dashboard: bool,
          dashboard_port: int) -> None:
     """Run fetchers, producers, a coordinator and two workers; print the report."""
+    missing = next((m for m in DEMO_MODULES if importlib.util.find_spec(m) is None), None)
+    if missing is not None:
+        raise CommandFailed(f"`batcher demo` needs the [demo] extra (no module {missing!r}): "
+                            "pip install 'redis-batcher[demo]'", EXIT_BAD_INPUT)
     from batcher.demo.run import run_demo
 
     logs.configure(json=False, level="WARNING")

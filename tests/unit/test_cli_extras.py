@@ -48,6 +48,18 @@ def test_a_command_without_its_extra_names_the_extra_in_one_line(
                              f"module {missing!r}): pip install 'redis-batcher[{extra}]'\n")
 
 
+def test_demo_without_its_extra_names_the_extra_before_starting_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the demo's fetchers import httpx in child processes: without this check they died
+    # with tracebacks while the demo waited for them
+    _without(monkeypatch, "httpx")
+    result = CliRunner().invoke(cli, ["demo", "--entries", "1"])
+    assert result.exit_code == 2
+    assert result.output == ("batcher: `batcher demo` needs the [demo] extra (no module "
+                             "'httpx'): pip install 'redis-batcher[demo]'\n")
+
+
 def test_fetch_status_needs_no_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     _without(monkeypatch, "httpx", "batcher.feeds.fetch", "batcher.cli.fetch")
     result = CliRunner().invoke(cli, ["fetch-status", "--help"])
