@@ -1,6 +1,6 @@
 """An OpenAI-compatible LLM handler: one chat completion per batch, results mapped back by id.
 
-Talks through the official ``openai`` client (``llm_client``), so it works against OpenAI and,
+Talks through the official ``openai`` client (``batcher.llm.client``), so it works against OpenAI and,
 through ``LLM_BASE_URL``, vLLM, Ollama and llama.cpp's server. Settings come from the
 environment (``LLM_*``), read at each call so a worker picks them up without a restart.
 
