@@ -76,6 +76,9 @@ def _synthetic_producer(log_path: str, seed: int, count: int, seconds: float) ->
     _quiet_child(log_path)
     rng = random.Random(seed)
     pause = seconds / max(1, count / 25)
+    # done within ``seconds`` however few the entries (`--entries 50` once slept past the
+    # demo's timeout, which then reported an unfinished run)
+    deadline = time.monotonic() + seconds
     manager = BatchStateManager()
     sent = 0
     while sent < count:
@@ -94,7 +97,9 @@ def _synthetic_producer(log_path: str, seed: int, count: int, seconds: float) ->
             })
         manager.queue_many(entries)
         sent += burst
-        time.sleep(rng.uniform(0.5, 1.5) * pause)
+        if sent < count:
+            time.sleep(min(rng.uniform(0.5, 1.5) * pause,
+                           max(0.0, deadline - time.monotonic())))
 
 
 def _fetcher(log_path: str, base_url: str, rounds: int) -> None:
