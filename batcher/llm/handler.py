@@ -1,7 +1,7 @@
 """An OpenAI-compatible LLM handler: one chat completion per batch, results mapped back by id.
 
-Talks through the official ``openai`` client (``batcher.llm.client``), so it works against OpenAI and,
-through ``LLM_BASE_URL``, vLLM, Ollama and llama.cpp's server. Settings come from the
+Talks through the official ``openai`` client (``batcher.llm.client``), so it works against
+OpenAI and, through ``LLM_BASE_URL``, vLLM, Ollama and llama.cpp's server. Settings come from the
 environment (``LLM_*``), read at each call so a worker picks them up without a restart.
 
 What a batch's requests can end in, and what the handler does (docs/architecture.md, LLM):
