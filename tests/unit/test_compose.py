@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,31 @@ def test_batcher_services_share_redis_url_and_wait_for_healthy_redis(
 def test_duration_parser_reads_compose_durations() -> None:
     assert _duration_seconds("200s") == 200
     assert _duration_seconds("1m30s") == 90
+
+
+# the application extra each command needs (README "Use it"; the core ones need none)
+_EXTRA_OF_COMMAND = {"fetch": "feeds", "exporter": "exporter", "dashboard": "dashboard",
+                     "demo": "demo"}
+
+
+def _image_extras() -> set[str]:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    found = re.search(r"^ARG EXTRAS=(\S*)$", dockerfile, re.MULTILINE)
+    assert found, "the Dockerfile's ARG EXTRAS line"
+    assert 'pip install ".[${EXTRAS}]"' in dockerfile
+    return set(found.group(1).split(","))
+
+
+def test_the_image_installs_the_extra_of_every_service_it_runs(compose: dict[str, Any]) -> None:
+    # since issue 16 the fetcher and the exporter are extras: an image without them would
+    # start those services only to fail with "needs the [feeds] extra"
+    extras = _image_extras()
+    for name, service in compose["services"].items():
+        if name == "redis":
+            continue
+        needed = _EXTRA_OF_COMMAND.get(_command(service)[1])
+        assert needed is None or needed in extras, (name, needed, extras)
+        handler = service["environment"]["BATCH_HANDLER"]
+        assert not handler.startswith("batcher.llm.") or "llm" in extras, (name, handler)
+        module, _, function = handler.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), handler
