@@ -10,7 +10,8 @@ that failed mid-call is dropped, never returned to the pool half-read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -30,11 +31,12 @@ def pack(args: Iterable[Arg]) -> bytes:
     return b"".join(parts)
 
 
-def execute_packed(client: redis.Redis, packed: bytes) -> Any:
-    """Send ``packed`` and return its reply, on ``client``'s pool (or its single connection).
+@contextmanager
+def _connection(client: redis.Redis) -> Iterator[Any]:
+    """``client``'s single connection or one from its pool, handed back afterwards.
 
-    No redis-py retry runs here: the caller decides, as for every script call (see
-    ``batcher.connection``). ``ConnectionError``/``TimeoutError`` close the connection first.
+    ``ConnectionError``/``TimeoutError`` close the connection first, so a half-read one never
+    returns to the pool.
     """
     pool = client.connection_pool
     single = client.connection
@@ -43,8 +45,7 @@ def execute_packed(client: redis.Redis, packed: bytes) -> Any:
     if lock is not None:
         lock.acquire()
     try:
-        conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
-        return conn.read_response()
+        yield conn
     except (redis.ConnectionError, redis.TimeoutError):
         conn.disconnect()  # type: ignore[no-untyped-call]
         raise
@@ -54,6 +55,16 @@ def execute_packed(client: redis.Redis, packed: bytes) -> Any:
         if single is None:
             pool.release(conn)
 
+
+def execute_packed(client: redis.Redis, packed: bytes) -> Any:
+    """Send ``packed`` and return its reply, on ``client``'s pool (or its single connection).
+
+    No redis-py retry runs here: the caller decides, as for every script call (see
+    ``batcher.connection``).
+    """
+    with _connection(client) as conn:
+        conn.send_packed_command([packed])
+        return conn.read_response()
 
 
 def execute_packed_then_wait(client: redis.Redis, packed: bytes, wait: bytes) -> tuple[Any, int]:
@@ -63,14 +74,8 @@ def execute_packed_then_wait(client: redis.Redis, packed: bytes, wait: bytes) ->
     the replicas that hold this write. Both replies are always read (an error reply to the
     first is raised after the second is read), so the connection goes back to the pool clean.
     """
-    pool = client.connection_pool
-    single = client.connection
-    lock = getattr(client, "single_connection_lock", None) if single is not None else None
-    conn = single or pool.get_connection()
-    if lock is not None:
-        lock.acquire()
-    try:
-        conn.send_packed_command([packed, wait])  # type: ignore[no-untyped-call]
+    with _connection(client) as conn:
+        conn.send_packed_command([packed, wait])
         error: redis.ResponseError | None = None
         try:
             reply = conn.read_response()
@@ -80,11 +85,3 @@ def execute_packed_then_wait(client: redis.Redis, packed: bytes, wait: bytes) ->
         if error is not None:
             raise error
         return reply, replicas
-    except (redis.ConnectionError, redis.TimeoutError):
-        conn.disconnect()  # type: ignore[no-untyped-call]
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
-        if single is None:
-            pool.release(conn)
