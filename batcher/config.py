@@ -19,7 +19,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from batcher.connection import connect, redact
 from batcher.errors import ConfigError
-from batcher.keys import QueueKeys, validate_budget_name, validate_queue_name
+from batcher.keys import (
+    MAX_SHARDS,
+    QueueKeys,
+    split_shard,
+    validate_budget_name,
+    validate_queue_name,
+)
 
 ENV_PREFIX = "BATCH_"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -39,6 +45,7 @@ _RULE_WORDS = {
     "redis_tls_ca_file": "must be a readable file",
     "redis_tls_cert_file": "must be a readable file",
     "redis_tls_key_file": "must be a readable file",
+    "settings_file": "must be a readable file",
     "budget": "must be empty or match [A-Za-z0-9_.-]{1,64}",
 }
 # field -> redis-py's keyword for it (an ssl.SSLContext setting of a rediss:// client)
@@ -100,6 +107,11 @@ class BatchProcessingConfig(BaseSettings):
     # batcher key stays on redis_url. A rediss:// URL gets the same TLS files
     rq_redis_url: str | None = None
     queue: str = "default"
+    # the queue split in this many shards (queues Q~0 .. Q~N-1, each its own slot); producers
+    # route by a stable hash of the source (batcher.shards), coordinators and workers serve all
+    shards: Annotated[int, Field(ge=1), Field(le=MAX_SHARDS)] = 1
+    # a TOML file of per-queue settings (batcher.settings_file): [defaults] and [queues.<name>]
+    settings_file: str | None = None
     handler: str = "workers.handlers.echo:handle"
 
     max_buffer_size: PosInt = 1000
@@ -171,7 +183,7 @@ class BatchProcessingConfig(BaseSettings):
         return value
 
     @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file",
-                     mode="before")
+                     "settings_file", mode="before")
     @classmethod
     def _check_file(cls, value: object) -> object:
         if value == "":
@@ -324,18 +336,18 @@ def load_config(**overrides: Any) -> BatchProcessingConfig:
 
 def describe_errors(exc: ValidationError) -> str:
     """One line for a ``ValidationError`` of ``BatchProcessingConfig``."""
-    lines: list[str] = []
-    for error in exc.errors(include_url=False):
-        if not error["loc"]:
-            # a cross-field rule: its message already names the variables and values
-            lines.append(str(error.get("ctx", {}).get("error", error["msg"])))
-            continue
-        field = _field_of(str(error["loc"][0]))
-        if field is None:
-            lines.append(f"{error['loc'][0]}: unknown setting")
-            continue
-        lines.append(f"{env_name(field)}={_shown(field, error['input'])}: {rule_words(field)}")
-    return "; ".join(lines)
+    return "; ".join(describe_error(error) for error in exc.errors(include_url=False))
+
+
+def describe_error(error: Any) -> str:
+    """One line for one error of a ``ValidationError`` (``exc.errors()``)."""
+    if not error["loc"]:
+        # a cross-field rule: its message already names the variables and values
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    field = _field_of(str(error["loc"][0]))
+    if field is None:
+        return f"{error['loc'][0]}: unknown setting"
+    return f"{env_name(field)}={_shown(field, error['input'])}: {rule_words(field)}"
 
 
 def rule_words(field: str) -> str:
@@ -391,6 +403,8 @@ def _cross_field_problems(cfg: BatchProcessingConfig) -> list[str]:
     check((cfg.redis_tls_cert_file is None) == (cfg.redis_tls_key_file is None),
           "redis_tls_cert_file", "BATCH_REDIS_TLS_CERT_FILE and BATCH_REDIS_TLS_KEY_FILE "
           "go together")
+    check(cfg.shards == 1 or split_shard(cfg.queue)[1] is None, "shards",
+          f"must be 1 for a shard's own queue ({cfg.queue!r})")
     check(cfg.max_buffer_age_seconds >= cfg.time_threshold_seconds, "max_buffer_age_seconds",
           f"must be >= BATCH_TIME_THRESHOLD_SEC ({_number(cfg.time_threshold_seconds)})")
     return problems

@@ -11,6 +11,11 @@ import re
 from dataclasses import dataclass, field
 
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# shard i of a sharded queue Q is the queue ``Q~i`` (its own hash tag, so its own slot);
+# only the batcher names shards: users name queues by QUEUE_NAME_RE
+SHARD_SEP = "~"
+SHARD_NAME_RE = re.compile(r"^([A-Za-z0-9_-]{1,64})~(0|[1-9][0-9]{0,3})$")
+MAX_SHARDS = 1024
 BATCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PREFIX = "batcher"
 RQ_PREFIX = "batcher."
@@ -37,10 +42,31 @@ def budget_key(name: str) -> str:
 
 
 def validate_queue_name(queue: str) -> str:
-    """Return ``queue`` unchanged, or raise ``ValueError`` naming the rule."""
-    if not QUEUE_NAME_RE.match(queue):
+    """Return ``queue`` unchanged, or raise ``ValueError`` naming the rule. A shard's name
+    (``Q~i``, made by :func:`shard_name`) is a queue name too."""
+    if not QUEUE_NAME_RE.match(queue) and not SHARD_NAME_RE.match(queue):
         raise ValueError(f"queue name {queue!r} must match [A-Za-z0-9_-]{{1,64}}")
     return queue
+
+
+def shard_name(queue: str, index: int) -> str:
+    """The queue that holds shard ``index`` of ``queue``: ``Q~i``."""
+    return f"{queue}{SHARD_SEP}{index}"
+
+
+def shard_names(queue: str, shards: int) -> list[str]:
+    """Every queue of ``queue`` split in ``shards`` (just ``[queue]`` when not sharded)."""
+    if shards <= 1:
+        return [queue]
+    return [shard_name(queue, i) for i in range(shards)]
+
+
+def split_shard(name: str) -> tuple[str, int | None]:
+    """``('Q', i)`` for a shard's queue ``Q~i``; ``(name, None)`` for any other queue."""
+    match = SHARD_NAME_RE.match(name)
+    if match is None:
+        return name, None
+    return match.group(1), int(match.group(2))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,12 +22,13 @@ import structlog
 from batcher import budget_guard, tracing
 from batcher.backoff import retry_on_fault
 from batcher.budget import Budget
-from batcher.config import BatchProcessingConfig, load_config
+from batcher.config import BatchProcessingConfig
 from batcher.errors import QueuePaused, RateLimited, ReplicaAckError
 from batcher.models import Batch, BatchOutcome
 from batcher.records import AckResult, BatchRecord, ClaimRefused
 from batcher.redaction import scrub
 from batcher.scripts import Scripts
+from batcher.settings_file import config_for_queue
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -70,7 +71,8 @@ def context(queue: str, client: redis.Redis | None = None) -> WorkerContext:
     """
     ctx = _CONTEXTS.get(queue)
     if ctx is None:
-        config = load_config(queue=queue)
+        # the queue's own settings: BATCH_* plus its table of BATCH_SETTINGS_FILE, if any
+        config = config_for_queue(queue)
         if config.rq_apart:
             client = config.redis_client(oom_tolerant=True)  # a daemon's, as the CLI's
         elif client is None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
@@ -14,7 +16,7 @@ import structlog
 
 from batcher import logs
 from batcher.backoff import Backoff
-from batcher.config import BatchProcessingConfig, load_config
+from batcher.config import BatchProcessingConfig, env_name, load_config
 from batcher.connection import ping_or_raise
 from batcher.errors import (
     BatcherUnavailableError,
@@ -24,6 +26,13 @@ from batcher.errors import (
     RedisFullError,
 )
 from batcher.redaction import scrub
+from batcher.settings_file import (
+    QueueSettings,
+    is_pattern,
+    load_settings,
+    resolve_queues,
+    serving_configs,
+)
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -95,6 +104,73 @@ def queue_options(fn: F) -> F:
     return fn
 
 
+def queues_options(fn: F) -> F:
+    """``--queue`` (repeatable, names or patterns), ``--settings`` and ``--redis-url``, for
+    the commands that serve several queues (coordinator, worker)."""
+    fn = click.option("--redis-url", default=None, metavar="URL",
+                      help="Redis URL [default: BATCH_REDIS_URL or redis://localhost:6379/0]")(fn)
+    fn = click.option("--settings", "settings_file", default=None, metavar="FILE",
+                      help="TOML file of per-queue settings [default: BATCH_SETTINGS_FILE]")(fn)
+    fn = click.option("--queue", "-q", "queues", multiple=True, metavar="NAME",
+                      help="a queue to serve (repeatable); a pattern such as 'feeds-*' serves "
+                           "every queue of the settings file or in Redis that matches it "
+                           "[default: BATCH_QUEUE or 'default']")(fn)
+    return fn
+
+
+@dataclass
+class Serving:
+    """What a coordinator or worker serves: one config per queue (a sharded queue's shards),
+    and a client of the first, which answered PING."""
+
+    settings: QueueSettings
+    asked: list[str]
+    configs: list[BatchProcessingConfig]
+    client: redis.Redis
+
+    def rescan(self) -> list[BatchProcessingConfig]:
+        """The configs of every queue the asked patterns match now (new queues included)."""
+        from batcher.monitoring.reads import discover_queues
+
+        found = discover_queues(self.client)
+        return serving_configs(resolve_queues(self.asked, self.settings, found), self.settings)
+
+    @property
+    def has_pattern(self) -> bool:
+        return any(is_pattern(q) for q in self.asked)
+
+
+def open_queues_waiting(queues: tuple[str, ...], settings_file: str | None,
+                        redis_url: str | None) -> Serving:
+    """The queues a daemon serves, with their settings; waits for Redis like
+    ``open_queue_waiting``. Raises ``ConfigError`` for a bad settings file (exit 2)."""
+    settings = load_settings(settings_file, redis_url=redis_url)
+    asked = list(queues) or [os.environ.get(env_name("queue")) or "default"]
+    plain = [q for q in asked if not is_pattern(q)]
+    first = settings.config_for(plain[0] if plain else "default")
+    logs.configure(json=first.log_format == "json")
+    client = _wait_for(first, first.redis_client(oom_tolerant=True))
+    serving = Serving(settings, asked, [], client)
+    serving.configs = serving.rescan() if serving.has_pattern else serving_configs(
+        asked, settings)
+    return serving
+
+
+def _wait_for(config: BatchProcessingConfig, client: redis.Redis,
+              max_delay_seconds: float = 5.0) -> redis.Redis:
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
+                                                                       signal.SIGINT)}
+    backoff = Backoff("daemon", queue=config.queue, cap=max_delay_seconds, event="redis.waiting")
+    try:
+        if backoff.until_done(stop, client.ping) is None:
+            raise click.exceptions.Exit(EXIT_OK)
+        return client
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def settings(queue: str | None, redis_url: str | None, **overrides: Any) -> BatchProcessingConfig:
     """The settings with the command's options applied; logging configured from them."""
     config = load_config(queue=queue, redis_url=redis_url, **overrides)
@@ -123,27 +199,19 @@ def open_queue_waiting(
     SIGTERM/SIGINT while waiting end the command with exit 0, as for a running daemon.
     """
     config = settings(queue, redis_url)
-    client = config.redis_client(oom_tolerant=oom_tolerant)
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
-                                                                       signal.SIGINT)}
-    backoff = Backoff("daemon", queue=config.queue, cap=max_delay_seconds, event="redis.waiting")
-    try:
-        if backoff.until_done(stop, client.ping) is None:
-            raise click.exceptions.Exit(EXIT_OK)
-        return config, client
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    client = _wait_for(config, config.redis_client(oom_tolerant=oom_tolerant),
+                       max_delay_seconds)
+    return config, client
 
 
-def stop_on_signals(event_name: str) -> threading.Event:
-    """An event set by SIGTERM or SIGINT; logs ``event_name`` with the signal's name."""
+def stop_on_signals(event_name: str, **fields: Any) -> threading.Event:
+    """An event set by SIGTERM or SIGINT; logs ``event_name`` with the signal's name and
+    ``fields`` (the queues being stopped)."""
     stop = threading.Event()
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         structlog.stdlib.get_logger(__name__).info(event_name,
-                                                   signal=signal.Signals(signum).name)
+                                                   signal=signal.Signals(signum).name, **fields)
         stop.set()
 
     signal.signal(signal.SIGTERM, handle)

@@ -12,11 +12,12 @@ from batcher.cli.common import (
     EXIT_CHECK_FAILED,
     fail,
     open_queue,
-    open_queue_waiting,
+    open_queues_waiting,
     queue_options,
+    queues_options,
     stop_on_signals,
 )
-from batcher.coordinator import MAX_BLOCK_SECONDS, Coordinator
+from batcher.multi_queue import CoordinatorGroup
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -37,15 +38,27 @@ def check_eviction(client: redis.Redis, allow_eviction: bool) -> None:
 @click.command("coordinator")
 @click.option("--allow-eviction", is_flag=True,
               help="run even when Redis's maxmemory-policy is not noeviction")
-@queue_options
-def coordinator(allow_eviction: bool, queue: str | None, redis_url: str | None) -> None:
-    """Flush what is due, hand batches to RQ and reap expired leases, until SIGTERM."""
-    config, client = open_queue_waiting(queue, redis_url)
-    check_eviction(client, allow_eviction)
-    # a dedicated connection for BLPOP, whose socket timeout outlasts the longest block
-    blocking = config.redis_client(blocking_seconds=MAX_BLOCK_SECONDS)
-    stop = stop_on_signals("coordinator.stopping")
-    Coordinator(client, config, blocking_client=blocking).run(stop)
+@queues_options
+def coordinator(allow_eviction: bool, queues: tuple[str, ...], settings_file: str | None,
+                redis_url: str | None) -> None:
+    """Flush what is due, hand batches to RQ and reap expired leases, until SIGTERM.
+
+    Serves every queue given with --queue (a sharded queue: all its shards), each in a loop
+    of its own with its own settings (--settings FILE)."""
+    serving = open_queues_waiting(queues, settings_file, redis_url)
+    check_eviction(serving.client, allow_eviction)
+    names = [c.queue for c in serving.configs]
+    stop = stop_on_signals("coordinator.stopping", queues=names)
+    if not names:
+        log.warning("coordinator.no_queue_yet", patterns=serving.asked,
+                    note="looking again every 10 s")
+    group = CoordinatorGroup(stop)
+    for config in serving.configs:
+        group.add(config)
+    group.wait(serving.rescan if serving.has_pattern else None)
+    if group.failures:
+        queue, exc = group.failures[0]
+        fail(f"coordinator of queue {queue!r} failed: {type(exc).__name__}: {exc}")
 
 
 @click.command("flush")

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from types import FrameType
 
 import click
@@ -24,8 +25,8 @@ from batcher.cli.common import (
     EXIT_BAD_INPUT,
     fail,
     needs_extra,
-    open_queue_waiting,
-    queue_options,
+    open_queues_waiting,
+    queues_options,
 )
 from batcher.config import BatchProcessingConfig, env_name
 from batcher.rq.run import run_workers
@@ -33,13 +34,15 @@ from batcher.scripts import Scripts
 
 log = structlog.stdlib.get_logger(__name__)
 
-def export_settings(config: BatchProcessingConfig) -> None:
+def export_settings(config: BatchProcessingConfig, settings_file: str | None = None) -> None:
     """Jobs (``batcher.processing.context``) and child processes read the settings from the
-    env."""
+    env: the URLs, the queue and the settings file, whose per-queue tables each job applies."""
     os.environ[env_name("redis_url")] = config.redis_url
     os.environ[env_name("queue")] = config.queue
     if config.rq_redis_url is not None:
         os.environ[env_name("rq_redis_url")] = config.rq_redis_url
+    if settings_file is not None:
+        os.environ[env_name("settings_file")] = os.path.abspath(settings_file)
 
 
 def warm_up(config: BatchProcessingConfig, client: redis.Redis) -> None:
@@ -58,7 +61,8 @@ def warm_up(config: BatchProcessingConfig, client: redis.Redis) -> None:
 
 def preload_waiting(config: BatchProcessingConfig, client: redis.Redis) -> bool:
     """Load the scripts (a Lua error fails at boot, not on the first batch), waiting out a
-    Redis fault; False when a signal came first."""
+    Redis fault; False when a signal came first. Scripts are loaded per server, so one
+    queue's config loads them for every queue on its Redis."""
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
                                                                        signal.SIGINT)}
@@ -97,9 +101,11 @@ def supervise(processes: int, argv: list[str]) -> int:
     return failed[0] if failed else 0
 
 
-def child_argv(burst: bool, simple: bool, warm: bool) -> list[str]:
+def child_argv(burst: bool, simple: bool, warm: bool, queues: Sequence[str] = ()) -> list[str]:
     # the URL goes through the environment (export_settings), not argv: ps shows argv
     argv = [sys.executable, "-m", "batcher.cli", "worker"]
+    for queue in queues:
+        argv += ["--queue", queue]
     argv += ["--burst"] if burst else []
     argv += ["--simple"] if simple else []
     argv += [] if warm else ["--no-warm"]
@@ -113,21 +119,33 @@ def child_argv(burst: bool, simple: bool, warm: bool) -> list[str]:
               help="start N worker processes and supervise them")
 @click.option("--warm/--no-warm", default=True, show_default=True,
               help="import the handler before forking, so each job starts warm")
-@queue_options
-def worker(burst: bool, simple: bool, processes: int | None, warm: bool, queue: str | None,
-           redis_url: str | None) -> None:
-    """Process batches with the configured handler (BATCH_HANDLER), urgent queue first."""
-    config, client = open_queue_waiting(queue, redis_url)
-    export_settings(config)
+@queues_options
+def worker(burst: bool, simple: bool, processes: int | None, warm: bool,
+           queues: tuple[str, ...], settings_file: str | None, redis_url: str | None) -> None:
+    """Process batches with the configured handler (BATCH_HANDLER), urgent queue first.
+
+    Serves every queue given with --queue (a sharded queue: all its shards), taking turns
+    between them within each priority, each with its own settings (--settings FILE)."""
+    serving = open_queues_waiting(queues, settings_file, redis_url)
+    if not serving.configs:
+        fail(f"no queue matches {' '.join(serving.asked)!r} (queues are found in the "
+             "settings file and in Redis)", EXIT_BAD_INPUT)
+    config, client = serving.configs[0], serving.client
+    export_settings(config, settings_file)
     if processes is not None:
-        code = supervise(processes, child_argv(burst, simple, warm))
+        argv = child_argv(burst, simple, warm, serving.asked if len(queues) else ())
+        code = supervise(processes, argv)
         click.get_current_context().exit(code)
-    if not preload_waiting(config, client):
-        return
+    for url in dict.fromkeys(c.redis_url for c in serving.configs):
+        first = next(c for c in serving.configs if c.redis_url == url)
+        if not preload_waiting(first, client if url == config.redis_url
+                               else first.redis_client(oom_tolerant=True)):
+            return
     if warm:
-        warm_up(config, client)
-    run_workers(config, client, burst=burst, simple=simple,
-                rq_client=config.rq_client_for(client))
+        for each in serving.configs:
+            warm_up(each, client)
+    run_workers(serving.configs if len(serving.configs) > 1 else config, client,
+                burst=burst, simple=simple, rq_client=config.rq_client_for(client))
 
 
 commands = [worker]

@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import uuid
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
@@ -33,12 +34,23 @@ def worker_name() -> str:
     return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
 
 
-def make_worker(config: BatchProcessingConfig, client: redis.Redis, *, simple: bool,
+def rq_queue_names(configs: Sequence[BatchProcessingConfig]) -> list[str]:
+    """The RQ queues of ``configs``' queues, urgent tier first, in the queues' order within
+    each tier (a worker then takes turns between them: ``fair_order``)."""
+    by_urgency = [c.keys.rq_queues_by_urgency() for c in configs]
+    return [names[tier] for tier in range(3) for names in by_urgency]
+
+
+def make_worker(config: BatchProcessingConfig | Sequence[BatchProcessingConfig],
+                client: redis.Redis, *, simple: bool,
                 name: str | None = None) -> BatchSimpleWorker | BatchWorker:
-    """An RQ worker on the queue's three RQ queues, urgent first, running batch jobs."""
+    """An RQ worker on the queues' RQ queues (three each), urgent first, running batch
+    jobs."""
+    configs = [config] if isinstance(config, BatchProcessingConfig) else list(config)
     worker_class = BatchSimpleWorker if simple else BatchWorker
-    worker = worker_class(config.keys.rq_queues_by_urgency(), name=name, connection=client,
+    worker = worker_class(rq_queue_names(configs), name=name, connection=client,
                           serializer=JSONSerializer, job_class=BatchJob)
+    config = configs[0]
     # RQ's own Redis may be lost and replaced while the worker runs (BATCH_RQ_REDIS_URL)
     worker.check_registration = config.rq_apart
     return worker
@@ -65,24 +77,29 @@ class _EarlyStop:
             self.worker._stop_requested = True
 
 
-def run_workers(config: BatchProcessingConfig, client: Any, *, burst: bool,
-                simple: bool, rq_client: Any = None) -> None:
-    """Run one RQ worker; restart it after a Redis failure until a signal stops it.
+def run_workers(config: BatchProcessingConfig | Sequence[BatchProcessingConfig], client: Any,
+                *, burst: bool, simple: bool, rq_client: Any = None) -> None:
+    """Run one RQ worker for the queues of ``config`` (one or several); restart it after a
+    Redis failure until a signal stops it.
 
     ``client`` is the batcher's Redis; the worker's RQ connection is ``rq_client`` (RQ's own
     Redis, BATCH_RQ_REDIS_URL), by default the same client.
     """
-    backoff = Backoff("worker", queue=config.queue, client=client, state_key=config.keys.state,
+    configs = [config] if isinstance(config, BatchProcessingConfig) else list(config)
+    config = configs[0]
+    queues = [c.queue for c in configs]
+    queue_field = ",".join(queues)  # the queues, named in every log line of this worker
+    backoff = Backoff("worker", queue=queue_field, client=client, state_key=config.keys.state,
                       first=RESTART_DELAY_SECONDS, cap=MAX_RESTART_DELAY_SECONDS)
     early = _EarlyStop()
     while not early.requested.is_set():
         name = worker_name()
         try:
-            worker = make_worker(config, client if rq_client is None else rq_client,
+            worker = make_worker(configs, client if rq_client is None else rq_client,
                                  simple=simple, name=name)
             early.worker = worker
-            log.info("worker.starting", queue=config.queue, name=name,
-                     rq_queues=config.keys.rq_queues_by_urgency(), simple=simple, burst=burst)
+            log.info("worker.starting", queue=queue_field, name=name,
+                     rq_queues=rq_queue_names(configs), simple=simple, burst=burst)
             backoff.succeeded()
             # RQ logs ~4 INFO lines per job; our batch.acked / batch.failed events carry the
             # same facts with the batch's figures, at a fraction of the cost
@@ -104,7 +121,7 @@ def run_workers(config: BatchProcessingConfig, client: Any, *, burst: bool,
         if burst or early.requested.is_set() or worker._shutdown_requested_date is not None:
             return
         early = _EarlyStop()
-        log.warning("worker.restarting", queue=config.queue, name=name,
+        log.warning("worker.restarting", queue=queue_field, name=name,
                     delay_s=backoff.delay)
         if early.requested.wait(backoff.delay):
             return

@@ -71,6 +71,7 @@ class LeanHeartbeats:
         # declared for mypy only, so at run time every name resolves to RQ's own
         worker_ttl: int
         queue_class: Any
+        _ordered_queues: list[Any]
 
         def serialize(self) -> dict[str, Any]: ...
         def set_state(self, state: str, pipeline: Any = None) -> None: ...
@@ -80,6 +81,11 @@ class LeanHeartbeats:
                                          ) -> None: ...
         def cleanup_execution(self, job: Any, pipeline: Any, execution: Any = None
                               ) -> None: ...
+
+    def reorder_queues(self, reference_queue: Any) -> None:
+        """Fair turns between the batcher queues this worker serves: after a job of one,
+        every other comes first, within each priority tier (urgent, high, normal)."""
+        self._ordered_queues = fair_order(self._ordered_queues, reference_queue.name)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         parent: Any = super()
@@ -208,6 +214,33 @@ class LeanHeartbeats:
             reply, record = replies[-2:]
             if not (isinstance(reply, Exception) or isinstance(record, Exception)):
                 job.claimed = scripts.claim_outcome(args[1], reply, record)
+
+
+def _batcher_queue(rq_name: str) -> str:
+    # RQ queue "batcher.<Q>[.high|.urgent]"; a queue name has no '.'
+    parts = rq_name.split(".")
+    return parts[1] if len(parts) > 1 else rq_name
+
+
+_TIER = {"urgent": 0, "high": 1}
+
+
+def _tier(rq_name: str) -> int:
+    parts = rq_name.split(".")
+    return _TIER.get(parts[2], 2) if len(parts) > 2 else 2
+
+
+def fair_order(ordered: list[Any], served: str) -> list[Any]:
+    """RQ queues (objects with ``.name``) ordered urgent tier first as given, each tier
+    rotated so the batcher queue after the one of ``served`` (an RQ queue name) comes first:
+    no queue waits behind another's backlog, and urgent still goes before high and normal."""
+    names = list(dict.fromkeys(_batcher_queue(q.name) for q in ordered))
+    served_queue = _batcher_queue(served)
+    if len(names) < 2 or served_queue not in names:
+        return ordered
+    cut = names.index(served_queue) + 1
+    turn = {name: i for i, name in enumerate(names[cut:] + names[:cut])}
+    return sorted(ordered, key=lambda q: (_tier(q.name), turn[_batcher_queue(q.name)]))
 
 
 def _plain_batch_job(job: Any) -> bool:

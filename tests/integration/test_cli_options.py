@@ -236,7 +236,7 @@ def test_coordinator_allow_eviction_runs_on_an_evicting_server(
     s = make_scripts(real_redis, queue=QUEUE)
     s.enqueue([entry(f"v{i}") for i in range(3)], now_ms=T0)
     stop = _StopWhenDrained(real_redis, s.keys.pending)
-    monkeypatch.setattr(coordinator_cli, "stop_on_signals", lambda event: stop)
+    monkeypatch.setattr(coordinator_cli, "stop_on_signals", lambda event, **_: stop)
     real_redis.config_set("maxmemory-policy", "allkeys-lru")
     try:
         refused = run(redis_url, "coordinator")

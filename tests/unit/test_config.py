@@ -73,9 +73,11 @@ def test_defaults_equal_the_table() -> None:
 
 
 def test_every_field_is_in_the_table() -> None:
-    # the TLS files, RQ's own Redis and replica acks are ours, not DESIGN's (README has them)
+    # the TLS files, RQ's own Redis, replica acks, shards and the settings file are ours,
+    # not DESIGN's (README has them)
     tls = {"redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file"}
-    ours = tls | {"rq_redis_url", "log_format", "replica_acks", "replica_acks_timeout_ms"}
+    ours = tls | {"rq_redis_url", "log_format", "replica_acks", "replica_acks_timeout_ms",
+                  "shards", "settings_file"}
     assert set(BatchProcessingConfig.model_fields) == set(TABLE_DEFAULTS) | ours
 
 

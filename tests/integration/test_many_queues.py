@@ -1,0 +1,104 @@
+"""One coordinator process serving several queues, each with its own settings (issue 18).
+
+Run through the real command line on a real redis-server; the stop event is injected (it
+reads as set once every queue has flushed all it had), nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import orjson
+import pytest
+import redis as redis_py
+from click.testing import CliRunner
+from rq import Queue
+
+from batcher import BatchStateManager
+from batcher.cli import cli
+from batcher.keys import QueueKeys
+from batcher.settings_file import load_settings
+
+SETTINGS = """
+[defaults]
+size_threshold = 5
+min_batch_size = 1
+
+[queues.hot]
+size_threshold = 10
+
+[queues.split]
+shards = 3
+size_threshold = 2
+"""
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("BATCH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("BATCH_LOG_FORMAT", "json")
+
+
+class _StopWhenFlushed(threading.Event):
+    """Reads as set once none of ``queues`` has anything pending."""
+
+    def __init__(self, client: redis_py.Redis, queues: list[str]) -> None:
+        super().__init__()
+        self.client, self.queues = client, queues
+
+    def is_set(self) -> bool:
+        return super().is_set() or all(
+            self.client.zcard(QueueKeys(q).pending) == 0 for q in self.queues)
+
+
+def _batch_sizes(client: redis_py.Redis, queue: str) -> list[int]:
+    keys = QueueKeys(queue)
+    sizes = []
+    for raw in client.scan_iter(match=keys.batch("*")):
+        ix = client.hget(raw, "ix")
+        sizes.append(len(ix.split(b"\n")) if ix else 0)
+    return sorted(sizes)
+
+
+def test_one_coordinator_flushes_every_queue_with_its_own_settings(
+    redis_url: str, real_redis: redis_py.Redis, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "queues.toml"
+    path.write_text(SETTINGS)
+    settings = load_settings(str(path), redis_url=redis_url)
+    for queue, n in (("hot", 40), ("quiet", 10)):
+        manager = BatchStateManager(real_redis, settings.config_for(queue))
+        manager.queue_many([{"id": f"{queue}-{i}", "source": f"s{i % 4}",
+                             "payload": {"i": i}} for i in range(n)])
+    served = ["hot", "quiet", "split~0", "split~1", "split~2"]  # split: nothing to flush
+    stop = _StopWhenFlushed(real_redis, served)
+    from batcher.cli import coordinator as coordinator_cli
+
+    monkeypatch.setattr(coordinator_cli, "stop_on_signals", lambda event, **_: stop)
+    result = CliRunner().invoke(cli, ["coordinator", "--queue", "hot", "--queue", "quiet",
+                                      "--queue", "split", "--settings", str(path),
+                                      "--redis-url", redis_url], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    # each queue batched by its own size threshold: hot 10, quiet the [defaults]' 5
+    assert _batch_sizes(real_redis, "hot") == [10, 10, 10, 10]
+    assert _batch_sizes(real_redis, "quiet") == [5, 5]
+    # a job per batch, on each queue's own RQ queue
+    jobs = {q: Queue(QueueKeys(q).rq_queue(0), connection=real_redis).count for q in served}
+    assert (jobs["hot"], jobs["quiet"]) == (4, 2)
+    # every queue's loop said it stopped, naming its queue
+    stopped = [orjson.loads(line) for line in result.stderr.splitlines()
+               if line.startswith("{") and '"coordinator.stopped"' in line]
+    assert sorted(e["queue"] for e in stopped) == sorted(served)
+    # one worker serves both queues: every entry acked, on its own queue's counters
+    worked = CliRunner().invoke(cli, ["worker", "--burst", "--simple", "--queue", "hot",
+                                      "--queue", "quiet", "--settings", str(path),
+                                      "--redis-url", redis_url], catch_exceptions=False)
+    assert worked.exit_code == 0, worked.stderr
+    acked = {q: int(real_redis.hget(QueueKeys(q).counters, "acked") or 0)
+             for q in ("hot", "quiet")}
+    assert acked == {"hot": 40, "quiet": 10}
