@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from batcher.connection import same_server
 from batcher.keys import budget_key, validate_budget_name
 from batcher.scripts import lua_source
 
@@ -81,7 +82,8 @@ class Budget:
     def __init__(self, client: redis.Redis, name: str):
         self.name = validate_budget_name(name)
         self.key = budget_key(name)
-        self.client = client
+        # on a cluster the budget's key has a slot of its own, not the queue's
+        self.client = same_server(client, self.key)
         self._script = client.register_script(lua_source("budget"))
 
     def _run(self, op: str, args: list[str], now_ms: int | None) -> Any:

@@ -17,7 +17,7 @@ import redis
 from pydantic import AliasGenerator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from batcher.connection import connect, redact
+from batcher.connection import connect, is_cluster_url, parse_cluster_url, redact
 from batcher.errors import ConfigError
 from batcher.keys import (
     MAX_SHARDS,
@@ -35,8 +35,10 @@ _MAX_SHOWN = 100  # a value longer than this is cut in error messages
 
 # Rules whose words cannot be derived from the field's type and bounds.
 _RULE_WORDS = {
-    "redis_url": "must be a redis://, rediss:// or unix:// URL",
-    "rq_redis_url": "must be empty or a redis://, rediss:// or unix:// URL",
+    "redis_url": "must be a redis://, rediss:// or unix:// URL, or redis+cluster://host:port"
+                 "[,host:port...] for a Redis Cluster",
+    "rq_redis_url": "must be empty or a redis://, rediss:// or unix:// URL (RQ needs a "
+                    "standalone Redis, not a cluster)",
     "queue": "must match [A-Za-z0-9_-]{1,64}",
     "handler": "must be a 'module:function' path, e.g. workers.handlers.echo:handle",
     "job_timeout_seconds": "must be a whole number >= 1 (RQ truncates fractions)",
@@ -168,7 +170,9 @@ class BatchProcessingConfig(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        if not value.lower().startswith(REDIS_SCHEMES) or value.endswith("://"):
+        if is_cluster_url(value):
+            parse_cluster_url(value)  # its ValueError names what is wrong
+        elif not value.lower().startswith(REDIS_SCHEMES) or value.endswith("://"):
             raise ValueError(_RULE_WORDS["redis_url"])
         return value
 
@@ -243,9 +247,10 @@ class BatchProcessingConfig(BaseSettings):
     def redis_client(self, *, blocking_seconds: float | None = None,
                      oom_tolerant: bool = False) -> redis.Redis:
         """A client for ``redis_url`` with the TLS files; every process builds its own here.
-        ``oom_tolerant``: a daemon's, whose bookkeeping passes a full Redis (batcher.oom)."""
+        ``oom_tolerant``: a daemon's, whose bookkeeping passes a full Redis (batcher.oom).
+        On a cluster, pinned to the node owning this queue's slot (``batcher.cluster``)."""
         return connect(self.redis_url, blocking_seconds=blocking_seconds, tls=self.tls(),
-                       oom_tolerant=oom_tolerant)
+                       oom_tolerant=oom_tolerant, pin_key=self.keys.state)
 
     @property
     def rq_apart(self) -> bool:
@@ -347,7 +352,11 @@ def describe_error(error: Any) -> str:
     field = _field_of(str(error["loc"][0]))
     if field is None:
         return f"{error['loc'][0]}: unknown setting"
-    return f"{env_name(field)}={_shown(field, error['input'])}: {rule_words(field)}"
+    rule = rule_words(field)
+    detail = str(error.get("ctx", {}).get("error", ""))
+    if field == "redis_url" and detail and detail != rule:  # a malformed cluster URL
+        rule += f" ({detail})"
+    return f"{env_name(field)}={_shown(field, error['input'])}: {rule}"
 
 
 def rule_words(field: str) -> str:
@@ -397,9 +406,13 @@ def _cross_field_problems(cfg: BatchProcessingConfig) -> list[str]:
     check(cfg.early_flush_pressure < cfg.emergency_flush_pressure, "early_flush_pressure",
           f"must be < BATCH_EMERGENCY_FLUSH_PRESSURE ({_number(cfg.emergency_flush_pressure)})")
     tls_set = [f for f in _TLS_KWARGS if getattr(cfg, f) is not None]
-    if tls_set and not cfg.redis_url.lower().startswith("rediss://"):
+    if tls_set and not cfg.redis_url.lower().startswith(("rediss://", "rediss+cluster://")):
         problems.append(f"{env_name(tls_set[0])} is set: BATCH_REDIS_URL must be a rediss:// "
                         f"URL, not {_shown('redis_url', cfg.redis_url)}")
+    # RQ's keys are not hash-tagged: they span slots, which a cluster refuses
+    check(cfg.rq_redis_url is not None or not is_cluster_url(cfg.redis_url), "redis_url",
+          "names a Redis Cluster: set BATCH_RQ_REDIS_URL to a standalone Redis for RQ's keys "
+          "(RQ is not cluster-safe)")
     check((cfg.redis_tls_cert_file is None) == (cfg.redis_tls_key_file is None),
           "redis_tls_cert_file", "BATCH_REDIS_TLS_CERT_FILE and BATCH_REDIS_TLS_KEY_FILE "
           "go together")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
-from urllib.parse import urlsplit
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -41,11 +43,58 @@ def _driver_options() -> dict[str, object]:
     return {"driver_info": DriverInfo()}
 
 _QUERY_PASSWORD = re.compile(r"(?i)(^|&)(password=)[^&]*")
+# BATCH_REDIS_URL naming a Redis Cluster: one or more seed nodes, comma-separated
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+_SEED = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]/,]+):([0-9]{1,5})$")
+
+
+def is_cluster_url(url: str) -> bool:
+    """True for ``redis+cluster://`` and ``rediss+cluster://`` (TLS) URLs."""
+    return url[:18].lower().startswith(CLUSTER_SCHEMES)
+
+
+@dataclass(frozen=True)
+class ClusterAddress:
+    """What a cluster URL says: seed nodes, credentials, TLS. Only the seeds need to be
+    reachable at start; the rest of the cluster is discovered from them (CLUSTER SLOTS)."""
+
+    seeds: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def parse_cluster_url(url: str) -> ClusterAddress:
+    """``redis+cluster://[user:password@]host:port[,host:port...][/0]``; raises ValueError
+    naming what is wrong (never the password). A cluster has one database, 0."""
+    scheme, _, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "?" in netloc or "?" in path or "#" in rest:
+        raise ValueError("a cluster URL takes no query or fragment")
+    if slash and path not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    seeds = []
+    for seed in hosts.split(","):
+        match = _SEED.match(seed.strip())
+        if match is None or not 0 < int(match.group(2)) < 65536:
+            raise ValueError(f"seed {seed.strip()!r} is not host:port")
+        seeds.append((match.group(1).strip("[]"), int(match.group(2))))
+    return ClusterAddress(tuple(seeds), username, password, scheme.lower() == "rediss+cluster")
 
 
 def connect(url: str, *, blocking_seconds: float | None = None,
-            tls: Mapping[str, str] | None = None, oom_tolerant: bool = False) -> redis.Redis:
+            tls: Mapping[str, str] | None = None, oom_tolerant: bool = False,
+            pin_key: str | None = None) -> redis.Redis:
     """A client for ``url`` with the project's options; no connection is made yet.
+
+    A cluster URL (:func:`is_cluster_url`) gives a client pinned to the node that owns
+    ``pin_key``'s slot (``batcher.cluster``): a queue's keys all live in one slot.
 
     ``oom_tolerant``: the coordinator's and workers' client, whose bookkeeping writes go
     through on a Redis over maxmemory (``batcher.oom``); never a producer's.
@@ -56,31 +105,58 @@ def connect(url: str, *, blocking_seconds: float | None = None,
     clients with ``config.redis_client()``, which passes them). Raises ``ConfigError`` for
     a URL redis-py cannot parse.
     """
-    if blocking_seconds is None:
-        socket_timeout = SOCKET_TIMEOUT_SECONDS
-    else:
-        socket_timeout = blocking_seconds + BLOCKING_MARGIN_SECONDS
     cls = redis.Redis
     if oom_tolerant:
         from batcher.oom import OomTolerantRedis
 
         cls = OomTolerantRedis
     try:
-        return cls.from_url(
-            url,
-            decode_responses=False,
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            socket_timeout=socket_timeout,
-            # redis-py 8 retries 3 times with back-off by default; zero retries here
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            retry_on_error=[],
-            health_check_interval=HEALTH_CHECK_INTERVAL_SECONDS,
-            **_driver_options(),
-            **(tls or {}),
-        )
+        if is_cluster_url(url):
+            if pin_key is None:
+                raise ValueError("a cluster client is pinned to a key's slot: pass pin_key")
+            from batcher.cluster import pinned_client
+
+            return pinned_client(url, pin_key, cls, client_options(blocking_seconds, tls))
+        return cls.from_url(url, **client_options(blocking_seconds, tls))
     except ValueError as exc:
         raise ConfigError(f"BATCH_REDIS_URL={redact(url)!r}: {exc}") from None
+
+
+def client_options(blocking_seconds: float | None = None,
+                   tls: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The keyword options every client gets (see the module docstring and ``connect``)."""
+    if blocking_seconds is None:
+        socket_timeout = SOCKET_TIMEOUT_SECONDS
+    else:
+        socket_timeout = blocking_seconds + BLOCKING_MARGIN_SECONDS
+    return {
+        "decode_responses": False,
+        "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "socket_timeout": socket_timeout,
+        # redis-py 8 retries 3 times with back-off by default; zero retries here
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+        "retry_on_error": [],
+        "health_check_interval": HEALTH_CHECK_INTERVAL_SECONDS,
+        **_driver_options(),
+        **(tls or {}),
+    }
+
+
+def same_server(client: redis.Redis, key: str) -> redis.Redis:
+    """A client for ``key`` beside ``client``: ``client`` itself on one server; on a cluster,
+    a client of the same kind pinned to ``key``'s slot (a budget's key has its own slot)."""
+    repin = getattr(client.connection_pool, "client_for_key", None)
+    return client if repin is None else repin(type(client), key)
+
+
+def scan_all(client: redis.Redis, match: str, count: int) -> Iterator[bytes]:
+    """``SCAN MATCH`` over ``client``'s server, or over every master when ``client`` is pinned
+    to a cluster slot: what finds every queue wherever its slot lives."""
+    topology = getattr(client.connection_pool, "topology", None)
+    servers = [client] if topology is None else topology.masters()
+    for server in servers:
+        yield from server.scan_iter(match=match, count=count)
 
 
 def ping_or_raise(client: redis.Redis) -> None:
@@ -96,6 +172,9 @@ def ping_or_raise(client: redis.Redis) -> None:
 
 def describe(client: redis.Redis) -> str:
     """The URL ``client`` connects to, rebuilt from its pool, with any password hidden."""
+    shown = getattr(client.connection_pool, "describe", None)
+    if shown is not None:  # a cluster client: its URL and the node serving its slot
+        return str(shown())
     kwargs = client.connection_pool.connection_kwargs
     db = kwargs.get("db", 0)
     user = kwargs.get("username") or ""

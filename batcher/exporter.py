@@ -24,6 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from batcher.config import BatchProcessingConfig
+from batcher.connection import same_server
 from batcher.monitoring import figures
 from batcher.monitoring.queue_stats import QueueStats, as_queue_stats
 from batcher.stats import read_queue_stats
@@ -234,7 +235,9 @@ class BatcherCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         for config in self.configs:
             try:
-                stats = read_queue_stats(self.client, config, check_workers=self.check_workers)
+                # on a cluster each queue is read on the master owning its slot
+                client = same_server(self.client, config.keys.state)
+                stats = read_queue_stats(client, config, check_workers=self.check_workers)
             except redis.RedisError as exc:
                 log.warning("exporter.scrape_failed", queue=config.queue, error=str(exc))
                 up = GaugeMetricFamily("batcher_up", "1 when the queue's figures could be read "

@@ -33,6 +33,7 @@ from starlette.staticfiles import StaticFiles
 
 from batcher import control
 from batcher.config import BatchProcessingConfig
+from batcher.connection import same_server
 from batcher.dashboard.pages import login_page, page
 from batcher.keys import QueueKeys
 from batcher.monitoring import reads
@@ -138,6 +139,10 @@ class Dashboard:
         response.delete_cookie(COOKIE)
         return response
 
+    def _client(self, config: BatchProcessingConfig) -> redis.Redis:
+        # on a cluster each queue is served by the master owning its slot
+        return same_server(self.s.client, config.keys.state)
+
     # -- read API --------------------------------------------------------------------------
 
     def _access(self, request: Request) -> dict[str, bool]:
@@ -151,12 +156,12 @@ class Dashboard:
         out = []
         for name in reads.discover_queues(self.s.client):
             config = self.s.base.model_copy(update={"queue": name})
-            out.append(detailed_stats(self.s.client, config))
+            out.append(detailed_stats(self._client(config), config))
         return _json({"queues": out, **self._access(request)})
 
     def queue(self, request: Request) -> Response:
         config = self.config(request)
-        client = self.s.client
+        client = self._client(config)
         stats = detailed_stats(client, config)
         return _json({
             "stats": stats, **self._access(request),
@@ -168,7 +173,7 @@ class Dashboard:
 
     def batch(self, request: Request) -> Response:
         config = self.config(request)
-        detail = reads.batch_detail(self.s.client, config.keys, request.path_params["batch"])
+        detail = reads.batch_detail(self._client(config), config.keys, request.path_params["batch"])
         # a batch that is gone is an answer, not an error: acked batches vanish while watched
         return _json(detail or {"id": request.path_params["batch"], "gone": True})
 
@@ -190,7 +195,7 @@ class Dashboard:
 
     def _act(self, name: str, config: BatchProcessingConfig,
              ids: list[str] | None) -> dict[str, Any]:
-        client = self.s.client
+        client = self._client(config)
         if name == "pause":
             return {"paused_until_ms": control.pause(client, config)}
         if name == "resume":

@@ -13,6 +13,7 @@ import orjson
 import redis
 
 from batcher.config import BatchProcessingConfig
+from batcher.connection import scan_all
 from batcher.keys import PREFIX, QUEUE_NAME_RE, QueueKeys
 from batcher.records import ENVELOPE_PREFIX, INDEX, META_FIELDS, BatchRecord, DeadRecord
 from batcher.redaction import scrub
@@ -22,11 +23,12 @@ SCAN_COUNT = 1000
 
 
 def discover_queues(client: redis.Redis) -> list[str]:
-    """Every queue with a state hash on the server (SCAN, never KEYS), sorted."""
+    """Every queue with a state hash on the server, or on any master of a cluster (SCAN,
+    never KEYS), sorted."""
     found: set[str] = set()
     # '{' and '}' are not glob specials; the name between them is checked before use
-    for raw in client.scan_iter(match=f"{PREFIX}:{{*}}:state", count=SCAN_COUNT):
-        name = cast(bytes, raw).decode()
+    for raw in scan_all(client, f"{PREFIX}:{{*}}:state", SCAN_COUNT):
+        name = raw.decode()
         queue = name[len(PREFIX) + 2:-len("}:state")]
         if QUEUE_NAME_RE.match(queue):
             found.add(queue)

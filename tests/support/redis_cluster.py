@@ -13,6 +13,7 @@ from types import TracebackType
 
 import redis
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from tests.support.redis_server import RedisServer, RedisServerError, free_port
 from tests.support.waiting import wait_until
@@ -117,6 +118,58 @@ class RedisClusterFixture:
 
     def startup_nodes(self) -> list[tuple[str, int]]:
         return [("127.0.0.1", n.port) for n in self.running]
+
+    def url(self, seeds: int = 2) -> str:
+        """BATCH_REDIS_URL for this cluster: ``redis+cluster://`` and a few seed nodes."""
+        return "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in self.startup_nodes()[:seeds])
+
+    def owner_of(self, key: str) -> ClusterNode:
+        """The running master that serves ``key``'s slot (CLUSTER SLOTS of a live master)."""
+        return self.owner_of_slot(key_slot(key.encode()))
+
+    def queues_on_distinct_masters(self, count: int, prefix: str = "q") -> list[str]:
+        """``count`` queue names whose slots live on ``count`` different masters."""
+        chosen: dict[int, str] = {}
+        for i in range(1000):
+            name = f"{prefix}{i}"
+            chosen.setdefault(self.owner_of(f"batcher:{{{name}}}:state").port, name)
+            if len(chosen) == count:
+                return list(chosen.values())
+        raise RedisServerError(f"no {count} queues on distinct masters")
+
+    def move_slot(self, slot: int, target: ClusterNode) -> None:
+        """Migrate ``slot`` with its keys to ``target`` as ``redis-cli --cluster reshard``
+        does (IMPORTING / MIGRATING, MIGRATE the keys, SETSLOT NODE on every master)."""
+        source = self.owner_of_slot(slot)
+        src, dst = source.client(), target.client()
+        try:
+            src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command(
+                "CLUSTER", "MYID")
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000,
+                                    "KEYS", *keys)
+            for node in [target, source, *(m for m in self.masters()
+                                             if m not in (target, source))]:
+                client = node.client()
+                try:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+                finally:
+                    client.close()
+        finally:
+            src.close()
+            dst.close()
+
+    def owner_of_slot(self, slot: int) -> ClusterNode:
+        client = self.masters()[0].client()
+        try:
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return next(n for n in self.running if n.port == int(master[1]))
+        finally:
+            client.close()
+        raise RedisServerError(f"no master serves slot {slot}")
 
     def client(self, **options: object) -> RedisCluster:
         """A redis-py cluster client (bytes replies, as the batcher's clients)."""

@@ -1,0 +1,156 @@
+"""BATCH_REDIS_URL naming a Redis Cluster (issue 18 item 1): each queue's client is pinned to
+the master owning its slot, runs the whole enqueue -> flush -> claim -> ack path there, follows
+a migrated slot (MOVED) and a promoted replica, and the queues are found on every master."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis as redis_py
+from redis.crc import key_slot
+
+from batcher.budget import Budget, BudgetLimits
+from batcher.check import check_queue
+from batcher.cluster import SlotMovedError
+from batcher.config import BatchProcessingConfig, load_config
+from batcher.connection import describe
+from batcher.keys import budget_key
+from batcher.monitoring.reads import discover_queues
+from batcher.producer import BatchStateManager
+from batcher.records import BatchRecord
+from batcher.scripts import Scripts
+from tests.support.redis_cluster import RedisClusterFixture
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(240)
+ENTRIES = 30
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterFixture]:
+    with RedisClusterFixture() as formed:
+        yield formed
+
+
+def _config(cluster: RedisClusterFixture, queue: str, rq_url: str) -> BatchProcessingConfig:
+    return load_config(queue=queue, redis_url=cluster.url(), rq_redis_url=rq_url,
+                       size_threshold=10, min_batch_size=1, max_batch_size=10,
+                       log_format="json")
+
+
+def _enqueue(config: BatchProcessingConfig, client: redis_py.Redis, prefix: str = "e") -> None:
+    manager = BatchStateManager(client, config)
+    result = manager.queue_many([{"id": f"{prefix}{i}", "priority": i % 3, "payload": {"n": i}}
+                                 for i in range(ENTRIES)])
+    assert result.accepted == ENTRIES
+
+
+def _drain(config: BatchProcessingConfig, client: redis_py.Redis) -> int:
+    """Flush, claim and ack every batch as a coordinator and a worker would; entries acked."""
+    scripts = Scripts(client, config)
+    acked = 0
+    for n in range(100):
+        decision = scripts.flush(f"b{n}", manual=True)
+        if decision.batch is None:
+            return acked
+        record = scripts.claim(decision.batch.id, decision.batch.attempt)
+        assert isinstance(record, BatchRecord)
+        done = scripts.ack(record.id, record.attempt, processing_ms=1.0, started_ms=0,
+                           results={entry_id: b'"ok"' for entry_id in record.envelopes})
+        assert done.ok
+        acked += done.acked
+    raise AssertionError("the queue never emptied")
+
+
+def test_queues_on_different_masters_run_enqueue_flush_claim_ack_each_on_its_own(
+    cluster: RedisClusterFixture, redis_url: str,
+) -> None:
+    queues = cluster.queues_on_distinct_masters(3, prefix="run")
+    for queue in queues:
+        config = _config(cluster, queue, redis_url)
+        client = config.redis_client()
+        _enqueue(config, client)
+        assert _drain(config, client) == ENTRIES
+        # every key of the queue is on the master owning its slot, none elsewhere
+        owner = cluster.owner_of(config.keys.state)
+        assert owner.client().hget(config.keys.counters, "acked") == str(ENTRIES).encode()
+        assert f"on 127.0.0.1:{owner.port}" in describe(client)
+        report = check_queue(client, config)
+        assert report.ok, report.problems
+    # no batcher key reached RQ's standalone server
+    assert not list(redis_py.Redis.from_url(redis_url).scan_iter(match="batcher:*"))
+
+
+def test_discovery_finds_the_queues_of_every_master(cluster: RedisClusterFixture,
+                                                    redis_url: str) -> None:
+    queues = cluster.queues_on_distinct_masters(3, prefix="found")
+    for queue in queues:
+        config = _config(cluster, queue, redis_url)
+        _enqueue(config, config.redis_client())
+    client = _config(cluster, queues[0], redis_url).redis_client()
+    assert set(queues) <= set(discover_queues(client))
+
+
+def test_a_budget_key_is_served_by_its_own_slot(cluster: RedisClusterFixture,
+                                               redis_url: str) -> None:
+    budget_owner = cluster.owner_of(budget_key("llm"))
+    # a queue on another master than the budget's key, so the queue's node would refuse it
+    queue = next(q for q in cluster.queues_on_distinct_masters(3, prefix="spend")
+                 if cluster.owner_of(f"batcher:{{{q}}}:state") is not budget_owner)
+    config = _config(cluster, queue, redis_url)
+    budget = Budget(config.redis_client(), "llm")
+    budget.set_limits(BudgetLimits(rpm=60))
+    assert budget.reserve(1, 10, 10) == 0.0
+    assert budget.show()["req"]["limit_per_minute"] == 60
+    # the budget's key lives on the master owning its own slot, wherever the queue's is
+    assert budget_owner.client().exists(budget.key)
+
+
+def test_a_migrated_slot_is_followed_and_the_next_call_succeeds(
+    cluster: RedisClusterFixture, redis_url: str,
+) -> None:
+    queue = cluster.queues_on_distinct_masters(1, prefix="moving")[0]
+    config = _config(cluster, queue, redis_url)
+    client = config.redis_client()
+    _enqueue(config, client, prefix="before")
+    source = cluster.owner_of(config.keys.state)
+    target = next(m for m in cluster.masters() if m is not source)
+    cluster.move_slot(key_slot(config.keys.state.encode()), target)
+    # the old owner answers MOVED: the command did not run, and the client now knows where
+    with pytest.raises(SlotMovedError):
+        client.zcard(config.keys.pending)
+    assert client.zcard(config.keys.pending) == ENTRIES
+    assert f"on 127.0.0.1:{target.port}" in describe(client)
+    # the producer's hot path (hand-packed EVALSHA) and the daemons' paths run on the new owner
+    _enqueue(config, client, prefix="after")
+    assert _drain(config, client) == 2 * ENTRIES
+    assert check_queue(client, config).ok
+
+
+def test_a_killed_master_is_replaced_and_the_pinned_client_carries_on() -> None:
+    with RedisClusterFixture() as cluster:
+        with RedisServer() as rq:
+            queue = cluster.queues_on_distinct_masters(1, prefix="failing")[0]
+            config = _config(cluster, queue, rq.url)
+            client = config.redis_client()
+            _enqueue(config, client, prefix="before")
+            wait_replicated(cluster, config)
+            victim = cluster.owner_of(config.keys.state)
+            promoted = cluster.kill_master(victim)
+            # a producer's enqueue retries connection loss; the script is loaded again on the
+            # promoted replica (NOSCRIPT), which kept the data it had replicated
+            _enqueue(config, client, prefix="after")
+            assert f"on 127.0.0.1:{promoted.port}" in describe(client)
+            assert _drain(config, client) == 2 * ENTRIES
+            assert check_queue(client, config).ok
+
+
+def wait_replicated(cluster: RedisClusterFixture, config: BatchProcessingConfig) -> None:
+    """WAIT until the owner's replica holds what was written (no loss is what this tests)."""
+    owner = cluster.owner_of(config.keys.state)
+    client = owner.client()
+    try:
+        assert client.execute_command("WAIT", 1, 5000) == 1
+    finally:
+        client.close()
