@@ -18,10 +18,10 @@ import redis
 from batcher.backoff import describe_fault
 from batcher.budget import Budget
 from batcher.config import BatchProcessingConfig
-from batcher.feeds.status import fetch_summary
 from batcher.keys import HISTOGRAMS, QueueKeys
 from batcher.models import PRIORITIES, FlushReason
 from batcher.monitoring import figures
+from batcher.monitoring.feed_status import fetch_summary
 from batcher.monitoring.queue_stats import (
     COUNTERS,
     BufferFigures,

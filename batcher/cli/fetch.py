@@ -13,7 +13,7 @@ import orjson
 import structlog
 
 from batcher.cli.common import open_queue, open_queue_waiting, queue_options
-from batcher.feeds.status import all_urls, feed_states
+from batcher.monitoring.feed_status import all_urls, feed_states
 from batcher.producer import BatchStateManager
 
 log = structlog.stdlib.get_logger(__name__)

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 import redis
 
 from batcher.feeds.fetch import COUNTED, FeedConfig, FetchReport, Validators
-from batcher.feeds.status import COUNTER_FIELDS
 from batcher.keys import QueueKeys
+from batcher.monitoring.feed_status import COUNTER_FIELDS
 from batcher.scripts import lua_source
 
 CLAIM_LIMIT = 1000  # fetch_claim.lua unpacks at most this many urls

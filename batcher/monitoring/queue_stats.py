@@ -191,7 +191,8 @@ class QueueStats:
     workers: list[WorkerInfo] | None  # None: not checked
     events: list[dict[str, Any]]  # the latest events as the stream holds them
     histograms: dict[str, dict[str, int]]  # name -> bucket upper bound -> count
-    fetch: dict[str, Any] | None  # batcher.feeds.status.fetch_summary; None without a fetcher
+    # batcher.monitoring.feed_status.fetch_summary; None without a fetcher
+    fetch: dict[str, Any] | None
     budget: dict[str, Any] | None  # batcher.budget.Budget.show(); None without a budget
 
     def to_dict(self) -> dict[str, Any]:

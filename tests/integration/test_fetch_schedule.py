@@ -18,8 +18,8 @@ from batcher.exporter import metric_families
 from batcher.feeds.fetch import FeedConfig, FeedFetcher, FetchReport
 from batcher.feeds.runner import ScheduledFetcher
 from batcher.feeds.schedule import BackoffPolicy, FetchSchedule, host_of
-from batcher.feeds.status import feed_states, fetch_summary
 from batcher.keys import QueueKeys
+from batcher.monitoring.feed_status import feed_states, fetch_summary
 from batcher.stats import detailed_stats
 from tests.support.list_sink import ListSink
 

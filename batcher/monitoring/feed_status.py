@@ -1,6 +1,9 @@
-"""Per-feed state of the shared fetch schedule (``feeds.schedule``), read back for
+"""Per-feed state of the shared fetch schedule (``batcher.feeds.schedule``), read back for
 ``batcher fetch-status``, ``batcher stats`` and the exporter (which show at most
-``FEEDS_SHOWN`` feeds: failing ones first, then the soonest due)."""
+``FEEDS_SHOWN`` feeds: failing ones first, then the soonest due).
+
+Here in the core, not in ``batcher.feeds``: ``batcher stats`` and the exporter read it
+without the ``[feeds]`` extra, and the core never imports an application package."""
 
 from __future__ import annotations
 
