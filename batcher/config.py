@@ -14,8 +14,15 @@ import sys
 from typing import Annotated, Any, Literal, Self
 
 import redis
-from pydantic import AliasGenerator, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from batcher.connection import connect, is_cluster_url, parse_cluster_url, redact
 from batcher.errors import ConfigError
@@ -65,6 +72,18 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+def environment_values() -> dict[str, str]:
+    """The ``BATCH_*`` variables that name a field, as ``{variable: value}``. Names match
+    whatever their case (``batch_queue`` sets the queue); others (``BATCH_TEST_X``) are not
+    read. The values are strings; the model converts and checks them."""
+    found: dict[str, str] = {}
+    for name, value in os.environ.items():
+        upper = name.upper()
+        if upper in _VARIABLES:
+            found[upper] = value
+    return found
+
+
 def _default_log_format() -> Literal["json", "console"]:
     # a person at a terminal reads console lines; anything else (systemd, docker) parses JSON
     return "console" if sys.stderr is not None and sys.stderr.isatty() else "json"
@@ -78,22 +97,23 @@ BatchCount = Annotated[int, Field(ge=1), Field(le=1000)]
 Pressure = Annotated[float, Field(gt=0.5), Field(le=1)]
 
 
-class BatchProcessingConfig(BaseSettings):
+class BatchProcessingConfig(BaseModel):
     """Every setting of redis-batcher, validated; frozen once built.
 
     Construct by field name (``BatchProcessingConfig(queue="q", time_threshold_seconds=5)``);
     what is not given comes from ``BATCH_*`` variables, then from the defaults. Raises
     pydantic's ``ValidationError``; :func:`load_config` turns that into ``ConfigError``.
+
+    A pydantic model that reads the environment itself (``__init__``), not a
+    pydantic-settings ``BaseSettings``: that package and what it imports (argparse, dotenv)
+    cost every process ~0.1 s of CPU at start-up, for a lookup of one variable per field.
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        case_sensitive=False,
+    model_config = ConfigDict(
         frozen=True,
         extra="forbid",
-        # pydantic-settings reads a field with a validation alias from the variable the
-        # alias names (the _SEC spelling). Not validate_by_name: it would also read
-        # BATCH_<FIELD_NAME> (BATCH_TIME_THRESHOLD_SECONDS); __init__ maps names instead.
+        # a field validates by its variable's name (the _SEC spelling), which is what the
+        # environment gives; not validate_by_name: __init__ maps field names instead
         alias_generator=AliasGenerator(validation_alias=env_name),
         allow_inf_nan=False,
         validate_default=True,
@@ -163,9 +183,11 @@ class BatchProcessingConfig(BaseSettings):
     log_format: Literal["json", "console"] = Field(default_factory=_default_log_format)
 
     def __init__(self, **values: Any) -> None:
-        # keyword construction by field name: hand pydantic the alias it validates by
+        # keyword construction by field name: hand pydantic the alias it validates by;
+        # a keyword beats the field's variable, which beats the default
         fields = type(self).model_fields
-        super().__init__(**{env_name(k) if k in fields else k: v for k, v in values.items()})
+        given = {env_name(k) if k in fields else k: v for k, v in values.items()}
+        super().__init__(**{**environment_values(), **given})
 
     @field_validator("redis_url")
     @classmethod
@@ -323,6 +345,9 @@ class BatchProcessingConfig(BaseSettings):
             return type(self)(**values)
         except ValidationError as exc:
             raise ConfigError(describe_errors(exc)) from None
+
+
+_VARIABLES = frozenset(env_name(f) for f in BatchProcessingConfig.model_fields)
 
 
 def load_config(**overrides: Any) -> BatchProcessingConfig:

@@ -30,10 +30,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from batcher.config import (
-    ENV_PREFIX,
     BatchProcessingConfig,
     describe_error,
     env_name,
+    environment_values,
     load_config,
     rule_words,
 )
@@ -111,8 +111,8 @@ def read_settings_file(path: str) -> SettingsFile:
 
 
 def _env_fields() -> set[str]:
-    # the fields a BATCH_* variable sets (pydantic-settings reads them case-insensitively)
-    present = {k.upper() for k in os.environ if k.upper().startswith(ENV_PREFIX)}
+    # the fields a BATCH_* variable sets (read whatever the case of its name)
+    present = environment_values()
     return {f for f in BatchProcessingConfig.model_fields if env_name(f) in present}
 
 

@@ -34,5 +34,4 @@ def test_wheel_contains_the_lua_scripts_and_type_markers(tmp_path: Path) -> None
                 zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
                 if line.startswith("Requires-Dist:")]
     core = {Requirement(r).name for r in requires if Requirement(r).marker is None}
-    assert core == {"redis", "rq", "pydantic", "pydantic-settings", "structlog", "click",
-                    "orjson", "rich"}, core
+    assert core == {"redis", "rq", "pydantic", "structlog", "click", "orjson", "rich"}, core

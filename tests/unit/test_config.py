@@ -133,6 +133,23 @@ def test_plain_variables_and_case_are_read(monkeypatch: pytest.MonkeyPatch) -> N
     )
 
 
+def test_a_variable_is_read_whatever_the_case_of_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("batch_queue", "lower")
+    monkeypatch.setenv("Batch_Time_Threshold_Sec", "400")
+    cfg = load_config()
+    assert (cfg.queue, cfg.time_threshold_seconds) == ("lower", 400)
+
+
+def test_a_batch_variable_that_names_no_setting_is_not_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # scripts/test's BATCH_TEST_SKIP_INSTALL and the like share the prefix
+    monkeypatch.setenv("BATCH_TEST_SKIP_INSTALL", "1")
+    assert load_config().queue == "default"
+
+
 def test_keyword_construction_by_field_name_beats_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
