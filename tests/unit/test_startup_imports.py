@@ -14,11 +14,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # only the module of the command it runs); benchlib.startup.WORKER_IMPORTS times the same
 DAEMON_IMPORTS = ("batcher.cli", "batcher.cli.worker", "batcher.cli.coordinator",
                   "batcher.processing", "workers.handlers.echo")
-# an application extra's modules, and rich (structlog's pretty tracebacks, which our logs
-# never use: ~0.08 s of CPU in each daemon)
+# an application extra's modules, rich (structlog's pretty tracebacks, which our logs never
+# use: ~0.08 s of CPU in each daemon) and pydantic-settings (when installed: the config
+# reads BATCH_* itself)
 NOT_IN_A_DAEMON = ("rich", "httpx", "feedparser", "openai", "starlette", "uvicorn",
                    "prometheus_client", "matplotlib", "batcher.feeds", "batcher.llm",
-                   "batcher.demo", "batcher.dashboard")
+                   "batcher.demo", "batcher.dashboard", "pydantic_settings")
 APPLICATIONS = ("batcher.feeds", "batcher.llm", "batcher.demo", "batcher.dashboard")
 # the commands of an application extra: the CLI's only modules that may import one
 APP_COMMANDS = ("batcher/cli/fetch.py", "batcher/cli/demo.py", "batcher/cli/dashboard.py")
