@@ -6,8 +6,6 @@ import click
 import redis
 import structlog
 
-from batcher import control
-from batcher.check import eviction_policy
 from batcher.cli.common import (
     EXIT_CHECK_FAILED,
     fail,
@@ -24,6 +22,10 @@ log = structlog.stdlib.get_logger(__name__)
 
 def check_eviction(client: redis.Redis, allow_eviction: bool) -> None:
     """Refuse (exit 1) a server that may evict pending entries, unless allowed."""
+    # here, not at the top: batcher.check and batcher.control are the `check` and `flush`
+    # commands' modules, whose dataclasses a coordinator's start-up need not build
+    from batcher.check import eviction_policy
+
     policy = eviction_policy(client)
     if policy is None:
         log.warning("redis.eviction_policy_unknown",
@@ -65,6 +67,8 @@ def coordinator(allow_eviction: bool, queues: tuple[str, ...], settings_file: st
 @queue_options
 def flush(queue: str | None, redis_url: str | None) -> None:
     """Flush everything pending now (reason 'manual') and dispatch it to the workers."""
+    from batcher import control
+
     config, client = open_queue(queue, redis_url)
     done = control.flush_now(client, config)
     left = done.still_pending

@@ -89,10 +89,12 @@ def rq_baseline(url: str, log_dir: Path) -> float:
         return _wait(children, lambda: client.zcard(finished.key), start)
 
 
-# what each process imports before its loop: a ``batcher worker`` (the CLI, the worker command,
-# the batch processing and the default handler) and RQ's own worker
-WORKER_IMPORTS = ("import batcher.cli, batcher.cli.worker, batcher.processing, "
-                  "workers.handlers.echo")
+# what each process imports before its loop: a ``batcher worker`` (the default handler, and
+# the CLI's main() loading the worker command as ``python -m batcher.cli worker`` does, with
+# the collector paused; ``--help`` stops it there) and RQ's own worker. A bare import
+# statement (the figure's definition until issue 16's last start-up work) would miss the pause
+WORKER_IMPORTS = ("import sys; sys.argv = ['batcher', 'worker', '--help']; "
+                  "import batcher.cli, workers.handlers.echo; batcher.cli.main()")
 RQ_WORKER_IMPORTS = "import rq.worker"
 
 
@@ -100,7 +102,7 @@ def import_cpu_seconds(code: str, tree: Path | None = None) -> float:
     """User + system CPU seconds of a fresh interpreter running ``code`` (imports): steadier
     than wall time on a loaded machine, where most of a start-up is the wait for a core."""
     env = _in_tree(child_env(), tree)
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
     _pid, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
