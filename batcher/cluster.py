@@ -169,6 +169,11 @@ class _Follows:
         except (redis.ConnectionError, redis.TimeoutError):
             self._slot_pool.topology.lost()
             raise
+        except redis.ResponseError as exc:
+            if str(exc).startswith("UNBLOCKED"):
+                # a blocked call (BLPOP) on a master just turned replica: its slot moved
+                self._slot_pool.topology.lost()
+            raise
 
 
 class _Connection(_Follows, redis.Connection):
@@ -210,6 +215,12 @@ class SlotPool(redis.ConnectionPool):
             connection.disconnect()
             connection.host, connection.port = kw["host"], kw["port"]
         super().release(connection)
+
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        super().disconnect(inuse_connections)
+        for sibling in list(self._siblings.values()):
+            if sibling.connection_pool is not self:
+                sibling.connection_pool.disconnect(inuse_connections)
 
     def _follow(self) -> None:
         epoch = self.topology.epoch

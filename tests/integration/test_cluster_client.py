@@ -4,12 +4,15 @@ a migrated slot (MOVED) and a promoted replica, and the queues are found on ever
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis as redis_py
 from redis.crc import key_slot
 
+from batcher.backoff import fault_kind
 from batcher.budget import Budget, BudgetLimits
 from batcher.check import check_queue
 from batcher.cluster import SlotMovedError
@@ -22,6 +25,7 @@ from batcher.records import BatchRecord
 from batcher.scripts import Scripts
 from tests.support.redis_cluster import RedisClusterFixture
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import blocked_on, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 ENTRIES = 30
@@ -31,6 +35,23 @@ ENTRIES = 30
 def cluster() -> Iterator[RedisClusterFixture]:
     with RedisClusterFixture() as formed:
         yield formed
+
+
+_OPENED: list[redis_py.Redis] = []
+
+
+@pytest.fixture(autouse=True)
+def _disconnect_pinned_clients() -> Iterator[None]:
+    yield
+    # a pinned client's pool is its own: disconnect it, not only hand its connections back
+    while _OPENED:
+        _OPENED.pop().connection_pool.disconnect()
+
+
+def _pinned(config: BatchProcessingConfig, **options: Any) -> redis_py.Redis:
+    client = config.redis_client(**options)
+    _OPENED.append(client)
+    return client
 
 
 def _config(cluster: RedisClusterFixture, queue: str, rq_url: str) -> BatchProcessingConfig:
@@ -69,7 +90,7 @@ def test_queues_on_different_masters_run_enqueue_flush_claim_ack_each_on_its_own
     queues = cluster.queues_on_distinct_masters(3, prefix="run")
     for queue in queues:
         config = _config(cluster, queue, redis_url)
-        client = config.redis_client()
+        client = _pinned(config)
         _enqueue(config, client)
         assert _drain(config, client) == ENTRIES
         # every key of the queue is on the master owning its slot, none elsewhere
@@ -87,8 +108,8 @@ def test_discovery_finds_the_queues_of_every_master(cluster: RedisClusterFixture
     queues = cluster.queues_on_distinct_masters(3, prefix="found")
     for queue in queues:
         config = _config(cluster, queue, redis_url)
-        _enqueue(config, config.redis_client())
-    client = _config(cluster, queues[0], redis_url).redis_client()
+        _enqueue(config, _pinned(config))
+    client = _pinned(_config(cluster, queues[0], redis_url))
     assert set(queues) <= set(discover_queues(client))
 
 
@@ -99,7 +120,7 @@ def test_a_budget_key_is_served_by_its_own_slot(cluster: RedisClusterFixture,
     queue = next(q for q in cluster.queues_on_distinct_masters(3, prefix="spend")
                  if cluster.owner_of(f"batcher:{{{q}}}:state") is not budget_owner)
     config = _config(cluster, queue, redis_url)
-    budget = Budget(config.redis_client(), "llm")
+    budget = Budget(_pinned(config), "llm")
     budget.set_limits(BudgetLimits(rpm=60))
     assert budget.reserve(1, 10, 10) == 0.0
     assert budget.show()["req"]["limit_per_minute"] == 60
@@ -112,7 +133,7 @@ def test_a_migrated_slot_is_followed_and_the_next_call_succeeds(
 ) -> None:
     queue = cluster.queues_on_distinct_masters(1, prefix="moving")[0]
     config = _config(cluster, queue, redis_url)
-    client = config.redis_client()
+    client = _pinned(config)
     _enqueue(config, client, prefix="before")
     source = cluster.owner_of(config.keys.state)
     target = next(m for m in cluster.masters() if m is not source)
@@ -133,7 +154,7 @@ def test_a_killed_master_is_replaced_and_the_pinned_client_carries_on() -> None:
         with RedisServer() as rq:
             queue = cluster.queues_on_distinct_masters(1, prefix="failing")[0]
             config = _config(cluster, queue, rq.url)
-            client = config.redis_client()
+            client = _pinned(config)
             _enqueue(config, client, prefix="before")
             wait_replicated(cluster, config)
             victim = cluster.owner_of(config.keys.state)
@@ -154,3 +175,48 @@ def wait_replicated(cluster: RedisClusterFixture, config: BatchProcessingConfig)
         assert client.execute_command("WAIT", 1, 5000) == 1
     finally:
         client.close()
+
+
+def test_a_manual_failover_unblocks_a_waiting_blpop_and_the_next_call_reaches_the_new_master(
+    redis_url: str,
+) -> None:
+    with RedisClusterFixture() as cluster:
+        queue = cluster.queues_on_distinct_masters(1, prefix="handover")[0]
+        config = _config(cluster, queue, redis_url)
+        client = _pinned(config)
+        blocking = _pinned(config, blocking_seconds=30)
+        _enqueue(config, client)
+        old = cluster.owner_of(config.keys.state)
+        replica = cluster.replica_of(old)
+        assert replica is not None
+        outcome: list[BaseException | object] = []
+        waiter = threading.Thread(
+            target=lambda: outcome.append(_blpop_outcome(blocking, config.keys.room)))
+        waiter.start()
+        with old.client() as watch:
+            wait_until(lambda: blocked_on(watch, "blpop") == 1, "the BLPOP waiting")
+        with replica.client() as promote:
+            promote.execute_command("CLUSTER", "FAILOVER")  # graceful: the old master hands over
+        waiter.join(timeout=60)
+        # the old master, now a replica, unblocks its waiter: a fault the coordinator waits out
+        assert len(outcome) == 1 and fault_kind(outcome[0]) is not None, outcome
+        wait_until(lambda: cluster.role(replica) == "master", "the replica promoted")
+        # both clients find the new master by themselves (retried as a daemon's back-off does)
+        for pinned in (client, blocking):
+            wait_until(lambda p=pinned: _answers(p, config), "the pinned client on the new master")
+            assert f"on 127.0.0.1:{replica.port}" in describe(pinned)
+        assert _drain(config, client) == ENTRIES
+
+
+def _blpop_outcome(client: redis_py.Redis, key: str) -> BaseException | object:
+    try:
+        return client.blpop([key], timeout=20)
+    except redis_py.RedisError as exc:
+        return exc
+
+
+def _answers(client: redis_py.Redis, config: BatchProcessingConfig) -> bool:
+    try:
+        return client.zcard(config.keys.pending) == ENTRIES
+    except redis_py.ConnectionError:
+        return False

@@ -2,7 +2,11 @@
 
 Producers, a coordinator and two workers run as real processes with ``BATCH_REDIS_URL`` = the
 cluster and ``BATCH_RQ_REDIS_URL`` = a standalone Redis. Mid-run the master owning the queue's
-slot is SIGKILLed; its replica is promoted; the killed node is started again, as an operator's
+slot is SIGKILLed while its replica lags: SIGSTOPped ``replica_lag_ms`` around the kill, with
+payloads padded so that what the master sent meanwhile outgrows the socket buffers and dies in
+its output buffer (on loopback a replica otherwise keeps up within microseconds, and a loss
+with BATCH_REPLICA_ACKS=0, the loss the setting prevents, would be luck). The replica is
+promoted; the killed node is started again, as an operator's
 supervisor would, and rejoins as the new master's replica (without a replica, WAIT could never
 confirm again). Nothing is restarted but that node. The run ends when the producers have every
 id confirmed and the queue has drained, and counts:
@@ -145,15 +149,17 @@ def _confirmed(work: Path) -> dict[str, float]:
     return out
 
 
-def run_failover(replica_acks: int, work: Path, *, producers: int = 2, seconds: float = 12.0,
-                 chunks_per_second: float = 20.0, kill_after_acked: int = 300) -> FailoverRun:
+def run_failover(replica_acks: int, work: Path, *, producers: int = 2, seconds: float = 15.0,
+                 chunks_per_second: float = 50.0, kill_after_acked: int = 300,
+                 replica_lag_ms: int = 3000, pad_bytes: int = 2000) -> FailoverRun:
     """One run (see the module docstring); ``work`` holds the logs and the id files."""
     run = FailoverRun(replica_acks)
     with RedisClusterFixture() as cluster, RedisServer() as rq:
         procs = _Procs(work, _env(cluster, rq, work, replica_acks))
         try:
-            _load_and_kill(cluster, procs, run, work, producers, seconds, chunks_per_second,
-                           kill_after_acked)
+            _load_and_kill(cluster, procs, run, work,
+                           _Load(producers, seconds, chunks_per_second, kill_after_acked,
+                                 replica_lag_ms, pad_bytes))
         except AssertionError:
             raise AssertionError(procs.logs()) from None
         finally:
@@ -161,8 +167,18 @@ def run_failover(replica_acks: int, work: Path, *, producers: int = 2, seconds: 
     return run
 
 
+@dataclass(frozen=True)
+class _Load:
+    producers: int
+    seconds: float
+    chunks_per_second: float
+    kill_after_acked: int
+    replica_lag_ms: int
+    pad_bytes: int
+
+
 def _load_and_kill(cluster: RedisClusterFixture, procs: _Procs, run: FailoverRun, work: Path,
-                   producers: int, seconds: float, rate: float, kill_after_acked: int) -> None:
+                   load: _Load) -> None:
     victim = cluster.owner_of(KEYS.state)
     replica = cluster.replica_of(victim)
     assert replica is not None
@@ -170,15 +186,23 @@ def _load_and_kill(cluster: RedisClusterFixture, procs: _Procs, run: FailoverRun
     procs.start("-m", "batcher.cli", "coordinator")
     procs.start("-m", "batcher.cli", "worker", "--simple")
     procs.start("-m", "batcher.cli", "worker")
-    feeders = [procs.start("-m", "tests.support.failover_producer", f"p{i}-", str(seconds),
-                           str(rate), str(work / f"confirmed-{i}"), capture=True)
-               for i in range(producers)]
-    wait_until(lambda: _stat(before, "acked") >= kill_after_acked,
-               f"{kill_after_acked} entries acked before the kill", GUARD_SECONDS)
+    feeders = [procs.start("-m", "tests.support.failover_producer", f"p{i}-",
+                           str(load.seconds), str(load.chunks_per_second),
+                           str(work / f"confirmed-{i}"), str(load.pad_bytes), capture=True)
+               for i in range(load.producers)]
+    wait_until(lambda: _stat(before, "acked") >= load.kill_after_acked,
+               f"{load.kill_after_acked} entries acked before the kill", GUARD_SECONDS)
     before.close()
-    killed_wall = time.time()
-    killed = time.monotonic()
-    victim.kill()
+    lag_seconds = load.replica_lag_ms / 2000
+    replica.pause()
+    try:
+        time.sleep(lag_seconds)
+        killed_wall = time.time()
+        killed = time.monotonic()
+        victim.kill()
+        time.sleep(lag_seconds)
+    finally:
+        replica.resume()
     wait_until(lambda: cluster.role(replica) == "master", "the replica promoted", GUARD_SECONDS)
     run.promoted_s = time.monotonic() - killed
     promoted_wall = killed_wall + run.promoted_s

@@ -1,7 +1,9 @@
 """One producer process of the failover run: enqueue paced chunks for a while, re-sending what
 Redis did not confirm until it does, and write ``<id> <unix time confirmed>`` per confirmed id.
 
-    python -m tests.support.failover_producer PREFIX SECONDS CHUNKS_PER_SECOND OUT_FILE
+    python -m tests.support.failover_producer PREFIX SECONDS CHUNKS_PER_SECOND OUT_FILE [PAD]
+
+PAD: bytes of padding per payload (default 0): heavier writes fill the replication buffers.
 
 Settings come from ``BATCH_*``. An id is confirmed when ``queue_many`` returned it accepted or
 a duplicate (a re-send of an id the master had applied). ``BatcherUnavailableError`` (Redis
@@ -43,7 +45,8 @@ def _send(manager: BatchStateManager, todo: list[dict[str, Any]],
     return [e for e in todo if e["id"] in again]
 
 
-def produce(prefix: str, seconds: float, rate: float, out_path: str) -> Counter[str]:
+def produce(prefix: str, seconds: float, rate: float, out_path: str,
+            pad: int = 0) -> Counter[str]:
     manager = BatchStateManager()
     tally: Counter[str] = Counter()
     todo: list[dict[str, Any]] = []
@@ -54,7 +57,8 @@ def produce(prefix: str, seconds: float, rate: float, out_path: str) -> Counter[
             if time.monotonic() - start > seconds + SETTLE_SECONDS:
                 break
             if not todo and time.monotonic() - start < seconds:
-                todo = [{"id": f"{prefix}{n + i}", "payload": {"n": n + i}} for i in range(CHUNK)]
+                todo = [{"id": f"{prefix}{n + i}", "payload": {"n": n + i, "pad": "x" * pad}}
+                        for i in range(CHUNK)]
                 n += CHUNK
             left = _send(manager, todo, tally)
             done = {e["id"] for e in todo} - {e["id"] for e in left}
@@ -70,5 +74,6 @@ def produce(prefix: str, seconds: float, rate: float, out_path: str) -> Counter[
 
 
 if __name__ == "__main__":
-    prefix, seconds, rate, out_path = sys.argv[1:]
-    print(json.dumps(produce(prefix, float(seconds), float(rate), out_path)), flush=True)
+    prefix, seconds, rate, out_path, *pad = sys.argv[1:]
+    print(json.dumps(produce(prefix, float(seconds), float(rate), out_path,
+                             int(pad[0]) if pad else 0)), flush=True)

@@ -8,6 +8,7 @@ taken or past 65535. ``redis-cli --cluster create`` assigns the slots and the re
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 from types import TracebackType
 
@@ -35,6 +36,15 @@ class ClusterNode(RedisServer):
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def pause(self) -> None:
+        """SIGSTOP the node: it falls behind its master, as on a slow link or a busy host."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def info(self, section: str) -> dict[str, object]:
         client = self.client()
