@@ -30,7 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchlib import e2e, groups, ingest, lateness, report, scale, startup  # noqa: E402
-from benchlib.common import bench_config, make_entries, round_robin, summary  # noqa: E402
+from benchlib.common import (  # noqa: E402
+    bench_config,
+    compile_bytecode,
+    make_entries,
+    round_robin,
+    summary,
+)
 from benchlib.server import BenchRedis  # noqa: E402
 
 BENCH_EXTRA = ["celery[redis]>=5.3", "celery-batches>=0.11", "matplotlib>=3.8"]
@@ -230,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         return publish(saved, args, {"matplotlib": importlib.util.find_spec("matplotlib")
                                        is not None})
     have = ensure_extra(args)
+    # every child runs our modules as an installed package would: from compiled bytecode
+    compile_bytecode()
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     with BenchRedis() as srv, tempfile.TemporaryDirectory(prefix="bench-logs-") as logs:
         os.environ["BENCH_REDIS_URL"] = srv.url
