@@ -20,6 +20,7 @@ from batcher.config import BatchProcessingConfig, load_config
 from batcher.connection import describe
 from batcher.keys import budget_key
 from batcher.monitoring.reads import discover_queues
+from batcher.oom import replay
 from batcher.producer import BatchStateManager
 from batcher.records import BatchRecord
 from batcher.scripts import Scripts
@@ -220,3 +221,15 @@ def _answers(client: redis_py.Redis, config: BatchProcessingConfig) -> bool:
         return client.zcard(config.keys.pending) == ENTRIES
     except redis_py.ConnectionError:
         return False
+
+
+def test_a_daemons_oom_replay_runs_on_the_queues_own_node(cluster: RedisClusterFixture,
+                                                          redis_url: str) -> None:
+    """bookkeeping.lua (no KEYS) replays a daemon's refused writes of its own queue: the pinned
+    node serves that slot, so it runs them, where RQ's keys spanning slots were refused."""
+    queue = cluster.queues_on_distinct_masters(1, prefix="full")[0]
+    config = _config(cluster, queue, redis_url)
+    client = _pinned(config, oom_tolerant=True)
+    assert replay(client, [(("HSET", config.keys.state, "probe", "1"), {}),
+                           (("HINCRBY", config.keys.counters, "probe", "2"), {})]) == [1, 2]
+    assert client.hget(config.keys.state, "probe") == b"1"
