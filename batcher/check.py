@@ -289,6 +289,33 @@ class _Checker:
 def check_queue(client: redis.Redis, config: BatchProcessingConfig) -> CheckReport:
     """Verify every invariant of DESIGN §3 and the server's preconditions for ``config.queue``.
 
+    A sharded queue is checked shard by shard: its facts are the shards' summed (and one
+    ``shard[Q~i]`` line each), every problem names its shard.
+
     Raises redis-py's errors (``ConnectionError`` when the server is unreachable).
     """
-    return _Checker(client, config).run()
+    shards = config.shards
+    if shards == 1 and not client.exists(config.keys.state, config.keys.counters):
+        from batcher.monitoring.sharded import discover_shards
+
+        shards = discover_shards(client, config.queue)
+    if shards == 1:
+        return _Checker(client, config).run()
+    from batcher.shards import client_for, shard_configs
+
+    report = CheckReport()
+    for shard in shard_configs(config.with_overrides(shards=shards)):
+        part = _Checker(client_for(client, shard), shard).run()
+        report.problems += [f"shard {shard.queue!r}: {p}" for p in part.problems]
+        for name, value in part.facts.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                report.facts[name] = report.facts.get(name, 0) + value
+            else:
+                report.facts.setdefault(name, value)
+        report.facts[f"shard[{shard.queue}]"] = " ".join(
+            f"{k}={part.facts[k]}" for k in _SHARD_FACTS if k in part.facts)
+    report.facts["shards"] = shards
+    return report
+
+
+_SHARD_FACTS = ("pending", "delayed", "inflight_batches", "dead", "accepted", "acked")

@@ -207,6 +207,18 @@ def _fetch_metrics(f: _Families, q: str, fetch: Mapping[str, Any] | None) -> Non
                       feed[name], q, feed=feed["source"])
 
 
+def _shard_metrics(f: _Families, q: str, shards: list[dict[str, Any]] | None) -> None:
+    # a sharded queue: the queue's series above are the shards' summed; these say which
+    # shard runs hot (one series per shard, label shard)
+    for shard in shards or ():
+        for name in ("pending", "delayed", "in_flight_batches", "dead", "size_threshold"):
+            f.gauge(f"batcher_shard_{name}", f"Per shard of a sharded queue: {name}.",
+                    shard[name], q, shard=shard["queue"])
+        for name in ("accepted", "acked", "rejected"):
+            f.counter(f"batcher_shard_{name}", f"Per shard of a sharded queue: {name}.",
+                      shard[name], q, shard=shard["queue"])
+
+
 def metric_families(figures: QueueStats | Mapping[str, Any]) -> list[Metric]:
     """Every metric of one queue's figures (a ``detailed_stats`` dict is read too)."""
     stats = as_queue_stats(figures)
@@ -218,6 +230,7 @@ def metric_families(figures: QueueStats | Mapping[str, Any]) -> list[Metric]:
     _other_metrics(f, q, stats)
     _llm_metrics(f, q, stats)
     _fetch_metrics(f, q, stats.fetch)
+    _shard_metrics(f, q, stats.shards)
     hists = [histogram(name, doc, q, stats.histograms[key], stats.latency[key].sum_ms)
              for key, (name, doc) in HISTOGRAM_METRICS.items()]
     return [*f.all.values(), *hists]

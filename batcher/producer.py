@@ -14,7 +14,7 @@ import structlog
 
 from batcher import tracing
 from batcher.backoff import fault_kind, retry_on_fault
-from batcher.config import BatchProcessingConfig, load_config
+from batcher.config import BatchProcessingConfig
 from batcher.errors import (
     BatcherUnavailableError,
     BufferFullError,
@@ -178,10 +178,12 @@ class BatchStateManager:
     """Producer facade: validate, enqueue in chunks, read results and figures.
 
     ``redis`` and ``config`` default to a client built from ``BATCH_REDIS_URL`` and the settings
-    in the environment. ``handler`` (a function or ``"module:function"``) is recorded in Redis
-    as the handler this producer expects; it is never called here: workers run their own
-    ``BATCH_HANDLER`` and warn when it differs. ``flush_callback`` is the seed's name for it.
-    Raises ``TypeError`` when both are given.
+    in the environment (with the queue's table of ``BATCH_SETTINGS_FILE``, if one is named).
+    With ``config.shards > 1`` each entry goes to its source's shard (``batcher.shards``).
+    ``handler`` (a function or ``"module:function"``) is recorded in Redis as the handler this
+    producer expects; it is never called here: workers run their own ``BATCH_HANDLER`` and
+    warn when it differs. ``flush_callback`` is the seed's name for it. Raises ``TypeError``
+    when both are given.
     """
 
     def __init__(
@@ -195,13 +197,31 @@ class BatchStateManager:
         if handler is not None and flush_callback is not None:
             raise TypeError("give handler or flush_callback (its earlier name), not both")
         expected = handler if handler is not None else flush_callback
-        self.config = config or load_config()
+        if config is None:
+            from batcher.settings_file import env_config  # BATCH_SETTINGS_FILE too
+
+            config = env_config()
+        self.config = config
         self.redis = redis if redis is not None else self.config.redis_client()
         self.scripts = Scripts(self.redis, self.config)
         self.keys = self.scripts.keys
         self.expected_handler = handler_path(expected) if expected else None
         self._handler_recorded = False
         self._redis_full = False  # the last call's refusals came from Redis's maxmemory
+        # a sharded queue (BATCH_SHARDS > 1): one producer per shard, each a plain queue's;
+        # None keeps the unsharded hot path free of any routing work
+        self._shards: list[BatchStateManager] | None = None
+        if self.config.shards > 1:
+            from batcher.shards import client_for, shard_configs
+
+            self._shards = [BatchStateManager(client_for(self.redis, c), c, handler=expected)
+                            for c in shard_configs(self.config)]
+
+    def _shard(self, routing_key: str) -> BatchStateManager:
+        from batcher.shards import shard_index
+
+        assert self._shards is not None
+        return self._shards[shard_index(routing_key, len(self._shards))]
 
     # -- enqueue -----------------------------------------------------------------------------
 
@@ -211,7 +231,10 @@ class BatchStateManager:
     ) -> EnqueueResult:
         """Enqueue one entry (the seed's signature); ``batch_key``: it never shares a batch with
         entries of another key. Raises InvalidEntryError, BufferFullError,
-        BatcherUnavailableError."""
+        BatcherUnavailableError. On a sharded queue it goes to ``source``'s shard."""
+        if self._shards is not None:
+            shard = self._shard(source if isinstance(source, str) else str(uuid))
+            return shard.queue_entry(entry, source, uuid, priority, batch_key=batch_key)
         return self._enqueue([build_envelope(
             uuid, source, priority, entry, index=0, max_entry_bytes=self.config.max_entry_bytes,
             batch_key=batch_key, traceparent=tracing.current_traceparent())])
@@ -222,8 +245,18 @@ class BatchStateManager:
 
         The whole call is validated before anything is sent: one bad entry raises
         InvalidEntryError and writes nothing. Duplicates are success (``duplicate_ids``).
+        On a sharded queue each entry goes to its source's shard (no source: its id's).
         """
+        if self._shards is not None:
+            return self._enqueue_sharded(list(entries))
         return self._enqueue(self._prepare(entries, tracing.current_traceparent()))
+
+    def _enqueue_sharded(self, items: list[Mapping[str, Any]]) -> EnqueueResult:
+        from batcher.shards import enqueue_sharded
+
+        assert self._shards is not None
+        prepared = self._prepare(items, tracing.current_traceparent())  # the whole call first
+        return enqueue_sharded(self._shards, items, prepared)
 
     def _prepare(self, entries: Iterable[Mapping[str, Any]],
                  tp: str | None) -> list[tuple[str, int, bytes]]:
@@ -349,6 +382,12 @@ class BatchStateManager:
 
     def get_result(self, entry_id: str) -> Any | None:
         """The handler's result for ``entry_id`` while its TTL lasts, else None."""
+        if self._shards is not None:  # the id alone does not say which shard holds it
+            for shard in self._shards:
+                found = shard.get_result(entry_id)
+                if found is not None:
+                    return found
+            return None
         raw = self.redis.get(self.keys.result(entry_id))
         return None if raw is None else orjson.loads(raw)
 

@@ -176,8 +176,16 @@ def config_for_queue(queue: str) -> BatchProcessingConfig:
     """``queue``'s settings as a worker's job reads them: the environment plus the settings
     file ``BATCH_SETTINGS_FILE`` names (exported by ``batcher worker --settings``)."""
     if not os.environ.get(SETTINGS_FILE_VAR):
-        return load_config(queue=queue)  # no file: no tomllib, as before
+        return QueueSettings().config_for(queue)  # no file: no tomllib, as before
     return load_settings().config_for(queue)
+
+
+def env_config() -> BatchProcessingConfig:
+    """The settings of ``BATCH_QUEUE`` (a producer's default): the environment, plus the
+    queue's table of ``BATCH_SETTINGS_FILE`` when one is named."""
+    if not os.environ.get(SETTINGS_FILE_VAR):
+        return load_config()
+    return load_settings().config_for(os.environ.get(env_name("queue")) or "default")
 
 
 def is_pattern(name: str) -> bool:

@@ -263,6 +263,25 @@ def read_queue_stats(
     """
     keys = QueueKeys(config.queue)
     snap = read_snapshot(client, keys, now_ms)
+    shards = config.shards
+    if shards == 1 and not snap.state and not snap.counters:
+        from batcher.monitoring.sharded import discover_shards  # a queue never used, or shards
+
+        shards = discover_shards(client, config.queue)
+    if shards > 1:
+        from batcher.monitoring.sharded import read_sharded
+
+        return read_sharded(client, config.with_overrides(shards=shards), now_ms=now_ms,
+                            check_workers=check_workers)
+    return stats_of(client, config, snap, check_workers=check_workers)
+
+
+def stats_of(client: redis.Redis, config: BatchProcessingConfig, snap: Snapshot, *,
+             check_workers: bool = True, rq_keys: Sequence[QueueKeys] = (),
+             shards: list[dict[str, Any]] | None = None) -> QueueStats:
+    """The figures of ``snap`` (one queue's, or a sharded queue's shards merged). The RQ
+    workers are looked up on ``rq_keys``' RQ queues (default: ``config.queue``'s)."""
+    keys = QueueKeys(config.queue)
     buffer = _buffer(snap, config)
     latency = _latency(snap)
     performance = _performance(snap, latency, config)
@@ -272,7 +291,9 @@ def read_queue_stats(
     if check_workers:
         from batcher.rq.status import live_workers  # RQ only where its registry is read
 
-        workers = live_workers(config.rq_client_for(client), keys)
+        rq_client = config.rq_client_for(client)
+        found = {w.name: w for k in (rq_keys or [keys]) for w in live_workers(rq_client, k)}
+        workers = sorted(found.values(), key=lambda w: w.name)
     samples = figures.parse_samples(snap.samples)
     health = figures.health(figures.HealthInput(
         utilization=buffer.utilization, early_pressure=config.early_flush_pressure,
@@ -304,6 +325,7 @@ def read_queue_stats(
         fetch=fetch_summary(client, keys, now_ms=snap.now_ms),
         # the shared LLM budget this queue's workers draw from (issue 17), when one is set
         budget=Budget(client, config.budget).show() if config.budget else None,
+        shards=shards,
     )
     # scrubbed, every string of it: events, health, pause reasons and fetch errors carry
     # text a handler or a feed raised (batcher.redaction)

@@ -184,8 +184,23 @@ def render_top(figures: QueueStats | Mapping[str, Any],
     history = history or TopHistory()
     if not history.thresholds:
         history.record(stats)
-    return Group(_header(stats), _throughput(stats, history), _latency(stats), _buffer(stats),
-                 _sizing(stats, history), _flushes_and_workers(stats))
+    parts = [_header(stats), _throughput(stats, history), _latency(stats), _buffer(stats),
+             _sizing(stats, history), _flushes_and_workers(stats)]
+    if stats.shards:
+        parts.append(_shards(stats.shards))
+    return Group(*parts)
+
+
+def _shards(shards: list[dict[str, Any]]) -> RenderableType:
+    # a sharded queue: the panels above sum its shards; this says which one runs hot
+    table = Table(title="shards", expand=True)
+    for column in ("shard", "pending", "in flight", "dead", "acked", "eps 60s", "size"):
+        table.add_column(column, justify="left" if column == "shard" else "right")
+    for s in shards:
+        table.add_row(s["queue"], str(s["pending"]), str(s["in_flight_batches"]),
+                      str(s["dead"]), str(s["acked"]), f"{s['throughput_eps_60s']:g}",
+                      str(s["size_threshold"]))
+    return table
 
 
 def top_snapshot(client: redis.Redis, config: BatchProcessingConfig, *,

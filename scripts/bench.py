@@ -99,6 +99,8 @@ def run_ingest(url: str, args: argparse.Namespace) -> dict[str, Any]:
     no_seen = config.with_overrides(dedupe_window_seconds=0)
     entries = make_entries(args.ingest_entries, seed=1)
     n = len(entries)
+    spread = [{**e, "source": f"feed-{i % 64}"} for i, e in enumerate(entries)]
+    sharded = config.with_overrides(shards=3)
 
     def fresh(fn: Callable[[], float]) -> Callable[[], float]:
         def run() -> float:
@@ -110,6 +112,10 @@ def run_ingest(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "ours_1p": fresh(lambda: n / ingest.ours_once(config, entries)),
         "ours_4p": fresh(lambda: ingest.ours_parallel(config, n, 4)),
         "ours_1p_no_seen": fresh(lambda: n / ingest.ours_once(no_seen, entries)),
+        # issue 18: a queue split in 3 shards against the same queue unsharded, both with the
+        # entries spread over 64 sources (routing is by source: one source is one shard)
+        "ours_1p_64_sources": fresh(lambda: n / ingest.ours_once(config, spread)),
+        "ours_1p_3_shards": fresh(lambda: n / ingest.ours_once(sharded, spread)),
         "lua_reference": fresh(lambda: n / ingest.reference_once(client, config, entries)),
         "rq_enqueue_many": fresh(lambda: n / ingest.rq_once(client, entries)),
     }, "ingest")

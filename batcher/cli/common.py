@@ -27,6 +27,7 @@ from batcher.errors import (
 )
 from batcher.redaction import scrub
 from batcher.settings_file import (
+    SETTINGS_FILE_VAR,
     QueueSettings,
     is_pattern,
     load_settings,
@@ -172,8 +173,13 @@ def _wait_for(config: BatchProcessingConfig, client: redis.Redis,
 
 
 def settings(queue: str | None, redis_url: str | None, **overrides: Any) -> BatchProcessingConfig:
-    """The settings with the command's options applied; logging configured from them."""
-    config = load_config(queue=queue, redis_url=redis_url, **overrides)
+    """The settings with the command's options applied; logging configured from them.
+    With ``BATCH_SETTINGS_FILE`` set, the queue's table of that file applies too."""
+    if os.environ.get(SETTINGS_FILE_VAR):
+        name = queue or os.environ.get(env_name("queue")) or "default"
+        config = load_settings(redis_url=redis_url, **overrides).config_for(name)
+    else:
+        config = load_config(queue=queue, redis_url=redis_url, **overrides)
     logs.configure(json=config.log_format == "json")
     return config
 

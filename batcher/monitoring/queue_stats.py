@@ -194,10 +194,17 @@ class QueueStats:
     # batcher.monitoring.feed_status.fetch_summary; None without a fetcher
     fetch: dict[str, Any] | None
     budget: dict[str, Any] | None  # batcher.budget.Budget.show(); None without a budget
+    # a sharded queue's shards, one summary each (batcher.monitoring.sharded); None, and not
+    # in the JSON at all, for a queue that is not sharded
+    shards: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of ``batcher stats --json`` (DESIGN §9)."""
-        return asdict(self)
+        """The JSON shape of ``batcher stats --json`` (DESIGN §9); a sharded queue's adds
+        ``shards``."""
+        out = asdict(self)
+        if self.shards is None:
+            del out["shards"]
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> QueueStats:
@@ -220,7 +227,7 @@ class QueueStats:
             memory_efficiency=d["memory_efficiency"], dead_last_minute=d["dead_last_minute"],
             workers=None if workers is None else [WorkerInfo(**w) for w in workers],
             events=list(d["events"]), histograms=dict(d["histograms"]), fetch=d["fetch"],
-            budget=d["budget"],
+            budget=d["budget"], shards=d.get("shards"),
         )
 
 

@@ -14,7 +14,7 @@ import redis
 
 from batcher.config import BatchProcessingConfig
 from batcher.connection import scan_all
-from batcher.keys import PREFIX, QUEUE_NAME_RE, QueueKeys
+from batcher.keys import PREFIX, QUEUE_NAME_RE, SHARD_NAME_RE, QueueKeys
 from batcher.records import ENVELOPE_PREFIX, INDEX, META_FIELDS, BatchRecord, DeadRecord
 from batcher.redaction import scrub
 
@@ -30,7 +30,7 @@ def discover_queues(client: redis.Redis) -> list[str]:
     for raw in scan_all(client, f"{PREFIX}:{{*}}:state", SCAN_COUNT):
         name = raw.decode()
         queue = name[len(PREFIX) + 2:-len("}:state")]
-        if QUEUE_NAME_RE.match(queue):
+        if QUEUE_NAME_RE.match(queue) or SHARD_NAME_RE.match(queue):
             found.add(queue)
     return sorted(found)
 

@@ -63,6 +63,8 @@ INGEST_ROWS = (
     ("ours_1p", "`queue_many`, chunks of 500, 1 producer"),
     ("ours_4p", "`queue_many`, chunks of 500, 4 producer processes"),
     ("ours_1p_no_seen", "`queue_many`, 1 producer, seen window off"),
+    ("ours_1p_64_sources", "`queue_many`, 1 producer, entries of 64 sources"),
+    ("ours_1p_3_shards", "`queue_many`, 1 producer, 64 sources, queue in 3 shards"),
     ("lua_reference", "per-entry ZADD+HSET Lua script, pipelined 500 a round trip"),
     ("rq_enqueue_many", "RQ `enqueue_many`, one job per entry, pipelined 500"),
 )

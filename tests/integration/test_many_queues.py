@@ -71,11 +71,12 @@ def test_one_coordinator_flushes_every_queue_with_its_own_settings(
     path = tmp_path / "queues.toml"
     path.write_text(SETTINGS)
     settings = load_settings(str(path), redis_url=redis_url)
-    for queue, n in (("hot", 40), ("quiet", 10)):
+    for queue, n in (("hot", 40), ("quiet", 10), ("split", 16)):
         manager = BatchStateManager(real_redis, settings.config_for(queue))
         manager.queue_many([{"id": f"{queue}-{i}", "source": f"s{i % 4}",
                              "payload": {"i": i}} for i in range(n)])
-    served = ["hot", "quiet", "split~0", "split~1", "split~2"]  # split: nothing to flush
+    # split: 4 entries a source, so each shard holds a multiple of its threshold of 2
+    served = ["hot", "quiet", "split~0", "split~1", "split~2"]
     stop = _StopWhenFlushed(real_redis, served)
     from batcher.cli import coordinator as coordinator_cli
 
@@ -87,18 +88,29 @@ def test_one_coordinator_flushes_every_queue_with_its_own_settings(
     # each queue batched by its own size threshold: hot 10, quiet the [defaults]' 5
     assert _batch_sizes(real_redis, "hot") == [10, 10, 10, 10]
     assert _batch_sizes(real_redis, "quiet") == [5, 5]
+    # the sharded queue's producer spread it over its shards, all flushed, by its threshold
+    split_sizes = [s for q in served[2:] for s in _batch_sizes(real_redis, q)]
+    assert sum(split_sizes) == 16 and set(split_sizes) == {2}
+    assert all(_batch_sizes(real_redis, q) for q in served[2:])
     # a job per batch, on each queue's own RQ queue
     jobs = {q: Queue(QueueKeys(q).rq_queue(0), connection=real_redis).count for q in served}
     assert (jobs["hot"], jobs["quiet"]) == (4, 2)
+    assert sum(jobs[q] for q in served[2:]) == 8
     # every queue's loop said it stopped, naming its queue
     stopped = [orjson.loads(line) for line in result.stderr.splitlines()
                if line.startswith("{") and '"coordinator.stopped"' in line]
     assert sorted(e["queue"] for e in stopped) == sorted(served)
     # one worker serves both queues: every entry acked, on its own queue's counters
     worked = CliRunner().invoke(cli, ["worker", "--burst", "--simple", "--queue", "hot",
-                                      "--queue", "quiet", "--settings", str(path),
+                                      "--queue", "quiet", "--queue", "split",
+                                      "--settings", str(path),
                                       "--redis-url", redis_url], catch_exceptions=False)
     assert worked.exit_code == 0, worked.stderr
-    acked = {q: int(real_redis.hget(QueueKeys(q).counters, "acked") or 0)
-             for q in ("hot", "quiet")}
-    assert acked == {"hot": 40, "quiet": 10}
+    acked = {q: int(real_redis.hget(QueueKeys(q).counters, "acked") or 0) for q in served}
+    assert (acked["hot"], acked["quiet"], sum(acked[q] for q in served[2:])) == (40, 10, 16)
+    # check sees the sharded queue as one: consistent, its shards summed
+    checked = CliRunner().invoke(cli, ["check", "--queue", "split", "--redis-url", redis_url],
+                                 catch_exceptions=False)
+    assert checked.exit_code == 0, checked.output
+    assert "accepted=16" in checked.output and "acked=16" in checked.output
+    assert "shards=3" in checked.output
