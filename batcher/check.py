@@ -294,18 +294,14 @@ def check_queue(client: redis.Redis, config: BatchProcessingConfig) -> CheckRepo
 
     Raises redis-py's errors (``ConnectionError`` when the server is unreachable).
     """
-    shards = config.shards
-    if shards == 1 and not client.exists(config.keys.state, config.keys.counters):
-        from batcher.monitoring.sharded import discover_shards
+    from batcher.shards import queues_of
 
-        shards = discover_shards(client, config.queue)
-    if shards == 1:
+    queues = queues_of(client, config)
+    if len(queues) == 1:
         return _Checker(client, config).run()
-    from batcher.shards import client_for, shard_configs
-
     report = CheckReport()
-    for shard in shard_configs(config.with_overrides(shards=shards)):
-        part = _Checker(client_for(client, shard), shard).run()
+    for shard_client, shard in queues:
+        part = _Checker(shard_client, shard).run()
         report.problems += [f"shard {shard.queue!r}: {p}" for p in part.problems]
         for name, value in part.facts.items():
             if isinstance(value, int) and not isinstance(value, bool):
@@ -314,7 +310,7 @@ def check_queue(client: redis.Redis, config: BatchProcessingConfig) -> CheckRepo
                 report.facts.setdefault(name, value)
         report.facts[f"shard[{shard.queue}]"] = " ".join(
             f"{k}={part.facts[k]}" for k in _SHARD_FACTS if k in part.facts)
-    report.facts["shards"] = shards
+    report.facts["shards"] = len(queues)
     return report
 
 

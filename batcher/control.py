@@ -16,6 +16,7 @@ import redis
 
 from batcher.config import BatchProcessingConfig
 from batcher.scripts import EVENTS_MAXLEN, Scripts
+from batcher.shards import queues_of
 
 # far enough to be "until resumed" (year 2286), small enough for flush.lua's float maths
 PAUSED_FOREVER_MS = 10**13 - 1
@@ -49,8 +50,14 @@ def _event(pipe: redis.client.Pipeline, config: BatchProcessingConfig, kind: str
 
 def pause(client: redis.Redis, config: BatchProcessingConfig,
           seconds: float | None = None) -> int:
-    """Stop flushing the queue until :func:`resume` (or for ``seconds``); return the
-    paused-until ms. Producers keep enqueueing; batches in flight finish."""
+    """Stop flushing the queue (a sharded queue: every shard) until :func:`resume` (or for
+    ``seconds``); return the paused-until ms. Producers keep enqueueing; batches in flight
+    finish."""
+    return max(_pause_one(c, q, seconds) for c, q in queues_of(client, config))
+
+
+def _pause_one(client: redis.Redis, config: BatchProcessingConfig,
+               seconds: float | None) -> int:
     sec, usec = client.time()
     now_ms = int(sec) * 1000 + int(usec) // 1000
     until = PAUSED_FOREVER_MS if seconds is None else now_ms + int(seconds * 1000)
@@ -64,7 +71,12 @@ def pause(client: redis.Redis, config: BatchProcessingConfig,
 
 def resume(client: redis.Redis, config: BatchProcessingConfig) -> None:
     """Flush again at once: clears an operator pause and any rate-limit pause, and wakes the
-    coordinator (one wakeup token, as the scripts keep it)."""
+    coordinator (one wakeup token, as the scripts keep it); a sharded queue's every shard."""
+    for shard_client, shard in queues_of(client, config):
+        _resume_one(shard_client, shard)
+
+
+def _resume_one(client: redis.Redis, config: BatchProcessingConfig) -> None:
     k = config.keys
     pipe = client.pipeline(transaction=True)
     pipe.hdel(k.state, "paused_until_ms", "paused_reason")
@@ -75,20 +87,29 @@ def resume(client: redis.Redis, config: BatchProcessingConfig) -> None:
 
 
 def paused_until_ms(client: redis.Redis, config: BatchProcessingConfig) -> int:
-    """The ms the queue is paused until (0: not paused; may be in the past)."""
-    raw = cast(bytes | None, client.hget(config.keys.state, "paused_until_ms"))
-    return int(float(raw)) if raw else 0
+    """The ms the queue is paused until (0: not paused; may be in the past); a sharded
+    queue's latest."""
+    until = 0
+    for shard_client, shard in queues_of(client, config):
+        raw = cast(bytes | None, shard_client.hget(shard.keys.state, "paused_until_ms"))
+        until = max(until, int(float(raw)) if raw else 0)
+    return until
 
 
 def flush_now(client: redis.Redis, config: BatchProcessingConfig) -> FlushSummary:
-    """Flush everything pending (reason ``manual``, ignoring a pause) and dispatch it to RQ."""
+    """Flush everything pending (reason ``manual``, ignoring a pause) and dispatch it to RQ;
+    a sharded queue's every shard, the figures summed."""
     from batcher.coordinator import Coordinator  # the coordinator imports RQ: only when used
 
-    runner = Coordinator(client, config)
-    runner.start()
-    runner.drain(manual=True)
-    return FlushSummary(runner.tally.flushed_batches, runner.tally.flushed_entries,
-                        int(client.zcard(config.keys.pending)))
+    batches = entries = left = 0
+    for shard_client, shard in queues_of(client, config):
+        runner = Coordinator(shard_client, shard)
+        runner.start()
+        runner.drain(manual=True)
+        batches += runner.tally.flushed_batches
+        entries += runner.tally.flushed_entries
+        left += int(shard_client.zcard(shard.keys.pending))
+    return FlushSummary(batches, entries, left)
 
 
 def _all_dead(client: redis.Redis, config: BatchProcessingConfig, scripts: Scripts,

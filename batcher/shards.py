@@ -54,6 +54,33 @@ def client_for(client: redis.Redis, config: BatchProcessingConfig) -> redis.Redi
     return shard_client
 
 
+def shard_count(client: redis.Redis, config: BatchProcessingConfig,
+                has_counters: bool | None = None) -> int:
+    """How many shards ``config.queue`` has: ``config.shards`` when set, else those found on
+    the server (SCAN) when the queue itself has no counters (a plain queue that took an
+    entry has them; a sharded queue's live in its shards). ``has_counters``: already read."""
+    if config.shards > 1:
+        return config.shards
+    if has_counters is None:
+        has_counters = bool(client.exists(config.keys.counters))
+    if has_counters:
+        return 1
+    from batcher.monitoring.sharded import discover_shards
+
+    return discover_shards(client, config.queue)
+
+
+def queues_of(client: redis.Redis, config: BatchProcessingConfig
+              ) -> list[tuple[redis.Redis, BatchProcessingConfig]]:
+    """(client, config) of every queue that makes up ``config.queue``: itself, or its shards
+    (what an operator's pause, resume, flush or check acts on)."""
+    shards = shard_count(client, config)
+    if shards == 1:
+        return [(client, config)]
+    return [(client_for(client, c), c)
+            for c in shard_configs(config.with_overrides(shards=shards))]
+
+
 def enqueue_sharded(shards: Sequence[BatchStateManager], items: Sequence[Mapping[str, Any]],
                     prepared: Sequence[tuple[str, int, bytes]]) -> EnqueueResult:
     """Send each shard its entries of one validated ``queue_many`` call, in the call's order.

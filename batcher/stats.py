@@ -36,6 +36,7 @@ from batcher.monitoring.queue_stats import (
 )
 from batcher.records import META_FIELDS, BatchRecord, priority_score_range, split_score
 from batcher.redaction import scrub_value
+from batcher.shards import shard_count
 from batcher.sizing import FIELD_FIT_A, FIELD_FIT_B, effective_thresholds_seconds
 
 EVENTS_SHOWN = 20
@@ -263,11 +264,7 @@ def read_queue_stats(
     """
     keys = QueueKeys(config.queue)
     snap = read_snapshot(client, keys, now_ms)
-    shards = config.shards
-    if shards == 1 and not snap.state and not snap.counters:
-        from batcher.monitoring.sharded import discover_shards  # a queue never used, or shards
-
-        shards = discover_shards(client, config.queue)
+    shards = shard_count(client, config, has_counters=bool(snap.counters))
     if shards > 1:
         from batcher.monitoring.sharded import read_sharded
 

@@ -238,8 +238,14 @@ def keys(limit: int, queue: str | None, redis_url: str | None) -> None:
 @queue_options
 def result(entry_id: str, queue: str | None, redis_url: str | None) -> None:
     """Print an entry's stored result (JSON); exit 1 when there is none."""
+    from batcher.shards import queues_of
+
     config, client = open_queue(queue, redis_url)
-    raw = cast(bytes | None, client.get(config.keys.result(entry_id)))
+    raw = None
+    for shard_client, shard in queues_of(client, config):  # the id does not name its shard
+        raw = cast(bytes | None, shard_client.get(shard.keys.result(entry_id)))
+        if raw is not None:
+            break
     if raw is None:
         fail(f"no result for {entry_id!r} in queue {config.queue!r} (not processed yet, "
              "results not kept, or its TTL ran out)", EXIT_CHECK_FAILED)

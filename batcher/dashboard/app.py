@@ -35,7 +35,7 @@ from batcher import control
 from batcher.config import BatchProcessingConfig
 from batcher.connection import same_server
 from batcher.dashboard.pages import login_page, page
-from batcher.keys import QueueKeys
+from batcher.keys import QueueKeys, split_shard
 from batcher.monitoring import reads
 from batcher.stats import detailed_stats
 
@@ -96,7 +96,8 @@ class Dashboard:
         if name == self.s.base.queue:
             return self.s.base
         # another queue on the same server: the same settings, as `batcher stats -q NAME`
-        return self.s.base.model_copy(update={"queue": name})
+        # (its shards, if any, are found on the server: batcher.monitoring.sharded)
+        return self.s.base.model_copy(update={"queue": name, "shards": 1})
 
     def _require_write(self, request: Request) -> None:
         if not self.can_write(request):
@@ -154,8 +155,11 @@ class Dashboard:
 
     def queues(self, request: Request) -> Response:
         out = []
-        for name in reads.discover_queues(self.s.client):
-            config = self.s.base.model_copy(update={"queue": name})
+        # a sharded queue's shards (Q~i) are listed as the one queue Q
+        names = dict.fromkeys(split_shard(q)[0] for q in reads.discover_queues(self.s.client))
+        for name in names:
+            config = (self.s.base if name == self.s.base.queue
+                      else self.s.base.model_copy(update={"queue": name, "shards": 1}))
             out.append(detailed_stats(self._client(config), config))
         return _json({"queues": out, **self._access(request)})
 

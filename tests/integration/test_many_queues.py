@@ -114,3 +114,8 @@ def test_one_coordinator_flushes_every_queue_with_its_own_settings(
     assert checked.exit_code == 0, checked.output
     assert "accepted=16" in checked.output and "acked=16" in checked.output
     assert "shards=3" in checked.output
+    # an entry's result is found whichever shard holds it
+    found = CliRunner().invoke(cli, ["result", "split-3", "--queue", "split",
+                                     "--redis-url", redis_url], catch_exceptions=False)
+    assert found.exit_code == 0, found.output
+    assert orjson.loads(found.output) is not None

@@ -154,3 +154,20 @@ def test_the_exporter_sums_the_shards_and_labels_each() -> None:
                      for s in families["batcher_shard_pending"].samples}
     assert shard_pending == {"hot~0": 5, "hot~1": 5, "hot~2": 5}
     assert [s.value for s in families["batcher_buffer_pending_entries"].samples] == [15]
+
+
+def test_pause_and_resume_act_on_every_shard_of_a_sharded_queue() -> None:
+    from batcher import control
+
+    client, config = _stats_fixture()
+    plain = make_config(queue="hot")  # no BATCH_SHARDS: the shards are found on the server
+    until = control.pause(client, plain)
+    assert until == control.PAUSED_FOREVER_MS
+    assert [client.hget(QueueKeys(q).state, "paused_until_ms") for q in shard_names("hot", 3)
+            ] == [str(until).encode()] * 3
+    assert control.paused_until_ms(client, plain) == until
+    # the queue itself holds no counters, so it is still read as its shards
+    assert client.exists(QueueKeys("hot").counters) == 0
+    control.resume(client, config)
+    assert control.paused_until_ms(client, plain) == 0
+    assert [client.llen(QueueKeys(q).wakeup) for q in shard_names("hot", 3)] == [1, 1, 1]
