@@ -57,3 +57,22 @@ def test_the_core_imports_no_application_package() -> None:
                       if any(name == a or name.startswith(f"{a}.") for a in APPLICATIONS))
     assert len(core) > 50
     assert reaching == []
+
+
+def test_a_command_runs_with_the_garbage_collector_on() -> None:
+    # main() pauses the collector only while the command's module loads: a daemon that ran
+    # with it off would never free a reference cycle
+    code = (
+        "import gc, sys, types, click\n"
+        "import batcher.cli\n"
+        "probe = types.ModuleType('batcher.cli.probe')\n"
+        "probe.commands = [click.Command('probe', callback=lambda: print(gc.isenabled()))]\n"
+        "sys.modules['batcher.cli.probe'] = probe\n"
+        "batcher.cli.COMMANDS['probe'] = 'probe'\n"
+        "sys.argv = ['batcher', 'probe']\n"
+        "batcher.cli.main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True\n"
