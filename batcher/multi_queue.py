@@ -62,9 +62,11 @@ class CoordinatorGroup:
             self.stop.set()
 
     def wait(self, rescan: Callable[[], Sequence[BatchProcessingConfig]] | None = None,
-             rescan_seconds: float = RESCAN_SECONDS) -> None:
+             rescan_seconds: float | None = None) -> None:
         """Until the stop event is set and every loop has finished its round; with
-        ``rescan``, serve the new queues it returns every ``rescan_seconds``."""
+        ``rescan``, serve the new queues it returns every ``rescan_seconds`` (default
+        ``RESCAN_SECONDS``)."""
+        rescan_seconds = RESCAN_SECONDS if rescan_seconds is None else rescan_seconds
         next_scan = time.monotonic() + rescan_seconds
         while not self.stop.is_set():
             self.stop.wait(WAIT_SECONDS)

@@ -119,3 +119,68 @@ def test_one_coordinator_flushes_every_queue_with_its_own_settings(
                                      "--redis-url", redis_url], catch_exceptions=False)
     assert found.exit_code == 0, found.output
     assert orjson.loads(found.output) is not None
+
+
+def test_a_worker_takes_a_quiet_queues_batch_before_a_hot_queues_backlog(
+    redis_url: str, real_redis: redis_py.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batcher import control, processing
+    from batcher.config import load_config
+    from tests.support.order_log import BATCHES_KEY
+
+    monkeypatch.setenv("BATCH_HANDLER", "tests.support.order_log:handle")
+    monkeypatch.setenv("BATCH_REDIS_URL", redis_url)
+    # a job's settings and handler are kept per process and queue: none from an earlier test
+    monkeypatch.setattr(processing, "_CONTEXTS", {})
+    for queue, n in (("hot", 200), ("quiet", 5)):  # hot: 20 batches queued before quiet's
+        config = load_config(queue=queue, redis_url=redis_url, size_threshold=10,
+                             min_batch_size=1, max_batch_size=10)
+        BatchStateManager(real_redis, config).queue_many(
+            [{"id": f"{queue}-{i}", "source": "s", "payload": {"i": i}} for i in range(n)])
+        control.flush_now(real_redis, config)
+    worked = CliRunner().invoke(cli, ["worker", "--burst", "--simple", "--queue", "hot",
+                                      "--queue", "quiet", "--redis-url", redis_url],
+                                catch_exceptions=False)
+    assert worked.exit_code == 0, worked.stderr
+    order = [q.decode() for q in real_redis.lrange(BATCHES_KEY, 0, -1)]
+    assert len(order) == 21
+    # taking turns: after one batch of hot, the worker asks quiet first
+    assert order.index("quiet") == 1, order
+
+
+def test_a_coordinator_given_a_pattern_serves_the_queues_that_appear_later(
+    redis_url: str, real_redis: redis_py.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batcher import multi_queue
+    from batcher.cli import coordinator as coordinator_cli
+    from batcher.config import load_config
+
+    monkeypatch.setattr(multi_queue, "RESCAN_SECONDS", 0.1)
+    monkeypatch.setenv("BATCH_SIZE_THRESHOLD", "5")  # the coordinator's settings, every queue
+    monkeypatch.setenv("BATCH_MIN_BATCH_SIZE", "1")
+    config = load_config(queue="feeds-a", redis_url=redis_url)
+    BatchStateManager(real_redis, config).queue_many(
+        [{"id": f"a{i}", "source": "s", "payload": {}} for i in range(5)])
+    late = config.with_overrides(queue="feeds-b")
+
+    class _AddLateThenStop(threading.Event):
+        """Once feeds-a is flushed, a producer starts feeds-b; stop when it is flushed too."""
+
+        def is_set(self) -> bool:
+            if super().is_set():
+                return True
+            if real_redis.zcard(QueueKeys("feeds-a").pending) == 0 and not real_redis.exists(
+                    QueueKeys("feeds-b").counters):
+                BatchStateManager(real_redis, late).queue_many(
+                    [{"id": f"b{i}", "source": "s", "payload": {}} for i in range(5)])
+            return bool(real_redis.exists(QueueKeys("feeds-b").counters)) and all(
+                real_redis.zcard(QueueKeys(q).pending) == 0 for q in ("feeds-a", "feeds-b"))
+
+    stop = _AddLateThenStop()
+    monkeypatch.setattr(coordinator_cli, "stop_on_signals", lambda event, **_: stop)
+    result = CliRunner().invoke(cli, ["coordinator", "--queue", "feeds-*", "--queue", "x",
+                                      "--redis-url", redis_url], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert _batch_sizes(real_redis, "feeds-a") == [5]
+    assert _batch_sizes(real_redis, "feeds-b") == [5]
+    assert '"coordinator.queue_found"' in result.stderr and "feeds-b" in result.stderr

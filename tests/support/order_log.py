@@ -12,6 +12,7 @@ import redis
 from batcher.models import Batch
 
 HANDLED_KEY = "test:handled"
+BATCHES_KEY = "test:batches"  # every batch's queue, in the order the handler got them
 ORDER_PREFIX = "test:order:"
 _client: redis.Redis | None = None
 
@@ -21,6 +22,7 @@ def handle(batch: Batch) -> dict[str, Any]:
     if _client is None:
         _client = redis.Redis.from_url(os.environ["BATCH_REDIS_URL"])
     pipe = _client.pipeline(transaction=False)
+    pipe.rpush(BATCHES_KEY, batch.queue)
     for entry in batch.entries:
         pipe.hincrby(HANDLED_KEY, entry.id, 1)
         pipe.rpush(f"{ORDER_PREFIX}{batch.queue}:{entry.source}",
