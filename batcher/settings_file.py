@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -46,13 +45,15 @@ _NOT_IN_FILE = frozenset({"queue", "settings_file"})
 GLOB_CHARS = frozenset("*?[")
 
 
-@dataclass(frozen=True)
 class SettingsFile:
-    """A parsed, checked settings file: field name -> value per table."""
+    """A parsed, checked settings file: field name -> value per table. (A plain class: a
+    dataclass costs every daemon's start-up a few ms to build, for three attributes.)"""
 
-    path: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-    queues: dict[str, dict[str, Any]] = field(default_factory=dict)
+    __slots__ = ("defaults", "path", "queues")
+
+    def __init__(self, path: str, defaults: dict[str, Any],
+                 queues: dict[str, dict[str, Any]]) -> None:
+        self.path, self.defaults, self.queues = path, defaults, queues
 
 
 def _bad(path: str, where: str, message: str) -> ConfigError:
