@@ -211,7 +211,8 @@ def _shard_metrics(f: _Families, q: str, shards: list[dict[str, Any]] | None) ->
     # a sharded queue: the queue's series above are the shards' summed; these say which
     # shard runs hot (one series per shard, label shard)
     for shard in shards or ():
-        for name in ("pending", "delayed", "in_flight_batches", "dead", "size_threshold"):
+        for name in ("pending", "delayed", "utilization", "in_flight_batches", "dead",
+                     "size_threshold"):
             f.gauge(f"batcher_shard_{name}", f"Per shard of a sharded queue: {name}.",
                     shard[name], q, shard=shard["queue"])
         for name in ("accepted", "acked", "rejected"):

@@ -8,6 +8,7 @@ lives in :mod:`batcher.monitoring.figures`, pure and unit-tested.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -275,11 +276,16 @@ def read_queue_stats(
 
 def stats_of(client: redis.Redis, config: BatchProcessingConfig, snap: Snapshot, *,
              check_workers: bool = True, rq_keys: Sequence[QueueKeys] = (),
-             shards: list[dict[str, Any]] | None = None) -> QueueStats:
+             shards: list[dict[str, Any]] | None = None,
+             fullest: float | None = None) -> QueueStats:
     """The figures of ``snap`` (one queue's, or a sharded queue's shards merged). The RQ
-    workers are looked up on ``rq_keys``' RQ queues (default: ``config.queue``'s)."""
+    workers are looked up on ``rq_keys``' RQ queues (default: ``config.queue``'s).
+    ``fullest``: a sharded queue's fullest shard's utilization, which is the queue's (a full
+    shard rejects its sources' entries however empty the others are)."""
     keys = QueueKeys(config.queue)
     buffer = _buffer(snap, config)
+    if fullest is not None:
+        buffer = dataclasses.replace(buffer, utilization=round(fullest, 4))
     latency = _latency(snap)
     performance = _performance(snap, latency, config)
     counters = _counters(snap)

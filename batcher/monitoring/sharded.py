@@ -3,7 +3,8 @@
 Every figure of ``stats``, ``top``, ``check`` and the exporter is computed from one merged
 :class:`~batcher.stats.Snapshot` by the code that computes a plain queue's: counts, counters,
 per-second throughput and histogram buckets are summed, so rates and percentiles are those of
-the whole queue; the capacity is the shards' together. Each shard also gets a one-line summary
+the whole queue; the capacity is the shards' together, and the utilization (what health and
+the effective deadlines go by) the fullest shard's. Each shard also gets a one-line summary
 (``shards`` in ``stats --json``), and each merged event names its shard (``queue``).
 """
 
@@ -108,13 +109,19 @@ def merge_snapshots(names: Sequence[str], snaps: Sequence[Snapshot]) -> Snapshot
     )
 
 
-def shard_summary(name: str, snap: Snapshot) -> dict[str, Any]:
+def _utilization(snap: Snapshot, config: BatchProcessingConfig) -> float:
+    pending_bytes = _number(snap.state.get(b"bytes", b"0")) or 0.0
+    return max(snap.pending / config.max_buffer_size, pending_bytes / config.max_buffer_bytes)
+
+
+def shard_summary(name: str, snap: Snapshot, config: BatchProcessingConfig) -> dict[str, Any]:
     """One shard in a line: what differs between shards when one runs hot."""
     def counter(field: str) -> int:
         return int(_number(snap.counters.get(field.encode(), b"0")) or 0)
 
     return {
         "queue": name, "pending": snap.pending, "delayed": snap.delayed,
+        "utilization": round(_utilization(snap, config), 4),
         "in_flight_batches": len(snap.inflight_ids), "dead": snap.dead_now,
         "accepted": counter("accepted"), "acked": counter("acked"),
         "rejected": counter("rejected"),
@@ -136,4 +143,6 @@ def read_sharded(client: redis.Redis, config: BatchProcessingConfig, *,
                                   max_buffer_bytes=config.max_buffer_bytes * n)
     return stats_of(client, whole, merge_snapshots(names, snaps),
                     check_workers=check_workers, rq_keys=[QueueKeys(q) for q in names],
-                    shards=[shard_summary(q, s) for q, s in zip(names, snaps, strict=True)])
+                    shards=[shard_summary(q, s, config) for q, s in zip(names, snaps,
+                                                                         strict=True)],
+                    fullest=max(_utilization(s, config) for s in snaps))

@@ -121,6 +121,10 @@ def test_stats_show_a_sharded_queue_as_one_with_each_shard_under_shards() -> Non
     assert stats.queue == "hot"
     assert (stats.buffer.pending, stats.counters.accepted) == (15, 15)
     assert stats.buffer.capacity == 3 * config.max_buffer_size
+    # the queue is as full as its fullest shard (5 of max_buffer_size each here); the count
+    # ratio is the whole queue's
+    assert stats.buffer.utilization == round(5 / config.max_buffer_size, 4)
+    assert stats.buffer.utilization_count == round(15 / (3 * config.max_buffer_size), 4)
     assert stats.shards is not None
     assert [(s["queue"], s["pending"], s["accepted"]) for s in stats.shards] == [
         ("hot~0", 5, 5), ("hot~1", 5, 5), ("hot~2", 5, 5)]
