@@ -175,3 +175,18 @@ def test_pause_and_resume_act_on_every_shard_of_a_sharded_queue() -> None:
     control.resume(client, config)
     assert control.paused_until_ms(client, plain) == 0
     assert [client.llen(QueueKeys(q).wakeup) for q in shard_names("hot", 3)] == [1, 1, 1]
+
+
+def test_top_shows_a_sharded_queue_with_a_table_of_its_shards() -> None:
+    import io
+
+    from rich.console import Console
+
+    from batcher.top import render_top
+
+    client, config = _stats_fixture()
+    console = Console(file=io.StringIO(), width=120, color_system=None, record=True)
+    console.print(render_top(read_queue_stats(client, config, check_workers=False)))
+    frame = console.export_text()
+    rows = [line for line in frame.splitlines() if line.lstrip("│ ").startswith("hot~")]
+    assert [row.split()[1] for row in rows] == ["hot~0", "hot~1", "hot~2"], frame
