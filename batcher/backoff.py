@@ -11,6 +11,10 @@ full Redis (OOM), a replica (READONLY), a restart replaying its data (LOADING), 
   (:meth:`Backoff.until_stopped` for a loop, :meth:`Backoff.until_done` for one call);
 - a caller holding something a lease or a user waits on retries on a fixed schedule, then
   raises (:func:`retry_on_fault`).
+
+Both wait through :func:`pause`, which a fault may end early: on a Redis Cluster, once
+another master serves the slot of the node that failed (a replica promoted), the retry goes
+at once instead of a back-off step later.
 """
 
 from __future__ import annotations
@@ -64,6 +68,25 @@ def waitable(exc: BaseException) -> bool:
     return fault_kind(exc) is not None
 
 
+def pause(exc: BaseException, seconds: float, stop: threading.Event | None = None) -> bool:
+    """Wait ``seconds`` before retrying after ``exc`` (cut short by ``stop``); True when the
+    wait ended early because the fault's cause is gone.
+
+    A fault of a client pinned to a Redis Cluster slot carries its own wait
+    (``batcher.cluster.SlotPool.until_new_owner``), which ends as soon as a master other than
+    the failed node serves the slot: after a failover the retry reaches the promoted replica
+    when it is promoted, not up to a whole back-off step later (seconds at the cap). While no
+    other master serves the slot, it waits the whole delay, as for any other fault."""
+    until_new_owner = getattr(exc, "until_new_owner", None)  # batcher.cluster.WAIT_ATTR
+    if until_new_owner is not None:
+        return bool(until_new_owner(seconds, stop))
+    if stop is not None:
+        stop.wait(seconds)
+    else:
+        time.sleep(seconds)
+    return False
+
+
 class Backoff:
     """Capped exponential back-off with jitter for one daemon (``who``) and one queue.
 
@@ -95,18 +118,14 @@ class Backoff:
             self.since_ms = now_ms
         self.faults += 1
         self.reason = f"{kind}: {text[:200]}"
-        pause = self.delay * random.uniform(0.75, 1.25)
+        delay = self.delay * random.uniform(0.75, 1.25)
         log.warning(self.event, queue=self.queue, fault=kind, error=text,
-                    retry_in_s=round(pause, 3))
+                    retry_in_s=round(delay, 3))
         self._record(f"{self.since_ms}|{now_ms}||{self.who}|{self.reason}")
         self.grow()
-        if not wait:
-            return pause
-        if stop is not None:
-            stop.wait(pause)
-        else:
-            time.sleep(pause)
-        return pause
+        if wait:
+            pause(exc, delay, stop)
+        return delay
 
     def grow(self) -> None:
         """Double the next delay, up to the cap (a restart that was not a Redis fault)."""
@@ -187,7 +206,7 @@ def retry_on_fault(what: str, work: Callable[[], T], delays: Sequence[float],
                 raise
             log.warning("redis.retrying", what=what, delay_s=delay, fault=kind, error=str(exc),
                         **fields)
-            time.sleep(delay)
+            pause(exc, delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -18,13 +18,19 @@ MOVED updates, re-discovery by CLUSTER SLOTS). A pool follows it:
 - each such reply reaches the caller as :class:`SlotMovedError`, a ``ConnectionError``: the
   command did not run (MOVED, ASK, TRYAGAIN and CLUSTERDOWN are refusals), and every caller
   already retries connection errors (``batcher.backoff``), now on the new owner. NOSCRIPT
-  on a promoted replica is handled where it always was (scripts load again).
+  on a promoted replica is handled where it always was (scripts load again);
+- every fault of a pinned client carries :meth:`SlotPool.until_new_owner`, which the back-off
+  waits with (``batcher.backoff.pause``): it looks the slot's owner up every
+  ``OWNER_POLL_SECONDS`` and ends the wait as soon as a master other than the one that failed
+  serves the slot, so the retry reaches a promoted replica when it is promoted, not a back-off
+  step later. While no other master serves the slot the whole back-off is waited.
 
 Imported only for a cluster URL (``batcher.connection.connect``): ``redis.cluster`` is heavy.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -40,6 +46,14 @@ if TYPE_CHECKING:
 
 # re-discovery is one CLUSTER SLOTS; this bounds it when many callers fail at once
 REFRESH_MIN_SECONDS = 0.1
+# while a back-off waits out a pinned client's fault, the slot's owner is looked up this often
+# (a re-discovery is one CLUSTER SLOTS, and at most one per REFRESH_MIN_SECONDS per process)
+OWNER_POLL_SECONDS = 0.2
+# how often a forking worker's parent looks the slot map up again after a job: its horses
+# follow a moved slot in their own copy of the map, which dies with them
+RECHECK_SECONDS = 2.0
+# the attribute of a fault that batcher.backoff.pause waits with (see the module docstring)
+WAIT_ATTR = "until_new_owner"
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
 _TLS_KWARGS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
@@ -126,6 +140,11 @@ class Topology:
                 pass
         self.stale = True
 
+    def recheck(self, every: float) -> None:
+        """Mark the map stale if it was last looked up ``every`` seconds ago or more."""
+        if time.monotonic() - self._refreshed_at >= every:
+            self.stale = True
+
     def lost(self) -> None:
         """A connection failed: the node may be dead and its slots on a promoted replica."""
         self.stale = True
@@ -143,19 +162,26 @@ class _Follows:
 
     _slot_pool: SlotPool
 
+    host: str
+    port: int
+
     def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
-        except (redis.ConnectionError, redis.TimeoutError):
-            self._slot_pool.topology.lost()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._lost(exc)
             raise
 
     def send_packed_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().send_packed_command(*args, **kwargs)  # type: ignore[misc]
-        except (redis.ConnectionError, redis.TimeoutError):
-            self._slot_pool.topology.lost()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._lost(exc)
             raise
+
+    def _lost(self, exc: BaseException) -> None:
+        self._slot_pool.topology.lost()
+        self._slot_pool.watch(exc, (self.host, self.port))
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -164,15 +190,17 @@ class _Follows:
             self._slot_pool.topology.redirected(exc)
             # a redirect leaves the connection clean, but the caller's pipeline or packed
             # send may still have replies to read: ConnectionError makes every path drop it
-            raise SlotMovedError(f"{type(exc).__name__} from {self._slot_pool.shown_owner()}: "
-                                 f"{exc}") from exc
-        except (redis.ConnectionError, redis.TimeoutError):
-            self._slot_pool.topology.lost()
+            moved = SlotMovedError(f"{type(exc).__name__} from "
+                                   f"{self._slot_pool.shown_owner()}: {exc}")
+            self._slot_pool.watch(moved, (self.host, self.port))
+            raise moved from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._lost(exc)
             raise
         except redis.ResponseError as exc:
             if str(exc).startswith("UNBLOCKED"):
                 # a blocked call (BLPOP) on a master just turned replica: its slot moved
-                self._slot_pool.topology.lost()
+                self._lost(exc)
             raise
 
 
@@ -205,7 +233,11 @@ class SlotPool(redis.ConnectionPool):
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         if self._epoch != self.topology.epoch or self.topology.stale:
-            self._follow()
+            try:
+                self._follow()
+            except ClusterUnavailableError as exc:
+                self.watch(exc, self.pinned())
+                raise
         return super().get_connection()
 
     def release(self, connection: Any) -> None:
@@ -234,6 +266,50 @@ class SlotPool(redis.ConnectionPool):
             for conn in self._available_connections:
                 conn.disconnect()
                 conn.host, conn.port = host, port
+
+    def recheck(self) -> None:
+        """Follow the slot's owner without sending a command to it, looking the map up again
+        at most every ``RECHECK_SECONDS``: for a forking worker's parent, whose horses would
+        otherwise each start from the owner before a failover (a MOVED per job or, for a
+        host that is gone, a connect timeout). A cluster that cannot say is left to them."""
+        self.topology.recheck(RECHECK_SECONDS)
+        if self.topology.stale or self._epoch != self.topology.epoch:
+            try:
+                self._follow()
+            except ClusterUnavailableError:
+                pass
+
+    def pinned(self) -> tuple[str, int]:
+        return self.connection_kwargs["host"], self.connection_kwargs["port"]
+
+    def watch(self, exc: BaseException, failed: tuple[str, int]) -> None:
+        """Give ``exc`` (a fault of this slot's node ``failed``) the wait that a back-off
+        ends early when another master serves the slot; the first node to fail is kept."""
+        if getattr(exc, WAIT_ATTR, None) is None:
+            setattr(exc, WAIT_ATTR, functools.partial(self.until_new_owner, failed))
+
+    def until_new_owner(self, failed: tuple[str, int], seconds: float,
+                        stop: threading.Event | None = None) -> bool:
+        """Wait up to ``seconds`` (cut short by ``stop``) for a master other than ``failed``
+        to serve this pool's slot; True as soon as one does (a promoted replica, a MOVED
+        already followed), False after the whole wait. The map is looked up again every
+        ``OWNER_POLL_SECONDS``: it is what the retry would do, sooner, and sends nothing to
+        the slot's node, so a cluster still down sees one CLUSTER SLOTS per poll at most."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                if self.topology.owner(self.slot) != failed:
+                    return True
+            except ClusterUnavailableError:  # no master serves it yet, or no node answered
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if stop is None:
+                time.sleep(min(left, OWNER_POLL_SECONDS))
+            elif stop.wait(min(left, OWNER_POLL_SECONDS)):
+                return False
+            self.topology.stale = True  # the map that named ``failed`` may be out of date
 
     def shown_owner(self) -> str:
         if self._epoch < 0:

@@ -84,6 +84,16 @@ def context(queue: str, client: redis.Redis | None = None) -> WorkerContext:
     return ctx
 
 
+def follow_moved_slots() -> None:
+    """In a forking worker's parent after a job: the queues' clients pinned to a Redis
+    Cluster slot follow its owner (``SlotPool.recheck``), since a horse that met a failover
+    updated only its own copy of the slot map. Nothing for a standalone Redis."""
+    for ctx in _CONTEXTS.values():
+        recheck = getattr(ctx.client.connection_pool, "recheck", None)
+        if recheck is not None:
+            recheck()
+
+
 # ack.lua's back-off for an entry that goes to the dead set at once (BatchOutcome.rejected)
 DEAD_NOW_BACKOFF_MS = -1
 _USAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")

@@ -303,6 +303,13 @@ class BatchSimpleWorker(LeanHeartbeats, SimpleWorker):
 class BatchWorker(LeanHeartbeats, Worker):
     """RQ's forking ``Worker`` (one work horse per job)."""
 
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            # the horse is gone, and with it what it learnt of a moved slot (a failover)
+            processing.follow_moved_slots()
+
     def prepare_job_execution(self, job: Any, remove_from_intermediate_queue: bool = False
                               ) -> None:
         # runs in the work horse, which performs the job right after

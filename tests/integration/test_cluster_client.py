@@ -12,7 +12,9 @@ import pytest
 import redis as redis_py
 from redis.crc import key_slot
 
-from batcher.backoff import fault_kind
+from batcher import cluster as cluster_module
+from batcher import processing
+from batcher.backoff import fault_kind, pause
 from batcher.budget import Budget, BudgetLimits
 from batcher.check import check_queue
 from batcher.cluster import SlotMovedError
@@ -159,13 +161,47 @@ def test_a_killed_master_is_replaced_and_the_pinned_client_carries_on() -> None:
             _enqueue(config, client, prefix="before")
             wait_replicated(cluster, config)
             victim = cluster.owner_of(config.keys.state)
-            promoted = cluster.kill_master(victim)
+            promoted = cluster.replica_of(victim)
+            assert promoted is not None
+            victim.kill()
+            with pytest.raises(redis_py.ConnectionError) as lost:
+                client.zcard(config.keys.pending)
+            # a daemon's back-off after that fault (batcher.backoff.pause): no other master
+            # serves the slot until the replica is promoted (the node timeout is 1 s), so a
+            # short wait is waited out whole; a long one ends at the promotion, not after 60 s
+            assert not pause(lost.value, 0.2)
+            assert pause(lost.value, 60)
+            assert cluster.role(promoted) == "master"
+            wait_until(lambda: all(n.cluster_info().get("cluster_state") == "ok"
+                                   for n in cluster.running), "the cluster ok again")
             # a producer's enqueue retries connection loss; the script is loaded again on the
             # promoted replica (NOSCRIPT), which kept the data it had replicated
             _enqueue(config, client, prefix="after")
             assert f"on 127.0.0.1:{promoted.port}" in describe(client)
             assert _drain(config, client) == 2 * ENTRIES
             assert check_queue(client, config).ok
+
+
+def test_a_forking_workers_parent_follows_a_slot_moved_under_its_horses(
+    cluster: RedisClusterFixture, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A horse follows a moved slot in its own copy of the map; the parent looks again after
+    each job (processing.follow_moved_slots), so the next horse starts on the new owner
+    instead of meeting a MOVED (or a dead host's connect timeout) per job."""
+    queue = cluster.queues_on_distinct_masters(1, prefix="parent")[0]
+    config = _config(cluster, queue, redis_url)
+    client = _pinned(config)
+    _enqueue(config, client)
+    source = cluster.owner_of(config.keys.state)
+    target = next(m for m in cluster.masters() if m is not source)
+    cluster.move_slot(key_slot(config.keys.state.encode()), target)
+    monkeypatch.setitem(processing._CONTEXTS, queue, processing.WorkerContext(
+        config, client, Scripts(client, config), lambda batch: None))
+    monkeypatch.setattr(cluster_module, "RECHECK_SECONDS", 0.0)  # the last look was long ago
+    monkeypatch.setattr(cluster_module, "REFRESH_MIN_SECONDS", 0.0)
+    processing.follow_moved_slots()
+    assert f"on 127.0.0.1:{target.port}" in describe(client)
+    assert client.zcard(config.keys.pending) == ENTRIES  # no SlotMovedError first
 
 
 def wait_replicated(cluster: RedisClusterFixture, config: BatchProcessingConfig) -> None:
