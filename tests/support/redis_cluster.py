@@ -3,6 +3,11 @@
 Every node is a :class:`RedisServer` (own dir, free port, ended by its pid); the cluster bus
 gets a free port of its own (``cluster-port``, Redis 7) instead of port + 10000, which may be
 taken or past 65535. ``redis-cli --cluster create`` assigns the slots and the replicas.
+
+``tls=`` certificates (``tests.support.tls``) make every node TLS-only (``port 0``,
+``tls-port``), with TLS on the cluster bus and on replication as well; ``acl=(user,
+password)`` adds that ACL user and turns the password-less ``default`` user off, so every
+client, replica and ``redis-cli`` must log in.
 """
 
 from __future__ import annotations
@@ -10,13 +15,16 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from tests.support.redis_server import RedisServer, RedisServerError, free_port
+from tests.support.tls import Certificates
 from tests.support.waiting import wait_until
 
 # how long a master may be unreachable before its replica takes over: short, for tests
@@ -25,17 +33,74 @@ MASTERS, REPLICAS_PER_MASTER = 3, 1
 FORM_GUARD_SECONDS = 60.0
 
 
+@dataclass(frozen=True)
+class Security:
+    """How a node is reached: TLS certificates and an ACL user, each optional."""
+
+    tls: Certificates | None = None
+    acl: tuple[str, str] | None = None
+
+    def server_args(self) -> list[str]:
+        args: list[str] = []
+        if self.tls is not None:
+            args += ["--tls-cluster", "yes", "--tls-replication", "yes",
+                     "--tls-cert-file", str(self.tls.server_cert),
+                     "--tls-key-file", str(self.tls.server_key),
+                     "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "yes",
+                     # a node is a client of the others on the bus and on replication
+                     "--tls-client-cert-file", str(self.tls.client_cert),
+                     "--tls-client-key-file", str(self.tls.client_key)]
+        if self.acl is not None:
+            user, password = self.acl
+            args += ["--user", user, "on", f">{password}", "~*", "&*", "+@all",
+                     "--user", "default", "off", "--masteruser", user, "--masterauth", password]
+        return args
+
+    def client_options(self) -> dict[str, Any]:
+        """redis-py keywords for a client of a node."""
+        options: dict[str, Any] = {}
+        if self.tls is not None:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls.ca),
+                           ssl_certfile=str(self.tls.client_cert),
+                           ssl_keyfile=str(self.tls.client_key))
+        if self.acl is not None:
+            options.update(username=self.acl[0], password=self.acl[1])
+        return options
+
+    def cli_args(self) -> list[str]:
+        """redis-cli's options for the same."""
+        args: list[str] = []
+        if self.tls is not None:
+            args += ["--tls", "--cacert", str(self.tls.ca), "--cert", str(self.tls.client_cert),
+                     "--key", str(self.tls.client_key)]
+        if self.acl is not None:
+            args += ["--user", self.acl[0], "--pass", self.acl[1]]
+        return args
+
+
 class ClusterNode(RedisServer):
-    def __init__(self, node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
+    def __init__(self, node_timeout_ms: int = NODE_TIMEOUT_MS,
+                 security: Security = Security()) -> None:
         self.bus_port = free_port()
+        self.security = security
         super().__init__(extra_args=[
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout_ms),
-            "--cluster-port", str(self.bus_port),
+            "--cluster-port", str(self.bus_port), *security.server_args(),
         ])
 
+    def command(self) -> list[str]:
+        if self.security.tls is None:
+            return super().command()
+        # later duplicates win: the plain port closed, the node's port is its TLS port
+        return [*super().command(), "--port", "0", "--tls-port", str(self.port)]
+
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5,
+                           **self.security.client_options())
+
+    def _probe_client(self) -> redis.Redis:
+        return self.client()
 
     def pause(self) -> None:
         """SIGSTOP the node: it falls behind its master, as on a slow link or a busy host."""
@@ -73,8 +138,10 @@ def find_redis_cli() -> str:
 class RedisClusterFixture:
     """Six nodes; ``start()`` forms the cluster and waits for ``cluster_state:ok`` on all."""
 
-    def __init__(self, node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
-        self.nodes = [ClusterNode(node_timeout_ms)
+    def __init__(self, node_timeout_ms: int = NODE_TIMEOUT_MS, *,
+                 tls: Certificates | None = None, acl: tuple[str, str] | None = None) -> None:
+        self.security = Security(tls, acl)
+        self.nodes = [ClusterNode(node_timeout_ms, self.security)
                       for _ in range(MASTERS * (1 + REPLICAS_PER_MASTER))]
 
     def start(self) -> RedisClusterFixture:
@@ -82,7 +149,7 @@ class RedisClusterFixture:
             for node in self.nodes:
                 node.start()
             create = subprocess.run(
-                [find_redis_cli(), "--cluster", "create",
+                [find_redis_cli(), *self.security.cli_args(), "--cluster", "create",
                  *(f"127.0.0.1:{n.port}" for n in self.nodes),
                  "--cluster-replicas", str(REPLICAS_PER_MASTER), "--cluster-yes"],
                 capture_output=True, text=True, timeout=120, check=False)
@@ -130,8 +197,12 @@ class RedisClusterFixture:
         return [("127.0.0.1", n.port) for n in self.running]
 
     def url(self, seeds: int = 2) -> str:
-        """BATCH_REDIS_URL for this cluster: ``redis+cluster://`` and a few seed nodes."""
-        return "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in self.startup_nodes()[:seeds])
+        """BATCH_REDIS_URL for this cluster: ``redis+cluster://`` (``rediss+cluster://`` with
+        TLS), the ACL user if any, and a few seed nodes."""
+        scheme = "redis+cluster" if self.security.tls is None else "rediss+cluster"
+        user = "" if self.security.acl is None else "{}:{}@".format(*self.security.acl)
+        return f"{scheme}://{user}" + ",".join(f"{h}:{p}"
+                                                for h, p in self.startup_nodes()[:seeds])
 
     def owner_of(self, key: str) -> ClusterNode:
         """The running master that serves ``key``'s slot (CLUSTER SLOTS of a live master)."""
@@ -185,8 +256,9 @@ class RedisClusterFixture:
         """A redis-py cluster client (bytes replies, as the batcher's clients)."""
         from redis.cluster import ClusterNode as Startup
 
+        kwargs = {**self.security.client_options(), **options}
         return RedisCluster(startup_nodes=[Startup(h, p) for h, p in self.startup_nodes()],
-                            decode_responses=False, **options)  # type: ignore[arg-type]
+                            decode_responses=False, **kwargs)
 
     def kill_master(self, master: ClusterNode) -> ClusterNode:
         """SIGKILL ``master``; wait until its replica is a master and every survivor is ok.
