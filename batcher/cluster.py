@@ -220,6 +220,8 @@ class SlotPool(redis.ConnectionPool):
         self._options = options
         self._epoch = -1
         self._siblings: dict[tuple[type[redis.Redis], int], redis.Redis] = {}
+        self._carried: set[str | bytes] = set()
+        self._scripts_missing = False  # the owner changed since the carried scripts loaded
         host, port = topology.address.seeds[0]  # replaced at the first connection taken
         cls = _SSLConnection if topology.address.tls else _Connection
         super().__init__(connection_class=cls, host=host, port=port,
@@ -238,7 +240,33 @@ class SlotPool(redis.ConnectionPool):
             except ClusterUnavailableError as exc:
                 self.watch(exc, self.pinned())
                 raise
-        return super().get_connection()
+        conn = super().get_connection()
+        if self._scripts_missing:
+            self._load_scripts(conn)
+        return conn
+
+    def carry_scripts(self, sources: list[str | bytes]) -> None:
+        """Scripts to load on each new owner before its first command (``Scripts`` registers
+        them). A promoted replica has none: an EVALSHA sent there with its BATCH_REPLICA_ACKS
+        WAIT would be refused NOSCRIPT, and the WAIT behind it would still wait its whole
+        timeout while the new master has no replica yet, before the script is even loaded."""
+        self._carried.update(sources)
+
+    def _load_scripts(self, conn: Any) -> None:
+        sources = list(self._carried)
+        try:
+            conn.send_packed_command(conn.pack_commands([("SCRIPT", "LOAD", s) for s in sources]))
+            failed = 0
+            for _ in sources:
+                try:
+                    conn.read_response()
+                except redis.ResponseError:  # LOADING and the like: the command meets it too
+                    failed += 1
+        except BaseException:
+            conn.disconnect()  # replies may be left unread
+            self.release(conn)
+            raise
+        self._scripts_missing = failed > 0
 
     def release(self, connection: Any) -> None:
         kw = self.connection_kwargs
@@ -263,6 +291,7 @@ class SlotPool(redis.ConnectionPool):
             if (kw["host"], kw["port"]) == (host, port):
                 return
             kw["host"], kw["port"] = host, port
+            self._scripts_missing = bool(self._carried)
             for conn in self._available_connections:
                 conn.disconnect()
                 conn.host, conn.port = host, port
@@ -276,7 +305,9 @@ class SlotPool(redis.ConnectionPool):
         if self.topology.stale or self._epoch != self.topology.epoch:
             try:
                 self._follow()
-            except ClusterUnavailableError:
+                if self._scripts_missing:  # loaded here once, not by every horse
+                    self.release(self.get_connection())
+            except redis.ConnectionError:
                 pass
 
     def pinned(self) -> tuple[str, int]:

@@ -134,6 +134,10 @@ class Scripts:
             flags = server_supports_flags(self.client)
             self._loaded = {name: self.client.register_script(lua_source(name, flags=flags))
                             for name in SCRIPT_NAMES}
+            # a client pinned to a cluster slot loads them on a new owner (batcher.cluster)
+            carry = getattr(self.client.connection_pool, "carry_scripts", None)
+            if carry is not None:
+                carry([script.script for script in self._loaded.values()])
         return self._loaded
 
     def preload(self) -> None:

@@ -204,6 +204,31 @@ def test_a_forking_workers_parent_follows_a_slot_moved_under_its_horses(
     assert client.zcard(config.keys.pending) == ENTRIES  # no SlotMovedError first
 
 
+def test_a_new_owner_gets_the_queues_scripts_before_its_first_command(
+    cluster: RedisClusterFixture, redis_url: str,
+) -> None:
+    """A promoted replica (here a migration target) has no scripts: an EVALSHA there would be
+    refused NOSCRIPT, and with BATCH_REPLICA_ACKS the WAIT sent behind it would still wait its
+    whole timeout while the new master has no replica. The pool loads them on the new owner
+    before the first command it sends there."""
+    queue = cluster.queues_on_distinct_masters(1, prefix="carry")[0]
+    config = _config(cluster, queue, redis_url)
+    client = _pinned(config)
+    scripts = Scripts(client, config)
+    scripts.preload()
+    shas = [script.sha for script in scripts._scripts.values()]
+    source = cluster.owner_of(config.keys.state)
+    target = next(m for m in cluster.masters() if m is not source)
+    with target.client() as direct:
+        direct.script_flush()
+        cluster.move_slot(key_slot(config.keys.state.encode()), target)
+        with pytest.raises(SlotMovedError):
+            client.zcard(config.keys.pending)
+        assert not any(direct.script_exists(*shas))
+        assert client.zcard(config.keys.pending) == 0  # the first command on the new owner
+        assert all(direct.script_exists(*shas))
+
+
 def wait_replicated(cluster: RedisClusterFixture, config: BatchProcessingConfig) -> None:
     """WAIT until the owner's replica holds what was written (no loss is what this tests)."""
     owner = cluster.owner_of(config.keys.state)
