@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Redis CPU per entry: one server against each master of a cluster (issue 18 item 6).
+
+On a 2-core machine a cluster cannot show more throughput than one server: every node
+shares the same two cores. What does not depend on the core count is what Redis's single
+thread spends on each entry. Each queue's keys share one hash slot, so a queue (or a shard of
+one) runs wholly on one master; if that cost per entry is the same on a cluster master as on
+a standalone server, N masters carry N times the entries, and the sizing guide follows.
+
+One cycle per queue, driven from this process through the library's own calls (no RQ):
+``queue_many`` in chunks of 500, ``flush_many`` pops batches of ``--batch`` entries, then
+each batch is claimed and acked with a ~100-byte result per entry. CPU is the server's own
+figure (INFO cpu: used_cpu_user + used_cpu_sys) read on the node before and after.
+
+    standalone   one redis-server, one queue
+    cluster      3 masters + 3 replicas (tests/support/redis_cluster.py); one queue per master,
+                 all three driven in turn, each master's CPU divided by its own entries; with
+                 --replica-acks 1 every enqueue and ack also WAITs for its replica
+
+    .venv/bin/python scripts/cluster_cpu.py [--entries 20000] [--rounds 3] [--batch 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+import redis  # noqa: E402
+from benchlib.common import rss_payload  # noqa: E402
+
+from batcher.config import BatchProcessingConfig  # noqa: E402
+from batcher.logs import configure  # noqa: E402
+from batcher.producer import CHUNK_SIZE, BatchStateManager  # noqa: E402
+from batcher.records import BatchRecord  # noqa: E402
+from batcher.scripts import Scripts  # noqa: E402
+from tests.support.redis_cluster import RedisClusterFixture  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
+
+RESULT = b'{"summary": "' + b"s" * 80 + b'"}'
+
+
+def _config(url: str, queue: str, batch: int, replica_acks: int,
+            rq_url: str | None) -> BatchProcessingConfig:
+    return BatchProcessingConfig(
+        queue=queue, redis_url=url, rq_redis_url=rq_url, log_format="json",
+        replica_acks=replica_acks, size_threshold=batch, min_batch_size=batch,
+        max_batch_size=batch, enable_adaptive_sizing=False, enable_adaptive_timeout=False,
+        max_buffer_size=10_000_000, max_buffer_bytes=4_000_000_000,
+        max_inflight_batches=10_000_000)
+
+
+def _cpu_seconds(node: redis.Redis) -> float:
+    info: dict[str, Any] = node.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _cycle(config: BatchProcessingConfig, entries: int, tag: str) -> None:
+    """Enqueue ``entries``, flush them all into batches, claim and ack every batch."""
+    client = config.redis_client()
+    producer = BatchStateManager(client, config)
+    scripts = Scripts(client, config)
+    scripts.preload()
+    pool = [rss_payload(random.Random(n), n) for n in range(200)]
+    for start in range(0, entries, CHUNK_SIZE):
+        producer.queue_many(
+            {"id": f"{tag}-{n}", "source": f"feed-{n % 100}", "payload": pool[n % 200]}
+            for n in range(start, min(entries, start + CHUNK_SIZE)))
+    done = 0
+    batch_no = 0
+    while done < entries:
+        ids = [f"{tag}-b{batch_no + i}" for i in range(20)]
+        batch_no += 20
+        for decision in scripts.flush_many(ids, manual=True):
+            batch = decision.batch
+            if batch is None:
+                continue
+            record = scripts.claim(batch.id, batch.attempt, claimant="cpu")
+            assert isinstance(record, BatchRecord), record
+            results = {line.entry_id: RESULT for line in record.index}
+            now = int(time.time() * 1000)
+            scripts.ack(batch.id, batch.attempt, processing_ms=1.0, started_ms=now,
+                        results=results)
+            done += batch.size
+    client.close()
+
+
+def standalone(args: argparse.Namespace) -> list[float]:
+    """µs of Redis CPU per entry on one server, one figure per round."""
+    out = []
+    with RedisServer() as srv:
+        node = redis.Redis(host="127.0.0.1", port=srv.port)
+        for r in range(args.rounds):
+            node.flushall()
+            config = _config(srv.url, "cpu", args.batch, 0, None)
+            before = _cpu_seconds(node)
+            _cycle(config, args.entries, f"s{r}")
+            out.append((_cpu_seconds(node) - before) * 1e6 / args.entries)
+        node.close()
+    return out
+
+
+def cluster(args: argparse.Namespace, replica_acks: int) -> list[list[float]]:
+    """µs of Redis CPU per entry on each master (one list per round, a figure per master)."""
+    out = []
+    with RedisClusterFixture() as fx, RedisServer() as rq_srv:
+        queues = fx.queues_on_distinct_masters(3, prefix="cpu")
+        owners = [fx.owner_of(f"batcher:{{{q}}}:state") for q in queues]
+        for r in range(args.rounds):
+            per_master = []
+            for queue, owner in zip(queues, owners, strict=True):
+                config = _config(fx.url(), queue, args.batch, replica_acks, rq_srv.url)
+                node = owner.client()
+                before = _cpu_seconds(node)
+                _cycle(config, args.entries, f"c{r}-{queue}")
+                per_master.append((_cpu_seconds(node) - before) * 1e6 / args.entries)
+                node.close()
+            out.append(per_master)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=20_000, help="entries per queue and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--replica-acks", type=int, nargs="*", default=[0, 1])
+    args = parser.parse_args()
+    configure(json=True, level="WARNING")
+
+    single = standalone(args)
+    s_med = statistics.median(single)
+    print(f"standalone: redis_cpu_us_per_entry={s_med:.2f} "
+          f"rounds={' '.join(f'{x:.2f}' for x in single)}")
+    for n in args.replica_acks:
+        rounds = cluster(args, n)
+        flat = [x for per in rounds for x in per]
+        masters = [statistics.median(per[i] for per in rounds) for i in range(3)]
+        c_med = statistics.median(flat)
+        print(f"cluster replica_acks={n}: redis_cpu_us_per_entry={c_med:.2f} "
+              f"per_master={' '.join(f'{x:.2f}' for x in masters)} "
+              f"vs_standalone={c_med / s_med:.2f} "
+              f"projected_entries_per_s_per_master={1e6 / c_med:,.0f}")
+
+
+if __name__ == "__main__":
+    main()
