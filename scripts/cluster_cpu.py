@@ -12,10 +12,12 @@ One cycle per queue, driven from this process through the library's own calls (n
 each batch is claimed and acked with a ~100-byte result per entry. CPU is the server's own
 figure (INFO cpu: used_cpu_user + used_cpu_sys) read on the node before and after.
 
-    standalone   one redis-server, one queue
-    cluster      3 masters + 3 replicas (tests/support/redis_cluster.py); one queue per master,
-                 all three driven in turn, each master's CPU divided by its own entries; with
-                 --replica-acks 1 every enqueue and ack also WAITs for its replica
+    standalone           one redis-server, one queue
+    standalone+replica   the same, feeding one replica (as every cluster master here does)
+    cluster              3 masters + 3 replicas (tests/support/redis_cluster.py): one queue on
+                         one master, then one queue on each of the 3 masters driven at once
+                         (a thread each); each master's CPU divided by its own entries; with
+                         --replica-acks 1 every enqueue and ack also WAITs for its replica
 
     .venv/bin/python scripts/cluster_cpu.py [--entries 20000] [--rounds 3] [--batch 50]
 """
@@ -26,6 +28,7 @@ import argparse
 import random
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ from batcher.records import BatchRecord  # noqa: E402
 from batcher.scripts import Scripts  # noqa: E402
 from tests.support.redis_cluster import RedisClusterFixture  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
+from tests.support.replica import start_replica  # noqa: E402
 
 RESULT = b'{"summary": "' + b"s" * 80 + b'"}'
 
@@ -92,38 +96,57 @@ def _cycle(config: BatchProcessingConfig, entries: int, tag: str) -> None:
     client.close()
 
 
-def standalone(args: argparse.Namespace) -> list[float]:
-    """µs of Redis CPU per entry on one server, one figure per round."""
+def standalone(args: argparse.Namespace, with_replica: bool) -> list[float]:
+    """µs of Redis CPU per entry on one server (optionally feeding a replica, as every
+    cluster master here does), one figure per round."""
     out = []
     with RedisServer() as srv:
+        replica = start_replica(srv) if with_replica else None
         node = redis.Redis(host="127.0.0.1", port=srv.port)
-        for r in range(args.rounds):
-            node.flushall()
-            config = _config(srv.url, "cpu", args.batch, 0, None)
-            before = _cpu_seconds(node)
-            _cycle(config, args.entries, f"s{r}")
-            out.append((_cpu_seconds(node) - before) * 1e6 / args.entries)
-        node.close()
-    return out
-
-
-def cluster(args: argparse.Namespace, replica_acks: int) -> list[list[float]]:
-    """µs of Redis CPU per entry on each master (one list per round, a figure per master)."""
-    out = []
-    with RedisClusterFixture() as fx, RedisServer() as rq_srv:
-        queues = fx.queues_on_distinct_masters(3, prefix="cpu")
-        owners = [fx.owner_of(f"batcher:{{{q}}}:state") for q in queues]
-        for r in range(args.rounds):
-            per_master = []
-            for queue, owner in zip(queues, owners, strict=True):
-                config = _config(fx.url(), queue, args.batch, replica_acks, rq_srv.url)
-                node = owner.client()
+        try:
+            for r in range(args.rounds):
+                node.flushall()
+                config = _config(srv.url, "cpu", args.batch, 0, None)
                 before = _cpu_seconds(node)
-                _cycle(config, args.entries, f"c{r}-{queue}")
-                per_master.append((_cpu_seconds(node) - before) * 1e6 / args.entries)
-                node.close()
-            out.append(per_master)
+                _cycle(config, args.entries, f"s{r}")
+                out.append((_cpu_seconds(node) - before) * 1e6 / args.entries)
+        finally:
+            node.close()
+            if replica is not None:
+                replica.close()
     return out
+
+
+def cluster(args: argparse.Namespace, replica_acks: int, active: int) -> list[float]:
+    """µs of Redis CPU per entry on each of ``active`` masters, their queues driven at once
+    (one thread each): one figure per master and round."""
+    out: list[float] = []
+    with RedisClusterFixture() as fx, RedisServer() as rq_srv:
+        queues = fx.queues_on_distinct_masters(active, prefix="cpu")
+        nodes = [fx.owner_of(f"batcher:{{{q}}}:state").client() for q in queues]
+        for r in range(args.rounds):
+            before = [_cpu_seconds(node) for node in nodes]
+            threads = [threading.Thread(target=_cycle, args=(
+                _config(fx.url(), q, args.batch, replica_acks, rq_srv.url), args.entries,
+                f"c{r}-{q}")) for q in queues]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            out += [(_cpu_seconds(node) - b) * 1e6 / args.entries
+                    for node, b in zip(nodes, before, strict=True)]
+        for node in nodes:
+            node.close()
+    return out
+
+
+def _line(label: str, figures: list[float], base: float | None = None) -> float:
+    med = statistics.median(figures)
+    extra = f" vs_standalone_with_replica={med / base:.2f}" if base else ""
+    print(f"{label}: redis_cpu_us_per_entry={med:.2f} "
+          f"(min {min(figures):.2f} max {max(figures):.2f}, n={len(figures)}){extra} "
+          f"entries_per_s_per_core={1e6 / med:,.0f}")
+    return med
 
 
 def main() -> None:
@@ -135,20 +158,12 @@ def main() -> None:
     args = parser.parse_args()
     configure(json=True, level="WARNING")
 
-    single = standalone(args)
-    s_med = statistics.median(single)
-    print(f"standalone: redis_cpu_us_per_entry={s_med:.2f} "
-          f"rounds={' '.join(f'{x:.2f}' for x in single)}")
+    _line("standalone", standalone(args, with_replica=False))
+    base = _line("standalone+replica", standalone(args, with_replica=True))
     for n in args.replica_acks:
-        rounds = cluster(args, n)
-        flat = [x for per in rounds for x in per]
-        masters = [statistics.median(per[i] for per in rounds) for i in range(3)]
-        c_med = statistics.median(flat)
-        print(f"cluster replica_acks={n}: redis_cpu_us_per_entry={c_med:.2f} "
-              f"per_master={' '.join(f'{x:.2f}' for x in masters)} "
-              f"vs_standalone={c_med / s_med:.2f} "
-              f"projected_entries_per_s_per_master={1e6 / c_med:,.0f}")
-
+        for active in (1, 3):
+            _line(f"cluster masters_active={active} replica_acks={n}",
+                  cluster(args, n, active), base)
 
 if __name__ == "__main__":
     main()
