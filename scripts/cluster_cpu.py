@@ -42,7 +42,7 @@ from benchlib.common import rss_payload  # noqa: E402
 from batcher.config import BatchProcessingConfig  # noqa: E402
 from batcher.logs import configure  # noqa: E402
 from batcher.producer import CHUNK_SIZE, BatchStateManager  # noqa: E402
-from batcher.records import BatchRecord  # noqa: E402
+from batcher.records import BatchRecord, FlushedBatch  # noqa: E402
 from batcher.scripts import Scripts  # noqa: E402
 from tests.support.redis_cluster import RedisClusterFixture  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
@@ -66,50 +66,53 @@ def _cpu_seconds(node: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def _cycle(config: BatchProcessingConfig, entries: int, tag: str) -> None:
-    """Enqueue ``entries``, flush them all into batches, claim and ack every batch."""
+Phases = tuple[float, float, float]  # µs of server CPU per entry: enqueue, flush, claim+ack
+
+
+def _cycle(config: BatchProcessingConfig, entries: int, tag: str, node: redis.Redis,
+           out: list[Phases]) -> None:
+    """Enqueue ``entries``, flush them all into batches, then claim and ack every batch;
+    appends the server CPU of each phase on ``node`` (the queue's server) to ``out``."""
     client = config.redis_client()
     producer = BatchStateManager(client, config)
     scripts = Scripts(client, config)
     scripts.preload()
     pool = [rss_payload(random.Random(n), n) for n in range(200)]
+    marks = [_cpu_seconds(node)]
     for start in range(0, entries, CHUNK_SIZE):
         producer.queue_many(
             {"id": f"{tag}-{n}", "source": f"feed-{n % 100}", "payload": pool[n % 200]}
             for n in range(start, min(entries, start + CHUNK_SIZE)))
-    done = 0
-    batch_no = 0
-    while done < entries:
-        ids = [f"{tag}-b{batch_no + i}" for i in range(20)]
-        batch_no += 20
-        for decision in scripts.flush_many(ids, manual=True):
-            batch = decision.batch
-            if batch is None:
-                continue
-            record = scripts.claim(batch.id, batch.attempt, claimant="cpu")
-            assert isinstance(record, BatchRecord), record
-            results = {line.entry_id: RESULT for line in record.index}
-            now = int(time.time() * 1000)
-            scripts.ack(batch.id, batch.attempt, processing_ms=1.0, started_ms=now,
-                        results=results)
-            done += batch.size
+    marks.append(_cpu_seconds(node))
+    batches: list[FlushedBatch] = []
+    while sum(b.size for b in batches) < entries:
+        ids = [f"{tag}-b{len(batches) + i}" for i in range(20)]
+        batches += [d.batch for d in scripts.flush_many(ids, manual=True) if d.batch]
+    marks.append(_cpu_seconds(node))
+    for batch in batches:
+        record = scripts.claim(batch.id, batch.attempt, claimant="cpu")
+        assert isinstance(record, BatchRecord), record
+        results = {line.entry_id: RESULT for line in record.index}
+        scripts.ack(batch.id, batch.attempt, processing_ms=1.0,
+                    started_ms=int(time.time() * 1000), results=results)
+    marks.append(_cpu_seconds(node))
     client.close()
+    a, b, c, d = (m * 1e6 / entries for m in marks)
+    out.append((b - a, c - b, d - c))
 
 
-def standalone(args: argparse.Namespace, with_replica: bool) -> list[float]:
-    """µs of Redis CPU per entry on one server (optionally feeding a replica, as every
-    cluster master here does), one figure per round."""
-    out = []
+def standalone(args: argparse.Namespace, with_replica: bool) -> list[Phases]:
+    """Redis CPU per entry on one server (optionally feeding a replica, as every cluster
+    master here does), one figure per round."""
+    out: list[Phases] = []
     with RedisServer() as srv:
         replica = start_replica(srv) if with_replica else None
         node = redis.Redis(host="127.0.0.1", port=srv.port)
         try:
             for r in range(args.rounds):
                 node.flushall()
-                config = _config(srv.url, "cpu", args.batch, 0, None)
-                before = _cpu_seconds(node)
-                _cycle(config, args.entries, f"s{r}")
-                out.append((_cpu_seconds(node) - before) * 1e6 / args.entries)
+                _cycle(_config(srv.url, "cpu", args.batch, 0, None), args.entries, f"s{r}",
+                       node, out)
         finally:
             node.close()
             if replica is not None:
@@ -117,34 +120,34 @@ def standalone(args: argparse.Namespace, with_replica: bool) -> list[float]:
     return out
 
 
-def cluster(args: argparse.Namespace, replica_acks: int, active: int) -> list[float]:
-    """µs of Redis CPU per entry on each of ``active`` masters, their queues driven at once
-    (one thread each): one figure per master and round."""
-    out: list[float] = []
+def cluster(args: argparse.Namespace, replica_acks: int, active: int) -> list[Phases]:
+    """Redis CPU per entry on each of ``active`` masters, their queues driven at once (one
+    thread each): one figure per master and round."""
+    out: list[Phases] = []
     with RedisClusterFixture() as fx, RedisServer() as rq_srv:
         queues = fx.queues_on_distinct_masters(active, prefix="cpu")
         nodes = [fx.owner_of(f"batcher:{{{q}}}:state").client() for q in queues]
         for r in range(args.rounds):
-            before = [_cpu_seconds(node) for node in nodes]
             threads = [threading.Thread(target=_cycle, args=(
                 _config(fx.url(), q, args.batch, replica_acks, rq_srv.url), args.entries,
-                f"c{r}-{q}")) for q in queues]
+                f"c{r}-{q}", node, out)) for q, node in zip(queues, nodes, strict=True)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-            out += [(_cpu_seconds(node) - b) * 1e6 / args.entries
-                    for node, b in zip(nodes, before, strict=True)]
         for node in nodes:
             node.close()
     return out
 
 
-def _line(label: str, figures: list[float], base: float | None = None) -> float:
-    med = statistics.median(figures)
+def _line(label: str, figures: list[Phases], base: float | None = None) -> float:
+    totals = [sum(f) for f in figures]
+    med = statistics.median(totals)
+    phases = " ".join(f"{name}={statistics.median(f[i] for f in figures):.1f}"
+                      for i, name in enumerate(("enqueue", "flush", "claim_ack")))
     extra = f" vs_standalone_with_replica={med / base:.2f}" if base else ""
-    print(f"{label}: redis_cpu_us_per_entry={med:.2f} "
-          f"(min {min(figures):.2f} max {max(figures):.2f}, n={len(figures)}){extra} "
+    print(f"{label}: redis_cpu_us_per_entry={med:.1f} ({phases}; min {min(totals):.1f} "
+          f"max {max(totals):.1f}, n={len(totals)}){extra} "
           f"entries_per_s_per_core={1e6 / med:,.0f}")
     return med
 
