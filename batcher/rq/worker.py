@@ -122,6 +122,17 @@ class LeanHeartbeats:
         log.warning("worker.registered_again", name=self.name,
                     why="RQ's Redis no longer listed this worker")
 
+    def teardown(self) -> None:
+        # RQ's SIGTERM handler raises StopRequested wherever the signal lands; in the middle
+        # of a pipeline's replies that leaves them unread on a connection back in the pool
+        # (redis-py drops a connection only when the read itself is interrupted), and the
+        # teardown's MULTI/EXEC would read them: "Wrong number of response items", exit 1.
+        # After a stop request the idle connections are closed; the teardown opens its own.
+        if getattr(self, "_shutdown_requested_date", None) is not None:
+            self.connection.connection_pool.disconnect(inuse_connections=False)
+        parent: Any = super()
+        parent.teardown()
+
     def check_for_suspension(self, burst: bool) -> None:
         now = time.monotonic()
         if now < self._suspension_check_due:

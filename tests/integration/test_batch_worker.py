@@ -8,6 +8,7 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 from rq.suspension import resume, suspend
+from rq.utils import now
 
 from batcher.rq import worker as lean
 from batcher.rq.job import BatchJob
@@ -162,3 +163,34 @@ def test_a_suspension_is_seen_within_a_second(
             worker.check_for_suspension(burst=True)
     finally:
         resume(real_redis)
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_a_stop_that_left_replies_unread_does_not_break_the_workers_teardown(
+    real_redis: redis_py.Redis, stopped: bool
+) -> None:
+    """RQ's SIGTERM handler raises StopRequested wherever the signal lands, also between a
+    pipeline's send and its replies; that connection goes back to the pool with a reply on
+    its way. The teardown must still deregister the worker (it exited 1 with "Wrong number
+    of response items from pipeline execution" when a supervisor stopped it at start)."""
+    real_redis.flushall()
+    queue = Queue(QUEUE, connection=real_redis, serializer=JSONSerializer, job_class=BatchJob)
+    worker = BatchSimpleWorker([queue], connection=real_redis, serializer=JSONSerializer,
+                               job_class=BatchJob)
+    worker.register_birth()
+    pool = real_redis.connection_pool
+    conn = pool.get_connection()
+    # a reply still on its way when the pool hands the connection out again (one already
+    # arrived would be caught by redis-py's own check when the connection is taken)
+    conn.send_command("BLPOP", "lean:nothing", "0.3")
+    pool.release(conn)
+    if stopped:
+        worker._shutdown_requested_date = now()  # what RQ's request_stop records first
+        worker.teardown()
+        assert real_redis.hget(worker.key, "death"), "the worker's death was not recorded"
+        assert worker.name not in {w.name for w in SimpleWorker.all(connection=real_redis)}
+    else:
+        # without a stop request nothing is closed: the unread reply breaks the teardown,
+        # which is what the fix above guards against (and shows this test can fail)
+        with pytest.raises(redis_py.RedisError):
+            worker.teardown()
