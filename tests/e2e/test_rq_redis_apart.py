@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import redis as redis_py
 from batcher.config import load_config
 from batcher.keys import QueueKeys
 from batcher.producer import BatchStateManager
+from tests.support.children import Children
 from tests.support.held import HOLD_KEY
 from tests.support.invariants import assert_consistent
 from tests.support.redis_server import RedisServer
@@ -38,37 +38,6 @@ FAST = {
 }
 
 
-class Procs:
-    """``python -m batcher.cli ...`` children, stderr in files; killed at teardown."""
-
-    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
-        self.log_dir, self.env = log_dir, env
-        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
-        log_path = self.log_dir / f"{args[0]}-{len(self.procs)}.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "batcher.cli", *args], env=self.env,
-                                    stdout=subprocess.DEVNULL, stderr=log_file)
-        self.procs.append((proc, log_path))
-        return proc
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}"
-                         for _, path in self.procs)
-
-    def stop_all(self) -> None:
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, _ in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 @pytest.fixture
 def rq_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
@@ -86,8 +55,8 @@ def _env(redis_url: str, rq_url: str, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def procs(tmp_path: Path) -> Iterator[list[Procs]]:
-    made: list[Procs] = []
+def procs(tmp_path: Path) -> Iterator[list[Children]]:
+    made: list[Children] = []
     yield made
     for p in made:
         p.stop_all()
@@ -119,12 +88,12 @@ def _assert_keys_apart(batcher: redis_py.Redis, rq: redis_py.Redis) -> None:
 @pytest.mark.parametrize("worker_args", [("--simple",), ()], ids=["simple", "forking"])
 def test_rq_on_its_own_redis_acks_everything_and_keeps_keys_apart(
     redis_url: str, real_redis: redis_py.Redis, rq_server: RedisServer,
-    procs: list[Procs], tmp_path: Path, worker_args: tuple[str, ...],
+    procs: list[Children], tmp_path: Path, worker_args: tuple[str, ...],
 ) -> None:
-    run = Procs(tmp_path, _env(redis_url, rq_server.url))
+    run = Children(tmp_path, _env(redis_url, rq_server.url))
     procs.append(run)
-    run.start("coordinator")
-    run.start("worker", *worker_args)
+    run.start("-m", "batcher.cli", "coordinator", name="coordinator")
+    run.start("-m", "batcher.cli", "worker", *worker_args, name="worker")
     manager = _queue_entries(real_redis, redis_url)
     try:
         wait_until(lambda: _acked(real_redis) >= ENTRIES, "every entry acked", GUARD_SECONDS)
@@ -148,17 +117,17 @@ def test_rq_on_its_own_redis_acks_everything_and_keeps_keys_apart(
 
 def test_lost_rq_redis_is_refilled_from_the_batch_records(
     redis_url: str, real_redis: redis_py.Redis, rq_server: RedisServer,
-    procs: list[Procs], tmp_path: Path, request: pytest.FixtureRequest,
+    procs: list[Children], tmp_path: Path, request: pytest.FixtureRequest,
 ) -> None:
     """kill -9 RQ's Redis with one batch in a worker's hands and the rest queued in RQ; a
     fresh, empty server on the same port: the reaper dispatches the lost jobs again."""
-    run = Procs(tmp_path, _env(redis_url, rq_server.url,
+    run = Children(tmp_path, _env(redis_url, rq_server.url,
                                BATCH_HANDLER="tests.support.held:handle"))
     procs.append(run)
     rq_client = redis_py.Redis.from_url(rq_server.url, socket_timeout=5)
     real_redis.set(HOLD_KEY, 1)  # the worker's first batch waits in its handler
-    run.start("coordinator")
-    run.start("worker", "--simple")
+    run.start("-m", "batcher.cli", "coordinator", name="coordinator")
+    run.start("-m", "batcher.cli", "worker", "--simple", name="worker")
     manager = _queue_entries(real_redis, redis_url)
     started = [f"rq:wip:{name}" for name in KEYS.rq_queues_by_urgency()]
     rq_lists = [f"rq:queue:{name}" for name in KEYS.rq_queues_by_urgency()]

@@ -23,7 +23,6 @@ Used by ``tests/e2e/test_cluster_failover.py`` and ``scripts/cluster_failover.py
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 import redis
 
 from batcher.keys import QueueKeys
+from tests.support.children import Children
 from tests.support.redis_cluster import RedisClusterFixture
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
@@ -77,36 +77,6 @@ class FailoverRun:
         return (f"cluster-failover: replica_acks={self.replica_acks} accepted={self.accepted} "
                 f"acked={self.acked} lost={self.lost} duplicates={self.duplicates} "
                 f"recovery_s={self.recovery_s:.2f} promoted_s={self.promoted_s:.2f}")
-
-
-class _Procs:
-    def __init__(self, work: Path, env: dict[str, str]) -> None:
-        self.work, self.env = work, env
-        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self, *args: str, capture: bool = False) -> subprocess.Popen[bytes]:
-        """``python -m ...``; stdout piped only with ``capture`` (read by communicate())."""
-        log_path = self.work / f"{args[-1] if capture else args[2]}-{len(self.procs)}.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen([sys.executable, *args], env=self.env, cwd=ROOT,
-                                    stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                                    stderr=log_file)
-        self.procs.append((proc, log_path))
-        return proc
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {path.name}\n{path.read_text()[-2000:]}" for _, path in self.procs)
-
-    def stop_all(self) -> None:
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, _ in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _env(cluster: RedisClusterFixture, rq: RedisServer, work: Path,
@@ -155,7 +125,7 @@ def run_failover(replica_acks: int, work: Path, *, producers: int = 2, seconds: 
     """One run (see the module docstring); ``work`` holds the logs and the id files."""
     run = FailoverRun(replica_acks)
     with RedisClusterFixture() as cluster, RedisServer() as rq:
-        procs = _Procs(work, _env(cluster, rq, work, replica_acks))
+        procs = Children(work, _env(cluster, rq, work, replica_acks), tail_chars=2000)
         try:
             _load_and_kill(cluster, procs, run, work,
                            _Load(producers, seconds, chunks_per_second, kill_after_acked,
@@ -177,18 +147,19 @@ class _Load:
     pad_bytes: int
 
 
-def _load_and_kill(cluster: RedisClusterFixture, procs: _Procs, run: FailoverRun, work: Path,
+def _load_and_kill(cluster: RedisClusterFixture, procs: Children, run: FailoverRun, work: Path,
                    load: _Load) -> None:
     victim = cluster.owner_of(KEYS.state)
     replica = cluster.replica_of(victim)
     assert replica is not None
     before = victim.client()
-    procs.start("-m", "batcher.cli", "coordinator")
-    procs.start("-m", "batcher.cli", "worker", "--simple")
-    procs.start("-m", "batcher.cli", "worker")
+    procs.start("-m", "batcher.cli", "coordinator", name="coordinator")
+    procs.start("-m", "batcher.cli", "worker", "--simple", name="worker")
+    procs.start("-m", "batcher.cli", "worker", name="worker")
     feeders = [procs.start("-m", "tests.support.failover_producer", f"p{i}-",
                            str(load.seconds), str(load.chunks_per_second),
-                           str(work / f"confirmed-{i}"), str(load.pad_bytes), capture=True)
+                           str(work / f"confirmed-{i}"), str(load.pad_bytes),
+                           name=f"producer{i}", capture=True)
                for i in range(load.producers)]
     wait_until(lambda: _stat(before, "acked") >= load.kill_after_acked,
                f"{load.kill_after_acked} entries acked before the kill", GUARD_SECONDS)
