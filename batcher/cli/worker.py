@@ -23,12 +23,14 @@ import structlog
 from batcher.backoff import Backoff
 from batcher.cli.common import (
     EXIT_BAD_INPUT,
+    Serving,
     fail,
     needs_extra,
     open_queues_waiting,
     queues_options,
 )
 from batcher.config import BatchProcessingConfig, env_name
+from batcher.rq import worker as rq_worker
 from batcher.rq.run import run_workers
 from batcher.scripts import Scripts
 
@@ -72,6 +74,29 @@ def preload_waiting(config: BatchProcessingConfig, client: redis.Redis) -> bool:
 
     try:
         return bool(Backoff("worker", queue=config.queue).until_done(stop, preload))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def wait_for_a_match(serving: Serving) -> bool:
+    """A worker given patterns that match no queue yet looks again every RESCAN_SECONDS (as
+    the coordinator does) until one does; False when a signal came first."""
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM,
+                                                                       signal.SIGINT)}
+    log.warning("worker.no_queue_yet", patterns=serving.asked,
+                note=f"looking again every {rq_worker.RESCAN_SECONDS:g} s")
+    try:
+        while not stop.wait(rq_worker.RESCAN_SECONDS):
+            try:
+                serving.configs = serving.rescan()
+            except redis.RedisError as exc:
+                log.warning("worker.rescan_failed", error=str(exc))
+                continue
+            if serving.configs:
+                return True
+        return False
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -125,11 +150,13 @@ def worker(burst: bool, simple: bool, processes: int | None, warm: bool,
     """Process batches with the configured handler (BATCH_HANDLER), urgent queue first.
 
     Serves every queue given with --queue (a sharded queue: all its shards), taking turns
-    between them within each priority, each with its own settings (--settings FILE)."""
+    between them within each priority, each with its own settings (--settings FILE). A
+    pattern's new queues are served as they appear (looked for every 10 s)."""
     serving = open_queues_waiting(queues, settings_file, redis_url)
-    if not serving.configs:
-        fail(f"no queue matches {' '.join(serving.asked)!r} (queues are found in the "
-             "settings file and in Redis)", EXIT_BAD_INPUT)
+    # only patterns give no queue; nothing to do for a burst worker, a wait for the others
+    if not serving.configs and (burst or not wait_for_a_match(serving)):
+        log.info("worker.no_queue", patterns=serving.asked)
+        return
     config, client = serving.configs[0], serving.client
     export_settings(config, settings_file)
     if processes is not None:
@@ -145,7 +172,8 @@ def worker(burst: bool, simple: bool, processes: int | None, warm: bool,
         for each in serving.configs:
             warm_up(each, client)
     run_workers(serving.configs if len(serving.configs) > 1 else config, client,
-                burst=burst, simple=simple, rq_client=config.rq_client_for(client))
+                burst=burst, simple=simple, rq_client=config.rq_client_for(client),
+                rescan=serving.rescan if serving.has_pattern else None)
 
 
 commands = [worker]

@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -41,11 +41,15 @@ def rq_queue_names(configs: Sequence[BatchProcessingConfig]) -> list[str]:
     return [names[tier] for tier in range(3) for names in by_urgency]
 
 
+Rescan = Callable[[], Sequence[BatchProcessingConfig]]
+
+
 def make_worker(config: BatchProcessingConfig | Sequence[BatchProcessingConfig],
-                client: redis.Redis, *, simple: bool,
-                name: str | None = None) -> BatchSimpleWorker | BatchWorker:
+                client: redis.Redis, *, simple: bool, name: str | None = None,
+                rescan: Rescan | None = None) -> BatchSimpleWorker | BatchWorker:
     """An RQ worker on the queues' RQ queues (three each), urgent first, running batch
-    jobs."""
+    jobs. ``rescan`` (a worker given a pattern) names the queues to serve now: the worker
+    adds the new ones as it runs."""
     configs = [config] if isinstance(config, BatchProcessingConfig) else list(config)
     worker_class = BatchSimpleWorker if simple else BatchWorker
     worker = worker_class(rq_queue_names(configs), name=name, connection=client,
@@ -53,6 +57,8 @@ def make_worker(config: BatchProcessingConfig | Sequence[BatchProcessingConfig],
     config = configs[0]
     # RQ's own Redis may be lost and replaced while the worker runs (BATCH_RQ_REDIS_URL)
     worker.check_registration = config.rq_apart
+    if rescan is not None:
+        worker.queue_finder = lambda: rq_queue_names(rescan())
     return worker
 
 
@@ -78,12 +84,13 @@ class _EarlyStop:
 
 
 def run_workers(config: BatchProcessingConfig | Sequence[BatchProcessingConfig], client: Any,
-                *, burst: bool, simple: bool, rq_client: Any = None) -> None:
+                *, burst: bool, simple: bool, rq_client: Any = None,
+                rescan: Rescan | None = None) -> None:
     """Run one RQ worker for the queues of ``config`` (one or several); restart it after a
     Redis failure until a signal stops it.
 
     ``client`` is the batcher's Redis; the worker's RQ connection is ``rq_client`` (RQ's own
-    Redis, BATCH_RQ_REDIS_URL), by default the same client.
+    Redis, BATCH_RQ_REDIS_URL), by default the same client. ``rescan``: see ``make_worker``.
     """
     configs = [config] if isinstance(config, BatchProcessingConfig) else list(config)
     config = configs[0]
@@ -96,7 +103,7 @@ def run_workers(config: BatchProcessingConfig | Sequence[BatchProcessingConfig],
         name = worker_name()
         try:
             worker = make_worker(configs, client if rq_client is None else rq_client,
-                                 simple=simple, name=name)
+                                 simple=simple, name=name, rescan=rescan)
             early.worker = worker
             log.info("worker.starting", queue=queue_field, name=name,
                      rq_queues=rq_queue_names(configs), simple=simple, burst=burst)

@@ -27,8 +27,10 @@ ack, commit).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import redis
 import structlog
 from rq import SimpleWorker, Worker, worker_registration
 from rq.executions import Execution
@@ -44,6 +46,9 @@ log = structlog.stdlib.get_logger(__name__)
 
 PLAIN_HEARTBEAT_EVERY_SECONDS = 1.0
 SUSPENSION_CHECK_EVERY_SECONDS = 1.0
+# how often a worker serving a pattern looks for new queues that match it (as the
+# coordinator does, batcher.multi_queue)
+RESCAN_SECONDS = 10.0
 
 
 class LeanHeartbeats:
@@ -62,6 +67,11 @@ class LeanHeartbeats:
     # lists it (same round trip), and it registers again when not. Off on one server: a lost
     # Redis is the batcher's too, and those round trips stay as they are
     check_registration = False
+    # a worker given a pattern ('feeds-*'): the RQ queue names it should serve now, asked
+    # every ``rescan_seconds``; new ones are added to the worker as it runs
+    queue_finder: Callable[[], list[str]] | None = None
+    rescan_seconds = RESCAN_SECONDS
+    _rescan_due = 0.0
     connection: Any
     name: str
     key: str
@@ -71,7 +81,12 @@ class LeanHeartbeats:
         # declared for mypy only, so at run time every name resolves to RQ's own
         worker_ttl: int
         queue_class: Any
+        job_class: Any
+        serializer: Any
+        queues: list[Any]
         _ordered_queues: list[Any]
+
+        def queue_names(self) -> list[str]: ...
 
         def serialize(self) -> dict[str, Any]: ...
         def set_state(self, state: str, pipeline: Any = None) -> None: ...
@@ -87,11 +102,52 @@ class LeanHeartbeats:
         every other comes first, within each priority tier (urgent, high, normal)."""
         self._ordered_queues = fair_order(self._ordered_queues, reference_queue.name)
 
+    @property
+    def dequeue_timeout(self) -> int:
+        # RQ blocks in a dequeue for worker_ttl - 15 s; a pattern's new queues are looked for
+        # between two dequeues (_pick_up_new_queues, from the heartbeat before each), so
+        # those waits end in time for the next look
+        parent: Any = super()
+        wait = int(parent.dequeue_timeout)
+        return wait if self.queue_finder is None else max(1, min(wait,
+                                                                  int(self.rescan_seconds)))
+
+    def _pick_up_new_queues(self) -> None:
+        """Serve the queues ``queue_finder`` names that this worker does not serve yet."""
+        if self.queue_finder is None or time.monotonic() < self._rescan_due:
+            return
+        self._rescan_due = time.monotonic() + self.rescan_seconds
+        try:
+            known = set(self.queue_names())
+            new = [name for name in self.queue_finder() if name not in known]
+            if not new:
+                return
+            added = [self.queue_class(name, connection=self.connection,
+                                      job_class=self.job_class, serializer=self.serializer)
+                     for name in new]
+            with self.connection.pipeline() as pipe:
+                # RQ's registration (rq:workers:<queue>, the hash's queues) names them too
+                pipe.hset(self.key, "queues", ",".join([*self.queue_names(), *new]))
+                for name in new:
+                    pipe.sadd(worker_registration.WORKERS_BY_QUEUE_KEY % name, self.key)
+                pipe.execute()
+        except redis.RedisError as exc:
+            # the next look is a rescan_seconds away; the queues served so far carry on
+            log.warning("worker.rescan_failed", error=str(exc))
+            return
+        self.queues.extend(added)
+        # urgent tier first, as at the start; a stable sort keeps the turns within each tier
+        self._ordered_queues = sorted([*self._ordered_queues, *added],
+                                      key=lambda q: _tier(q.name))
+        log.info("worker.queues_added", name=self.name,
+                 queues=list(dict.fromkeys(_batcher_queue(n) for n in new)))
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         parent: Any = super()
         if timeout is not None or pipeline is not None:
             parent.heartbeat(timeout, pipeline=pipeline)
             return
+        self._pick_up_new_queues()
         now = time.monotonic()
         if now < self._plain_heartbeat_due and self._deferred_state is None:
             return

@@ -194,3 +194,48 @@ def test_a_stop_that_left_replies_unread_does_not_break_the_workers_teardown(
         # which is what the fix above guards against (and shows this test can fail)
         with pytest.raises(redis_py.RedisError):
             worker.teardown()
+
+
+def test_a_worker_given_a_pattern_takes_on_new_queues_and_registers_on_them(
+    real_redis: redis_py.Redis,
+) -> None:
+    from rq import worker_registration
+
+    from batcher.config import load_config
+    from batcher.rq.run import make_worker, rq_queue_names
+
+    real_redis.flushall()
+    url = "redis://{host}:{port}/0".format(**real_redis.connection_pool.connection_kwargs)
+    first, late = (load_config(queue=q, redis_url=url) for q in ("feeds-a", "feeds-b"))
+    found: list[object] = [[first]]
+
+    def rescan() -> list[object]:
+        answer = found[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    worker = make_worker(first, real_redis, simple=True, rescan=rescan)  # type: ignore[arg-type]
+    worker.rescan_seconds = 0.0  # look at every heartbeat
+    worker.register_birth()
+    # a blocked dequeue ends in time for the next look
+    assert worker.dequeue_timeout == 1
+    worker.heartbeat()
+    assert worker.queue_names() == rq_queue_names([first])  # nothing new
+
+    found[0] = redis_py.ConnectionError("Redis went away")
+    worker.heartbeat()  # a failed look changes nothing; the next one tries again
+    assert worker.queue_names() == rq_queue_names([first])
+
+    found[0] = [first, late]
+    worker.heartbeat()
+    assert worker.queue_names() == [*rq_queue_names([first]), *rq_queue_names([late])]
+    # urgent tier first, then high, then normal, each with feeds-a before feeds-b
+    assert [q.name for q in worker._ordered_queues] == rq_queue_names([first, late])
+    # RQ lists the worker on the new queues (rq info, worker counts per queue) ...
+    for name in rq_queue_names([late]):
+        assert real_redis.sismember(worker_registration.WORKERS_BY_QUEUE_KEY % name,
+                                    worker.key)
+    # ... and its hash names every queue it serves
+    assert real_redis.hget(worker.key, "queues").decode().split(",") == worker.queue_names()
+    worker.register_death()

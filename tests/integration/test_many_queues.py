@@ -184,3 +184,13 @@ def test_a_coordinator_given_a_pattern_serves_the_queues_that_appear_later(
     assert _batch_sizes(real_redis, "feeds-a") == [5]
     assert _batch_sizes(real_redis, "feeds-b") == [5]
     assert '"coordinator.queue_found"' in result.stderr and "feeds-b" in result.stderr
+
+
+def test_a_burst_worker_whose_pattern_matches_no_queue_has_nothing_to_do(
+    redis_url: str, real_redis: redis_py.Redis
+) -> None:
+    result = CliRunner().invoke(cli, ["worker", "--burst", "--simple", "--queue", "none-*",
+                                      "--redis-url", redis_url], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert '"worker.no_queue"' in result.stderr and "none-*" in result.stderr
+    assert not real_redis.smembers("rq:workers")  # it never registered as an RQ worker
