@@ -170,7 +170,8 @@ def test_worker_no_warm_skips_the_warm_up_and_is_passed_to_children(
                             {**kw, "rq_client": kw["rq_client"] is client}))
     assert run(redis_url, "worker", "--no-warm", "--burst").exit_code == 0
     # one Redis (no BATCH_RQ_REDIS_URL): RQ's connection is the batcher's client itself
-    assert (warmed, ran) == ([], [{"burst": True, "simple": False, "rq_client": True}])
+    assert (warmed, ran) == ([], [{"burst": True, "simple": False, "rq_client": True,
+                                   "rescan": None}])
     assert run(redis_url, "worker", "--burst").exit_code == 0
     assert warmed == [1]
     assert worker.child_argv(False, True, False)[-2:] == ["--simple", "--no-warm"]

@@ -87,15 +87,19 @@ class ClusterNode(RedisServer):
         self.security = security
         super().__init__(extra_args=[
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(node_timeout_ms),
-            "--cluster-port", str(self.bus_port), *security.server_args(),
+            "--cluster-node-timeout", str(node_timeout_ms), *security.server_args(),
         ])
 
+    def pick_ports(self) -> None:
+        super().pick_ports()
+        self.bus_port = free_port()
+
     def command(self) -> list[str]:
+        command = [*super().command(), "--cluster-port", str(self.bus_port)]
         if self.security.tls is None:
-            return super().command()
+            return command
         # later duplicates win: the plain port closed, the node's port is its TLS port
-        return [*super().command(), "--port", "0", "--tls-port", str(self.port)]
+        return [*command, "--port", "0", "--tls-port", str(self.port)]
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5,

