@@ -166,16 +166,63 @@ if #cand > 0 then
     return a[4] < b[4]
   end)
   local m = math.min(#cand, limit)
-  local cid = {}
-  for i = 1, m do cid[i] = cand[i][1] end
+  local cid, cat = {}, {}
+  for i = 1, m do cid[i], cat[cand[i][1]] = cand[i][1], i end
   local cenv = redis.call('HMGET', payloads, unpack(cid))
+  -- Per source, FIFO as a size flush keeps it: a source's overdue entries are the head of its
+  -- list (enqueue.lua RPUSHes; promote and requeue LPUSH older ones back), while ZRANGE orders
+  -- entries of one score (one queue_many call shares a ms) by id. So each source's slots in
+  -- the deadline order above are filled from its list's head, when that head is overdue too.
+  local srcs, per, slots = {}, {}, {}
   for i = 1, m do
     if serve or not key_of(cenv[i]) then  -- the keyless batch leaves keyed entries alone
-      if not add(cid[i], cenv[i], cand[i][2]) then break end
-      -- the oldest of a class: at or near the head of its source's list
       local p, g = cand[i][5], group(cenv[i])
-      redis.call('LREM', list_of(p, g), 1, cid[i])
-      set_tag(p, g, nil)
+      local l = list_of(p, g)
+      local sv = per[l]
+      if not sv then
+        sv = {l = l, p = p, g = g, c = 0, ids = {}, top = 0, at = 0, used = 0}
+        per[l], srcs[#srcs + 1] = sv, sv
+      end
+      sv.c = sv.c + 1
+      sv.ids[sv.c] = cid[i]
+      if cand[i][4] > sv.top then sv.top = cand[i][4] end
+      slots[#slots + 1] = sv
+    end
+  end
+  local xenv, xscore = {}, {}  -- head entries that were not candidates (a tie cut by limit)
+  for _, sv in ipairs(srcs) do
+    if sv.c > 1 then
+      local head = redis.call('LRANGE', sv.l, 0, sv.c - 1)
+      local ok, miss = #head == sv.c, {}
+      for _, id in ipairs(head) do if not cat[id] then miss[#miss + 1] = id end end
+      if ok and #miss > 0 then
+        local ms = redis.call('ZMSCORE', pending, unpack(miss))
+        local me = redis.call('HMGET', payloads, unpack(miss))
+        for x, id in ipairs(miss) do
+          local sc = tonumber(ms[x])
+          if not sc or not me[x] or sc > sv.top then ok = false; break end
+          xscore[id], xenv[id] = ms[x], me[x]
+        end
+      end
+      if ok then sv.ids, sv.head = head, true end
+    end
+  end
+  for _, sv in ipairs(slots) do
+    sv.at = sv.at + 1
+    local id = sv.ids[sv.at]
+    local i = cat[id]
+    local e, sc = xenv[id], xscore[id]
+    if i then e, sc = cenv[i], cand[i][2] end
+    if not add(id, e, sc) then break end
+    sv.used = sv.used + 1
+  end
+  for _, sv in ipairs(srcs) do
+    if sv.used > 0 then
+      if sv.head then redis.call('LPOP', sv.l, sv.used)
+      else  -- the oldest of a class: at or near the head of its source's list
+        for x = 1, sv.used do redis.call('LREM', sv.l, 1, sv.ids[x]) end
+      end
+      set_tag(sv.p, sv.g, nil)
     end
   end
 end

@@ -321,3 +321,52 @@ def test_non_default_pressure_levels_are_the_ones_applied(redis: redis_py.Redis)
     emergency = s.flush("b2", now_ms=T0 + 100).batch
     assert emergency is not None and emergency.reason is FlushReason.EMERGENCY
     assert_consistent(redis, s.keys)
+
+
+def _handler_order(redis: redis_py.Redis, s: Scripts, batch_id: str) -> list[str]:
+    record = BatchRecord.from_hash(batch_id, read_batch(redis, s, batch_id))
+    assert record is not None
+    return [e.id for e in record.to_batch(s.keys.queue).entries]
+
+
+FEED_A = [f"item-{i}" for i in (9, 10, 2, 1, 30, 3)]  # sent in this order; ids sort otherwise
+FEED_B = [f"b-{i}" for i in (5, 4)]
+
+
+def _send_both_feeds_in_one_call(s: Scripts) -> None:
+    # one queue_many call shares a ms: its entries tie on score, and Redis orders ties by id
+    s.enqueue([entry(i, source="feed-a") for i in FEED_A[:3]]
+              + [entry(i, source="feed-b") for i in FEED_B]
+              + [entry(i, source="feed-a") for i in FEED_A[3:]], now_ms=T0)
+
+
+def _per_source(handed: list[str]) -> tuple[list[str], list[str]]:
+    return [i for i in handed if i.startswith("item")], [i for i in handed if i.startswith("b-")]
+
+
+def test_a_deadline_flush_hands_over_each_sources_entries_in_the_order_sent(
+    redis: redis_py.Redis,
+) -> None:
+    s = make_scripts(redis, size_threshold=10, min_batch_size=1, max_batch_size=10)
+    _send_both_feeds_in_one_call(s)
+    decision = s.flush("b1", now_ms=T0 + 300_000)
+    assert decision.batch is not None and decision.batch.reason is FlushReason.DEADLINE
+    assert _per_source(_handler_order(redis, s, "b1")) == (FEED_A, FEED_B)
+    assert_consistent(redis, s.keys)
+
+
+def test_overdue_entries_cut_by_the_batch_size_are_the_first_sent_of_each_source(
+    redis: redis_py.Redis,
+) -> None:
+    """Overdue entries go first in any flush; when the batch cannot take them all, each
+    source gives the ones it sent first, not the ids that sort first."""
+    s = make_scripts(redis, size_threshold=4, min_batch_size=1, max_batch_size=4)
+    _send_both_feeds_in_one_call(s)
+    s.flush("b1", now_ms=T0 + 300_000)
+    s.flush("b2", now_ms=T0 + 300_000)
+    first, second = _handler_order(redis, s, "b1"), _handler_order(redis, s, "b2")
+    assert len(first) == len(second) == 4
+    a1, b1 = _per_source(first)
+    assert a1 == FEED_A[:len(a1)] and b1 == FEED_B[:len(b1)]
+    assert _per_source(first + second) == (FEED_A, FEED_B)
+    assert_consistent(redis, s.keys)
