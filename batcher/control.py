@@ -129,17 +129,42 @@ def _all_dead(client: redis.Redis, config: BatchProcessingConfig, scripts: Scrip
 
 def requeue_dead(client: redis.Redis, config: BatchProcessingConfig,
                  ids: list[str] | None = None) -> RequeueSummary:
-    """Dead entries back to pending with their original score; ``None`` = all of them.
-    ``purged`` counts ids a producer re-sent meanwhile (already pending again)."""
-    scripts = Scripts(client, config)
-    done = scripts.requeue(ids) if ids else _all_dead(client, config, scripts, purge=False)
-    return RequeueSummary(*done)
+    """Dead entries back to pending with their original score; ``None`` = all of them (a
+    sharded queue's: every shard's). ``purged`` counts ids a producer re-sent meanwhile
+    (already pending again)."""
+    return _on_every_shard(client, config, ids, purge=False)
 
 
 def purge_dead(client: redis.Redis, config: BatchProcessingConfig,
                ids: list[str] | None = None) -> RequeueSummary:
     """Delete dead entries for good (counted in ``counters.purged``); ``None`` = all."""
-    scripts = Scripts(client, config)
-    done = (scripts.requeue(ids, purge=True) if ids
-            else _all_dead(client, config, scripts, purge=True))
-    return RequeueSummary(*done)
+    return _on_every_shard(client, config, ids, purge=True)
+
+
+def _on_every_shard(client: redis.Redis, config: BatchProcessingConfig,
+                    ids: list[str] | None, purge: bool) -> RequeueSummary:
+    shards = queues_of(client, config)
+    moved = purged = missing = 0
+    held = 0  # of the given ids, those some shard holds (an id is dead in one shard at most)
+    for shard_client, shard in shards:
+        scripts = Scripts(shard_client, shard)
+        if ids is None:
+            m, p, x = _all_dead(shard_client, shard, scripts, purge)
+        else:
+            # the id does not name its shard: each shard gets the ids its dead set holds
+            mine = ids if len(shards) == 1 else _dead_among(shard_client, shard, ids)
+            if not mine:
+                continue
+            held += len(mine)
+            m, p, x = scripts.requeue(mine, purge=purge)
+        moved, purged, missing = moved + m, purged + p, missing + x
+    if ids is not None and len(shards) > 1:
+        missing += len(set(ids)) - held
+    return RequeueSummary(moved, purged, missing)
+
+
+def _dead_among(client: redis.Redis, config: BatchProcessingConfig, ids: list[str]
+                ) -> list[str]:
+    unique = list(dict.fromkeys(ids))
+    scores = client.zmscore(config.keys.dead, unique)
+    return [i for i, s in zip(unique, scores, strict=True) if s is not None]

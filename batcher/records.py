@@ -182,6 +182,7 @@ class DeadRecord:
     attempts: int | None
     envelope: Any
     score: int | None = None
+    shard: str | None = None  # the shard's queue (Q~i) of a sharded queue's dead entry
 
     @classmethod
     def parse(cls, entry_id: str, died_at_ms: int, raw: bytes | None) -> DeadRecord:
@@ -199,10 +200,14 @@ class DeadRecord:
                    score=int(score) if isinstance(score, int | float) else None)
 
     def view(self) -> dict[str, Any]:
-        """The fields ``batcher dead list --json`` and the dashboard show."""
-        return {"id": self.id, "reason": self.reason, "error": self.error,
+        """The fields ``batcher dead list --json`` and the dashboard show (``shard`` only for
+        a sharded queue's entry: an unsharded queue's view is unchanged)."""
+        view = {"id": self.id, "reason": self.reason, "error": self.error,
                 "attempts": self.attempts, "died_at_ms": self.died_at_ms,
                 "envelope": self.envelope}
+        if self.shard is not None:
+            view["shard"] = self.shard
+        return view
 
 
 # -- what the scripts answer ------------------------------------------------------------------

@@ -205,23 +205,29 @@ def _describe_keys(client: redis.Redis, names: list[str]) -> list[tuple[str, str
               help="batch:* and result:* keys shown per kind (0 = all)")
 @queue_options
 def keys(limit: int, queue: str | None, redis_url: str | None) -> None:
-    """The queue's keys (SCAN), with type, size and the redis-cli command that inspects each."""
+    """The queue's keys (SCAN), with type, size and the redis-cli command that inspects each
+    (a sharded queue's: every shard's)."""
+    from batcher.shards import queues_of
+
     config, client = open_queue(queue, redis_url)
-    shown: list[str] = []
+    described: list[tuple[str, str, int]] = []
     per_kind: dict[str, int] = {kind: 0 for kind in PER_ID_KINDS}
-    for raw in client.scan_iter(match=config.keys.scan_pattern(), count=1000):
-        name = cast(bytes, raw).decode()
-        kind = _kind(config, name)
-        if kind is not None:
-            per_kind[kind] += 1
-            if limit and per_kind[kind] > limit:
-                continue
-        shown.append(name)
+    for shard_client, shard in queues_of(client, config):
+        shown: list[str] = []
+        for raw in shard_client.scan_iter(match=shard.keys.scan_pattern(), count=1000):
+            name = cast(bytes, raw).decode()
+            kind = _kind(shard, name)
+            if kind is not None:
+                per_kind[kind] += 1
+                if limit and per_kind[kind] > limit:
+                    continue
+            shown.append(name)
+        described += _describe_keys(shard_client, shown)
     table = Table(title=f"keys of queue {config.queue!r} (add -u URL to redis-cli for "
                         "another server)", title_justify="left")
     for column in ("key", "type", "size", "inspect with"):
         table.add_column(column, overflow="fold")
-    for name, kind, size in sorted(_describe_keys(client, shown)):
+    for name, kind, size in sorted(described):
         inspect = _INSPECT.get(kind, "TYPE {key}").format(key=shlex.quote(name))
         table.add_row(name, kind, f"{size:,}", f"redis-cli {inspect}")
     Console(width=200).print(table)

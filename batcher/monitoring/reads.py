@@ -6,6 +6,8 @@ dashboard both read here, so a figure means the same wherever it is shown.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -17,6 +19,7 @@ from batcher.connection import scan_all
 from batcher.keys import PREFIX, QUEUE_NAME_RE, SHARD_NAME_RE, QueueKeys
 from batcher.records import ENVELOPE_PREFIX, INDEX, META_FIELDS, BatchRecord, DeadRecord
 from batcher.redaction import scrub
+from batcher.shards import queues_of
 
 CHUNK = 500
 SCAN_COUNT = 1000
@@ -37,7 +40,24 @@ def discover_queues(client: redis.Redis) -> list[str]:
 
 def dead_records(client: redis.Redis, config: BatchProcessingConfig,
                  limit: int) -> Iterator[DeadRecord]:
-    """Dead entries, oldest death first."""
+    """Dead entries, oldest death first (at most ``limit``, 0 = all); a sharded queue's from
+    every shard, merged by time of death, each naming its shard."""
+    shards = queues_of(client, config)
+    if len(shards) == 1:
+        yield from _dead_of(client, config, limit)
+        return
+    merged = heapq.merge(*(_dead_of(c, shard, limit, tag=True) for c, shard in shards),
+                         key=lambda dead: dead.died_at_ms)
+    yield from itertools.islice(merged, limit or None)
+
+
+def dead_count(client: redis.Redis, config: BatchProcessingConfig) -> int:
+    """How many entries are dead: every shard's of a sharded queue."""
+    return sum(int(c.zcard(shard.keys.dead)) for c, shard in queues_of(client, config))
+
+
+def _dead_of(client: redis.Redis, config: BatchProcessingConfig, limit: int,
+             tag: bool = False) -> Iterator[DeadRecord]:
     k = config.keys
     start = 0
     while not limit or start < limit:
@@ -49,7 +69,8 @@ def dead_records(client: redis.Redis, config: BatchProcessingConfig,
         raw = cast(list[bytes | None], client.hmget(k.dead_payloads, [i for i, _ in rows]))
         for (entry_id, died_ms), record in zip(rows, raw, strict=True):
             dead = DeadRecord.parse(entry_id.decode(), int(died_ms), record)
-            yield dataclasses.replace(dead, error=_scrubbed(dead.error))
+            yield dataclasses.replace(dead, error=_scrubbed(dead.error),
+                                      shard=config.queue if tag else None)
         start += CHUNK
 
 
