@@ -111,3 +111,18 @@ def redis(request: pytest.FixtureRequest) -> redis_py.Redis:
     name = "fake_redis" if request.param == "fake" else "real_redis"
     client: redis_py.Redis = request.getfixturevalue(name)
     return client
+
+
+@pytest.fixture
+def clean_batch_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No BATCH_* variable of the developer's shell leaks into what a test's commands read."""
+    for name in list(os.environ):
+        if name.startswith("BATCH_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def json_logs(clean_batch_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``clean_batch_env``, and the commands log JSON lines (what the tests parse)."""
+    monkeypatch.setenv("BATCH_LOG_FORMAT", "json")
+

@@ -25,13 +25,7 @@ QUEUE = "chk"
 K = QueueKeys(QUEUE)
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("BATCH_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_batch_env")
 
 
 def _one_batch(s: Scripts, batch_id: str, ids: list[str], now_ms: int) -> None:

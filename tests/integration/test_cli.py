@@ -23,15 +23,7 @@ QUEUE = "cli"
 KEYS = QueueKeys(QUEUE)
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # a developer's BATCH_* variables must not leak into what the commands read
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("BATCH_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("BATCH_LOG_FORMAT", "json")
+pytestmark = pytest.mark.usefixtures("json_logs")
 
 
 @pytest.fixture

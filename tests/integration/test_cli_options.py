@@ -26,12 +26,7 @@ QUEUE = "opts"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BATCH_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("BATCH_LOG_FORMAT", "json")
+pytestmark = pytest.mark.usefixtures("json_logs")
 
 
 def run(url: str, *args: str) -> Result:

@@ -19,14 +19,7 @@ QUEUE = "ctl"
 KEYS = QueueKeys(QUEUE)
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("BATCH_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("BATCH_LOG_FORMAT", "json")
+pytestmark = pytest.mark.usefixtures("json_logs")
 
 
 def run(url: str, *args: str) -> Result:

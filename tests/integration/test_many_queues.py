@@ -6,7 +6,6 @@ reads as set once every queue has flushed all it had), nothing sleeps.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -35,12 +34,7 @@ size_threshold = 2
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BATCH_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("BATCH_LOG_FORMAT", "json")
+pytestmark = pytest.mark.usefixtures("json_logs")
 
 
 class _StopWhenFlushed(threading.Event):

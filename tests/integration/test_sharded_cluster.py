@@ -4,7 +4,6 @@ them as one queue from every master. RQ runs on the standalone test server."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from batcher.settings_file import load_settings
 from batcher.stats import read_queue_stats
 from tests.support.redis_cluster import RedisClusterFixture
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("json_logs")]
 SHARDS, SOURCES, PER_SOURCE = 3, 6, 10
 
 
@@ -28,14 +27,6 @@ SHARDS, SOURCES, PER_SOURCE = 3, 6, 10
 def cluster() -> Iterator[RedisClusterFixture]:
     with RedisClusterFixture() as formed:
         yield formed
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BATCH_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("BATCH_LOG_FORMAT", "json")
 
 
 def _spread_queue(cluster: RedisClusterFixture) -> str:

@@ -4,8 +4,6 @@ list / requeue / purge`` and ``batcher keys`` given the queue's own name, as ``p
 
 from __future__ import annotations
 
-import os
-
 import orjson
 import pytest
 import redis as redis_py
@@ -26,11 +24,7 @@ SOURCES = {shard_index(f"feed-{i}", SHARDS): f"feed-{i}" for i in range(40)}
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BATCH_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("BATCH_LOG_FORMAT", "json")
+def _sharded(json_logs: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCH_SHARDS", str(SHARDS))
 
 

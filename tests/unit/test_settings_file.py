@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,11 +30,7 @@ time_threshold_seconds = 400
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BATCH_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_batch_env")
 
 
 def write(tmp_path: Path, text: str, name: str = "queues.toml") -> str:
