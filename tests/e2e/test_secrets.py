@@ -68,8 +68,11 @@ def test_no_output_of_a_run_shows_the_redis_password_or_the_api_key(
         outputs[name or " ".join(args)] = done.stdout + done.stderr
         return done
 
-    lines = [{"id": f"ok-{i}", "payload": {"kind": "ok"}} for i in range(6)]
-    lines += [{"id": f"fail-{i}", "payload": {"kind": "fail"}} for i in range(3)]
+    # batches of 5 in the order sent (one source: FIFO): the three partial failures share
+    # the first batch with two successes, and the exception's batch (ok-2..5, boom-1) is
+    # another, so both kinds of error reach the dead set
+    lines = [{"id": f"fail-{i}", "payload": {"kind": "fail"}} for i in range(3)]
+    lines += [{"id": f"ok-{i}", "payload": {"kind": "ok"}} for i in range(6)]
     entries = Path(locked_server.dir / "entries.jsonl")
     entries.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     assert cli("enqueue", "--file", str(entries)).returncode == 0
