@@ -24,6 +24,7 @@ import redis as redis_py
 from batcher.config import load_config
 from batcher.keys import QueueKeys
 from batcher.producer import BatchStateManager
+from tests.support.children import stop_processes
 from tests.support.cluster_failover import ROOT, run_failover
 from tests.support.redis_cluster import RedisClusterFixture
 from tests.support.redis_server import RedisServer
@@ -50,18 +51,6 @@ def _cli(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "batcher.cli", *args], env=env, cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=out)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_daemons_serve_queues_on_two_masters_and_ack_everything(
@@ -101,7 +90,7 @@ def test_daemons_serve_queues_on_two_masters_and_ack_everything(
             assert check.returncode == 0, check.stdout + check.stderr
             assert f"acked={ENTRIES}" in check.stdout
     finally:
-        _stop(procs)
+        stop_processes(procs)
     # batcher keys on the cluster only, RQ's on its standalone server only
     rq_keys = {k.decode() for k in redis_py.Redis.from_url(rq.url).scan_iter(count=1000)}
     assert rq_keys and not {k for k in rq_keys if k.startswith("batcher:")}

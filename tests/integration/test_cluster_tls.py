@@ -21,6 +21,7 @@ from batcher.connection import describe, ping_or_raise
 from batcher.errors import BatcherUnavailableError
 from batcher.keys import QueueKeys
 from tests.integration.test_cluster_client import ENTRIES, _drain, _enqueue
+from tests.support.children import stop_processes
 from tests.support.redis_cluster import RedisClusterFixture
 from tests.support.tls import Certificates, make_certificates
 from tests.support.waiting import wait_until
@@ -163,14 +164,7 @@ def test_daemons_and_the_cli_over_tls_ack_everything_and_never_log_the_password(
             outputs.append(done.stdout + done.stderr)
         assert outputs[-1].strip() == '{"n":7}'
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs)
     texts = [*outputs, *(log.read_text() for log in logs)]
     assert '"batch.flushed"' in texts[-2] and '"batch.acked"' in texts[-1]  # what was read
     assert not [text for text in texts if SECRET in text]

@@ -33,12 +33,17 @@ class Children:
                          for _, path in self.procs)
 
     def stop_all(self) -> None:
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, _ in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes([proc for proc, _ in self.procs])
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    """SIGTERM every one still running, then wait; SIGKILL one that outlives ``timeout``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
